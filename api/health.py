@@ -1,0 +1,47 @@
+"""Liveness and readiness probes, without authentication or rate limits."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from api.auth import public
+from api.services import services
+from shared import store
+from shared.broker import BROKER_ERRORS
+from shared.errors import TaskexecError
+
+blp = Blueprint("health", __name__)
+
+
+@blp.route("/healthz", methods=["GET"])
+@public
+def healthz() -> Response:
+    """The process is alive. Response 200: {"status": "ok"}."""
+    return jsonify({"status": "ok"})
+
+
+@blp.route("/readyz", methods=["GET"])
+@public
+def readyz() -> tuple[Response, int]:
+    """Postgres and Redis are reachable. 200 when both are, else 503 naming what is not."""
+    svc = services()
+    checks = {"database": "ok", "broker": "ok"}
+    try:
+        with svc.db.connection() as conn:
+            store.ping(conn)
+    except TaskexecError:
+        checks["database"] = "unavailable"
+    try:
+        with svc.broker.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except BROKER_ERRORS:
+        checks["broker"] = "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    if not ready:
+        body["error"] = {
+            "code": "SERVICE_UNAVAILABLE",
+            "message": "a backing service is unreachable",
+            "details": checks,
+        }
+    return jsonify(body), 200 if ready else 503

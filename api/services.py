@@ -1,0 +1,60 @@
+"""The API's long-lived collaborators (settings, database, broker, definition cache)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import current_app
+
+from config.settings import Settings
+from shared import store
+from shared.broker import Broker
+from shared.db import Database
+from shared.errors import DefinitionNotFound
+
+
+class DefinitionCache:
+    """Definitions read from Postgres, kept for a few seconds to spare a query per submit."""
+
+    def __init__(self, db: Database, ttl: float) -> None:
+        self.db = db
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, store.DefinitionRow]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, definition_id: str) -> store.DefinitionRow:
+        """Return a definition or raise DefinitionNotFound."""
+        now = time.monotonic()
+        entry = self._entries.get(definition_id)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        with self.db.connection() as conn:
+            row = store.get_definition(conn, definition_id)
+        if row is None:
+            raise DefinitionNotFound(
+                f"task definition {definition_id!r} not found", {"taskDefinitionId": definition_id}
+            )
+        if self.ttl:
+            with self._lock:
+                self._entries[definition_id] = (now + self.ttl, row)
+        return row
+
+
+class Services:
+    """Everything a request handler needs beyond the request."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.db = Database(
+            settings.database_url,
+            max_connections=settings.db_pool_max,
+            connect_timeout=settings.db_connect_timeout,
+        )
+        self.broker = broker or Broker(settings)
+        self.definitions = DefinitionCache(self.db, settings.definition_cache_seconds)
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["taskexec"]  # type: ignore[no-any-return]

@@ -1,0 +1,185 @@
+"""Turning a validated request into stored, published tasks (single, bulk, idempotent)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from api.services import Services
+from shared import store
+from shared.broker import BROKER_ERRORS
+from shared.credentials import Principal
+from shared.definitions import RetryPolicy
+from shared.errors import IdempotencyConflict, InputValidationError, ServiceUnavailable
+from shared.status import Priority, TaskType
+from shared.validation import schema_errors
+
+log = logging.getLogger(__name__)
+
+
+def input_errors(definition: store.DefinitionRow, data: Any) -> InputValidationError | None:
+    """Return the 422 error for input that fails the definition's schema, or None."""
+    return _schema_error(
+        definition.input_schema, data, f"input does not match the input schema of {definition.id}"
+    )
+
+
+def output_errors(definition: store.DefinitionRow, data: Any) -> InputValidationError | None:
+    """Return the 422 error for a manual completion whose output fails the schema, or None."""
+    return _schema_error(
+        definition.output_schema,
+        data,
+        f"output does not match the output schema of {definition.id}",
+    )
+
+
+def _schema_error(schema: dict[str, Any], data: Any, message: str) -> InputValidationError | None:
+    problems = schema_errors(schema, data)
+    if not problems:
+        return None
+    return InputValidationError(
+        message, {"field": problems[0]["field"], "issue": problems[0]["issue"], "errors": problems}
+    )
+
+
+def new_task(
+    principal: Principal,
+    body: dict[str, Any],
+    definition: store.DefinitionRow,
+    *,
+    deadline_at: datetime | None = None,
+    source: str = "tasks",
+) -> store.NewTask:
+    """Build the row for a submission whose envelope is valid; raise 422 for bad input."""
+    error = input_errors(definition, body.get("input", {}))
+    if error is not None:
+        raise error
+    config = body.get("executionConfig") or {}
+    policy = RetryPolicy.from_json(
+        config.get("retryPolicy") or {}, base=RetryPolicy.from_json(definition.retry_policy)
+    )
+    manual = definition.type == TaskType.MANUAL.value
+    return store.NewTask(
+        id=uuid.uuid4(),
+        owner=principal.subject,
+        task_definition_id=definition.id,
+        definition_version=definition.version,
+        workflow_instance_id=body.get("workflowInstanceId"),
+        type=definition.type,
+        priority=Priority(body.get("priority") or Priority.MEDIUM.value).rank,
+        executor=definition.executor,
+        input=body.get("input", {}),
+        timeout_ms=int(config.get("timeout") or definition.timeout_ms),
+        retry_policy=policy.to_json(),
+        deadline_at=deadline_at,
+        source=source,
+        published=not manual,
+    )
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """Fingerprint a submission for idempotency (the key itself excluded)."""
+    canonical = {k: v for k, v in body.items() if k != "idempotencyKey"}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A stored task and whether this request created it (False: an idempotent replay)."""
+
+    task: store.Task
+    created: bool
+
+
+def store_and_publish(
+    svc: Services,
+    principal: Principal,
+    rows: Sequence[store.NewTask],
+    keys: Sequence[tuple[str, str] | None] = (),
+) -> list[Accepted]:
+    """Insert rows (one transaction), bind idempotency keys, then publish after commit.
+
+    `keys[i]` is (idempotency key, request hash) for `rows[i]`, or None. A key already bound
+    to the same request returns the original task; to another request, IdempotencyConflict.
+    """
+    keys = list(keys) or [None] * len(rows)
+    results: list[Accepted | None] = [None] * len(rows)
+    with svc.db.connection() as conn:
+        fresh: list[int] = []
+        for index, key in enumerate(keys):
+            if key is None:
+                fresh.append(index)
+                continue
+            record = store.get_idempotency(conn, principal.subject, key[0])
+            if record is None:
+                fresh.append(index)
+            elif record.request_hash != key[1]:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request",
+                    {"idempotencyKey": key[0], "taskId": str(record.task_id)},
+                )
+            else:
+                results[index] = Accepted(_existing(conn, record.task_id), created=False)
+        inserted = store.insert_tasks(conn, [rows[i] for i in fresh])
+        by_id = {task.id: task for task in inserted}
+        for index in fresh:
+            task = by_id[rows[index].id]
+            key = keys[index]
+            if key is not None:
+                bound = store.claim_idempotency(
+                    conn, principal.subject, key[0], key[1], task.id, svc.settings.idempotency_ttl
+                )
+                if bound.task_id != task.id:
+                    # A concurrent request with the same key won; undo ours, replay theirs.
+                    raise _Retry()
+            results[index] = Accepted(task, created=True)
+    publish([a.task for a in results if a is not None and a.created], svc)
+    return [a for a in results if a is not None]
+
+
+class _Retry(Exception):
+    """Internal: an idempotency race was lost; the transaction rolls back."""
+
+
+def _existing(conn: store.Conn, task_id: uuid.UUID) -> store.Task:
+    task = store.get_task(conn, task_id)
+    if task is None:  # the task was deleted while its key lived on
+        raise ServiceUnavailable("the idempotent replay's task is gone; retry without the key")
+    return task
+
+
+def submit(
+    svc: Services, principal: Principal, rows: Sequence[store.NewTask], keys: Sequence[Any] = ()
+) -> list[Accepted]:
+    """Store and publish; one retry absorbs a lost idempotency race."""
+    try:
+        return store_and_publish(svc, principal, rows, keys)
+    except _Retry:
+        return store_and_publish(svc, principal, rows, keys)
+
+
+def publish(tasks: Sequence[store.Task], svc: Services) -> None:
+    """Publish after commit; what fails stays in Postgres for the sweeper (still a 201)."""
+    dispatches = [
+        store.Dispatch(t.id, t.task_definition_id, t.executor, t.priority, t.timeout_ms)
+        for t in tasks
+        if t.type != TaskType.MANUAL.value
+    ]
+    failed = svc.broker.publish_many(dispatches)
+    if not failed:
+        return
+    log.warning("broker unreachable; %d task(s) kept for the sweeper", len(failed))
+    try:
+        with svc.db.connection() as conn:
+            store.unpublish(conn, [d.id for d in failed])
+    except ServiceUnavailable:
+        pass  # published_at is set; the sweeper republishes after republish_after
+    except BROKER_ERRORS:  # pragma: no cover - unpublish touches only Postgres
+        pass

@@ -1,0 +1,132 @@
+"""Commands that become one long-running process each: api, worker, beat, flower."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from cli.admin import load_settings
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def api_command(port: int, workers: int | None = None) -> list[str]:
+    """The gunicorn command line for the API."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(CONFIG_DIR / "gunicorn.py"),
+        "--bind",
+        f"0.0.0.0:{port}",
+    ]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    return [*cmd, "api.wsgi:app"]
+
+
+def worker_command(executors: list[str], concurrency: int | None, name: str | None) -> list[str]:
+    """The Celery worker command line consuming the given executor queues."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "-Q",
+        ",".join(executors),
+    ]
+    if concurrency:
+        cmd += ["--concurrency", str(concurrency)]
+    cmd += ["-n", name or f"{executors[0]}-{os.getpid()}@%h"]
+    return cmd
+
+
+def flower_command(port: int, basic_auth: str | None) -> list[str]:
+    """The Flower command line, on the same broker as the workers."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1" if not basic_auth else "--address=0.0.0.0",
+    ]
+    if basic_auth:
+        cmd.append(f"--basic-auth={basic_auth}")
+    return cmd
+
+
+def default_executors() -> list[str]:
+    """Every executor queue of the built-in definitions (manual ones never reach a worker)."""
+    from workers.definitions import builtin_registry
+
+    return sorted({d.executor for d in builtin_registry() if d.handler is not None})
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes.")
+def api(port: int, workers: int | None) -> None:
+    """Serve the HTTP API with gunicorn."""
+    load_settings()  # fail early, naming every bad variable
+    cmd = api_command(port, workers)
+    os.execv(cmd[0], cmd)
+
+
+@click.command()
+@click.option("--executor", "executors", multiple=True, help="Queue(s) to consume; default: all.")
+@click.option("--concurrency", type=int, default=None, help="Child processes (default: cores).")
+@click.option("--name", default=None, help="Worker node name (default: executor-pid@host).")
+def worker(executors: tuple[str, ...], concurrency: int | None, name: str | None) -> None:
+    """Run a Celery worker for one or more executor pools."""
+    settings = load_settings()
+    cmd = worker_command(
+        list(executors) or default_executors(),
+        concurrency or settings.worker_concurrency or None,
+        name,
+    )
+    os.execv(cmd[0], cmd)
+
+
+@click.command()
+def beat() -> None:
+    """Run the sweeper: republish lost messages, rescue dead attempts, enforce deadlines."""
+    from config.logging import configure_logging
+    from workers.sweeper import Sweeper
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = threading.Event()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        Sweeper(settings).run_forever(stop)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command()
+@click.option("--port", default=5555, show_default=True)
+@click.option(
+    "--basic-auth",
+    envvar="FLOWER_BASIC_AUTH",
+    default=None,
+    help="user:password; required unless bound to 127.0.0.1.",
+)
+def flower(port: int, basic_auth: str | None) -> None:
+    """Run Flower against the broker (authenticated when reachable from outside)."""
+    load_settings()
+    cmd = flower_command(port, basic_auth)
+    os.execv(cmd[0], cmd)

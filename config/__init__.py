@@ -1,0 +1,1 @@
+"""Configuration: settings from the environment, Celery, gunicorn and logging."""

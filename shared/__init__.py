@@ -1,0 +1,1 @@
+"""Code shared by the API and the workers: the domain, the store and the broker."""

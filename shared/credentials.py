@@ -1,0 +1,113 @@
+"""Credentials: permissions, principals, API key material and JWT minting."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import jwt
+
+PERMISSIONS: tuple[str, ...] = (
+    "tasks:execute",
+    "tasks:read",
+    "tasks:cancel",
+    "tasks:list",
+    "tasks:complete",
+    "tasks:definitions:list",
+    "tasks:definitions:read",
+    "tasks:admin",
+)
+WILDCARD = "*"
+KEY_PREFIX = "tes_"
+_KEY = re.compile(r"^tes_([a-z0-9]{12})_([A-Za-z0-9_-]{32,})$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the owner their tasks belong to, and what they may do."""
+
+    subject: str  # tenancy: tasks belong to this
+    permissions: frozenset[str] = field(default_factory=frozenset)
+    key_id: str | None = None  # set for API keys
+    rate_limit: str | None = None  # a per-key override of the default limit
+
+    def can(self, permission: str) -> bool:
+        return WILDCARD in self.permissions or permission in self.permissions
+
+    @property
+    def is_admin(self) -> bool:
+        return self.can("tasks:admin")
+
+    @property
+    def limit_key(self) -> str:
+        """The rate-limit bucket: one per API key, or per JWT subject."""
+        return f"key:{self.key_id}" if self.key_id else f"sub:{self.subject}"
+
+
+def check_permissions(permissions: Iterable[str]) -> list[str]:
+    """Return the permissions that are not known (empty when all are)."""
+    return [p for p in permissions if p != WILDCARD and p not in PERMISSIONS]
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly generated API key; `secret` is shown once and never stored."""
+
+    key_id: str
+    secret: str
+    key_hash: str
+
+
+def generate_key() -> NewKey:
+    """Make a key `tes_<id>_<secret>` with 192 random bits in the secret."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    key_id = "".join(secrets.choice(alphabet) for _ in range(12))
+    secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+    return NewKey(key_id=key_id, secret=secret, key_hash=hash_key(secret))
+
+
+def hash_key(secret: str) -> str:
+    """Hash a key for storage; SHA-256 suffices for 192-bit random secrets (no dictionary)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_id_of(secret: str) -> str | None:
+    """Return the public id embedded in a key, or None if it is not one of ours."""
+    match = _KEY.match(secret)
+    return match.group(1) if match else None
+
+
+def key_matches(secret: str, key_hash: str) -> bool:
+    """Compare a presented key with a stored hash in constant time."""
+    return hmac.compare_digest(hash_key(secret), key_hash)
+
+
+def mint_token(
+    secret: str,
+    subject: str,
+    permissions: Iterable[str],
+    *,
+    ttl: int = 3600,
+    issuer: str = "",
+    audience: str = "",
+    algorithm: str = "HS256",
+) -> str:
+    """Sign a JWT carrying `permissions`, valid for `ttl` seconds."""
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": subject,
+        "permissions": sorted(set(permissions)),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm=algorithm)

@@ -1,0 +1,92 @@
+"""Postgres connections: a lazily created, fork-safe pool and a transaction context."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+import psycopg2.pool
+
+from shared.errors import ServiceUnavailable
+
+psycopg2.extras.register_uuid()
+
+# Errors that mean "the database is not reachable right now", as opposed to a bug in a query.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+)
+
+
+class Database:
+    """A connection pool for one DSN that re-creates itself after a fork (never share sockets)."""
+
+    def __init__(self, dsn: str, max_connections: int = 10, connect_timeout: int = 5) -> None:
+        self.dsn = dsn
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        pid = os.getpid()
+        if self._pool is None or self._pid != pid:
+            with self._lock:
+                if self._pool is None or self._pid != pid:
+                    # Do not close the parent's connections after a fork: that would close
+                    # the parent's sockets too. Forget them and start afresh.
+                    self._pool = psycopg2.pool.ThreadedConnectionPool(
+                        0,
+                        self.max_connections,
+                        self.dsn,
+                        connect_timeout=self.connect_timeout,
+                        application_name=f"taskexec-{pid}",
+                    )
+                    self._pid = pid
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+        """Yield a connection in a transaction: commit on success, roll back on error."""
+        try:
+            pool = self._get_pool()
+            conn = pool.getconn()
+        except UNAVAILABLE_ERRORS as exc:
+            raise ServiceUnavailable("the database is unavailable") from exc
+        except psycopg2.pool.PoolError as exc:
+            raise ServiceUnavailable("no database connection is free") from exc
+        broken = False
+        try:
+            yield conn
+            conn.commit()
+        except UNAVAILABLE_ERRORS as exc:
+            broken = True
+            raise ServiceUnavailable("the database connection was lost") from exc
+        except BaseException:
+            try:
+                conn.rollback()
+            except UNAVAILABLE_ERRORS:
+                broken = True
+            raise
+        finally:
+            pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def close(self) -> None:
+        """Close every pooled connection of this process."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.closeall()
+        self._pool = None
+
+
+def connect(dsn: str, connect_timeout: int = 5) -> psycopg2.extensions.connection:
+    """Open one plain connection (migrations, CLI, tests)."""
+    try:
+        return psycopg2.connect(dsn, connect_timeout=connect_timeout)
+    except UNAVAILABLE_ERRORS as exc:
+        raise ServiceUnavailable(f"cannot connect to the database: {exc}".strip()) from exc

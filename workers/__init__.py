@@ -1,0 +1,1 @@
+"""The Celery workers that run task definitions."""

@@ -1,0 +1,129 @@
+"""Small built-ins for trying the service and its lifecycle: echo, sleep, flaky, memory."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shared.definitions import RetryPolicy, TaskContext, TaskDefinition
+from shared.errors import RetryableTaskError
+from shared.status import TaskType
+
+_ANY_OBJECT = {"type": "object"}
+
+
+def echo(data: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Return the input unchanged."""
+    return data
+
+
+def sleep(data: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """Sleep `seconds`, checking for a cancel every 50 ms."""
+    seconds = float(data["seconds"])
+    started = time.monotonic()
+    deadline = started + seconds
+    while True:
+        ctx.check_cancelled()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(left, 0.05))
+    return {"slept": round(time.monotonic() - started, 3)}
+
+
+def flaky(data: dict[str, Any], ctx: TaskContext) -> dict[str, int]:
+    """Fail the first `failTimes` attempts, then succeed."""
+    if ctx.attempt <= int(data.get("failTimes", 1)):
+        raise RetryableTaskError(
+            f"flaky failure on attempt {ctx.attempt}", {"attempt": ctx.attempt}
+        )
+    return {"attempts": ctx.attempt}
+
+
+def allocate_memory(data: dict[str, Any], ctx: TaskContext) -> dict[str, int]:
+    """Allocate and touch `megabytes` MiB, hold them briefly, then free them."""
+    size = int(data["megabytes"]) * 1024 * 1024
+    block = bytearray(size)
+    for offset in range(0, size, 4096):  # touch every page so it is really resident
+        block[offset] = 1
+    time.sleep(float(data.get("holdSeconds", 0)))
+    return {"allocated": int(data["megabytes"])}
+
+
+ECHO = TaskDefinition(
+    id="echo",
+    name="Echo",
+    description="Returns its input as its output",
+    type=TaskType.AUTOMATED,
+    version="1.0.0",
+    input_schema=_ANY_OBJECT,
+    output_schema=_ANY_OBJECT,
+    handler=echo,
+    timeout_ms=60_000,
+)
+
+SLEEP = TaskDefinition(
+    id="sleep",
+    name="Sleep",
+    description="Sleeps for a number of seconds; cancellable, for timeouts and cancellation",
+    type=TaskType.AUTOMATED,
+    version="1.0.0",
+    input_schema={
+        "type": "object",
+        "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 86400}},
+        "required": ["seconds"],
+    },
+    output_schema={
+        "type": "object",
+        "properties": {"slept": {"type": "number"}},
+        "required": ["slept"],
+    },
+    handler=sleep,
+    timeout_ms=3_600_000,
+)
+
+FLAKY = TaskDefinition(
+    id="flaky",
+    name="Flaky",
+    description="Fails its first failTimes attempts, then succeeds; for retries",
+    type=TaskType.AUTOMATED,
+    version="1.0.0",
+    input_schema={
+        "type": "object",
+        "properties": {"failTimes": {"type": "integer", "minimum": 0, "maximum": 100}},
+    },
+    output_schema={
+        "type": "object",
+        "properties": {"attempts": {"type": "integer"}},
+        "required": ["attempts"],
+    },
+    handler=flaky,
+    timeout_ms=60_000,
+    retry_policy=RetryPolicy(max_retries=3, retry_interval=200, backoff_multiplier=2),
+)
+
+ALLOCATE_MEMORY = TaskDefinition(
+    id="allocate-memory",
+    name="Allocate Memory",
+    description="Allocates megabytes of memory; beyond its 128Mi requirement it ends OUT_OF_MEMORY",
+    type=TaskType.AUTOMATED,
+    version="1.0.0",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "megabytes": {"type": "integer", "minimum": 0, "maximum": 65536},
+            "holdSeconds": {"type": "number", "minimum": 0, "maximum": 60},
+        },
+        "required": ["megabytes"],
+    },
+    output_schema={
+        "type": "object",
+        "properties": {"allocated": {"type": "integer"}},
+        "required": ["allocated"],
+    },
+    handler=allocate_memory,
+    timeout_ms=60_000,
+    resource_requirements={"cpu": "0.1", "memory": "128Mi", "timeoutSeconds": 60},
+)
+
+DEFINITIONS = (ECHO, SLEEP, FLAKY, ALLOCATE_MEMORY)

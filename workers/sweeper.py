@@ -1,0 +1,118 @@
+"""The sweeper: publishes what Redis lost or never got, rescues dead attempts, enforces deadlines.
+
+It runs as its own process (`taskexec beat`) rather than as Celery beat jobs, because its main
+duty is to repair the broker: it must keep working while Redis is down and must never wait in
+a queue behind the tasks it is there to rescue. Every write it makes is a guarded
+compare-and-set, so several sweepers may run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from config.settings import Settings
+from shared import store
+from shared.broker import BROKER_ERRORS, Broker
+from shared.errors import TaskexecError
+from shared.status import ErrorKind, Status
+from workers.executor import Failure, Runtime, error_doc
+
+log = logging.getLogger(__name__)
+PURGE_EVERY_SECONDS = 300
+
+
+class Sweeper:
+    """One sweeper loop over the ledger."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.broker = broker or Broker(settings)
+        self.runtime = Runtime(settings, self.broker)
+        self._last_purge = 0.0
+
+    def sweep_once(self) -> dict[str, int]:
+        """Do one round; return counts of what it did."""
+        counts = {
+            "published": self.publish_due(),
+            "rescued": self.rescue_expired_leases(),
+            "timed_out": self.enforce_deadlines(),
+        }
+        if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
+            with self.runtime.db.connection() as conn:
+                store.purge_expired_idempotency(conn)
+            self._last_purge = time.monotonic()
+        return counts
+
+    def publish_due(self) -> int:
+        """Publish tasks that are due and whose message is missing or overdue."""
+        with self.runtime.db.connection() as conn:
+            due = store.take_due_for_publish(conn, self.settings.republish_after)
+        failed = self.broker.publish_many(due)
+        if failed:
+            with self.runtime.db.connection() as conn:
+                store.unpublish(conn, [d.id for d in failed])
+        if due:
+            log.info("published %d waiting task(s)", len(due) - len(failed))
+        return len(due) - len(failed)
+
+    def rescue_expired_leases(self) -> int:
+        """End attempts whose worker died (lease expired): retry per policy or fail WORKER_LOST."""
+        with self.runtime.db.connection() as conn:
+            expired = store.expired_leases(conn)
+        rescued = 0
+        for task in expired:
+            where = f"{task.worker_host}:{task.worker_pid}"
+            failure = Failure(
+                error_doc(
+                    "WORKER_LOST",
+                    f"the worker running attempt {task.attempts} ({where}) stopped responding",
+                    ErrorKind.WORKER_LOST,
+                ),
+                worker_lost=True,
+            )
+            if self.runtime.record_failure(task, task.attempts, failure) != "superseded":
+                rescued += 1
+        if rescued:
+            log.warning("rescued %d task(s) from lost workers", rescued)
+        return rescued
+
+    def enforce_deadlines(self) -> int:
+        """Time out tasks past their submission deadline, stopping any running attempt."""
+        with self.runtime.db.connection() as conn:
+            overdue = store.expired_deadlines(conn)
+        count = 0
+        for task in overdue:
+            error = error_doc(
+                "DEADLINE_EXCEEDED",
+                "the job did not finish before its timeout",
+                ErrorKind.TASK_ERROR,
+            )
+            with self.runtime.db.connection() as conn:
+                done = store.fail_task(conn, task.id, Status.TIMED_OUT, error, attempt=None)
+            if done is None:
+                continue
+            count += 1
+            if task.status == Status.RUNNING.value:
+                try:
+                    self.broker.revoke(str(task.id), terminate=True)
+                except BROKER_ERRORS:
+                    log.warning("could not revoke %s; its attempt stops at its next check", task.id)
+        return count
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Sweep every `sweep_interval` seconds until `stop` is set; survive outages."""
+        stop = stop or threading.Event()
+        log.info("sweeper running every %.1fs", self.settings.sweep_interval)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.sweep_once()
+            except TaskexecError as exc:
+                log.warning("sweep skipped: %s", exc.message)
+            except BROKER_ERRORS as exc:
+                log.warning("sweep skipped, broker unreachable: %s", exc)
+            except Exception:
+                log.exception("sweep failed")
+            stop.wait(max(self.settings.sweep_interval - (time.monotonic() - started), 0.05))
