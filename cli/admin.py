@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -95,7 +96,7 @@ def keys_list(output: str) -> None:
         rows = store.list_api_keys(conn)
     finally:
         conn.close()
-    docs = [
+    docs: list[dict[str, Any]] = [
         {
             "id": k.id,
             "name": k.name,

@@ -26,6 +26,13 @@ def _cursor(conn: Conn) -> psycopg2.extras.RealDictCursor:
     return conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
 
 
+def _one(cur: Any) -> dict[str, Any]:
+    """Fetch the one row a query always returns (an aggregate)."""
+    row = cur.fetchone()
+    assert row is not None
+    return dict(row)
+
+
 def _build(cls: Any, row: dict[str, Any] | None) -> Any:
     if row is None:
         return None
@@ -214,7 +221,8 @@ def list_definitions(
     conn: Conn, *, type_: str | None, search: str | None, limit: int, offset: int
 ) -> tuple[list[DefinitionRow], int]:
     """Page through definitions by id; `search` matches name or description, any case."""
-    where, params = ["TRUE"], []
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
     if type_:
         where.append("type = %s")
         params.append(type_)
@@ -225,7 +233,7 @@ def list_definitions(
     clause = " AND ".join(where)
     with _cursor(conn) as cur:
         cur.execute(f"SELECT count(*) AS n FROM task_definitions WHERE {clause}", params)
-        total = cur.fetchone()["n"]
+        total = _one(cur)["n"]
         cur.execute(
             f"SELECT * FROM task_definitions WHERE {clause} ORDER BY id LIMIT %s OFFSET %s",
             [*params, limit, offset],
@@ -387,7 +395,8 @@ class TaskFilter:
 
 
 def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
-    where, params = ["TRUE"], []
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
     if flt.owner is not None:
         where.append("owner = %s")
         params.append(flt.owner)
@@ -426,7 +435,7 @@ def list_tasks(
     with _cursor(conn) as cur:
         if count:
             cur.execute(f"SELECT count(*) AS n FROM tasks WHERE {clause}", params)
-            total = cur.fetchone()["n"]
+            total = _one(cur)["n"]
         page_clause, page_params = clause, list(params)
         if after is not None:
             page_clause += " AND (created_at, id) < (%s, %s)"

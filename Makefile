@@ -1,0 +1,40 @@
+# The two commands a newcomer needs: `make dev` (install and run everything) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: dev test lint typecheck unit bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+## Install, then run migrations, the API, a worker and the sweeper (embedded servers if needed).
+dev: $(STAMP)
+	$(BIN)/taskexec dev $(ARGS)
+
+## Install, then lint, type-check and run every test suite (unit, api, integration, reliability).
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Only the fast unit tests.
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+## The benchmark suite (several minutes; see docs/benchmarks.md).
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache *.egg-info
