@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import current_app, g, request
 
 from api.services import services
-from config.settings import Settings
+from config.settings import ConfigurationError, Settings
 from shared import store
-from shared.credentials import Principal, key_id_of, key_matches
-from shared.errors import AuthenticationError, PermissionDenied
+from shared.credentials import Principal, hash_key, key_id_of, key_matches
+from shared.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 PUBLIC = "public"
+MAX_SUBJECT = 200  # the subject becomes the owner of tasks and a rate-limit key
+JWKS_LIFESPAN = 300  # seconds a fetched JWKS is trusted before it is fetched again
+JWKS_REFRESH_COOLDOWN = 30  # seconds between refetches caused by an unknown kid
+# Compared against when a key id is unknown, so a miss costs what a hit costs.
+_NO_SUCH_KEY = hash_key("tes_000000000000_" + "0" * 32)
 
 
 class TokenVerifier:
@@ -27,24 +38,69 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.algorithm = settings.jwt_algorithm
+        asymmetric = self.algorithm != "HS256"
+        self._public_key = (
+            load_public_key(settings) if asymmetric and settings.jwt_public_key else None
+        )
         self._jwks: jwt.PyJWKClient | None = None
-        if settings.jwt_jwks_url:
-            self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300)
+        self._jwks_lock = threading.Lock()
+        self._jwks_refreshed = -math.inf
+        if asymmetric and settings.jwt_jwks_url:
+            self._jwks = jwt.PyJWKClient(
+                settings.jwt_jwks_url, cache_jwk_set=True, lifespan=JWKS_LIFESPAN, timeout=5
+            )
 
     @property
     def enabled(self) -> bool:
-        s = self.settings
-        return bool(s.jwt_secret if self.algorithm == "HS256" else (s.jwt_public_key or self._jwks))
+        """Say whether bearer tokens can be verified with this configuration."""
+        if self.algorithm == "HS256":
+            return bool(self.settings.jwt_secret)
+        return self._jwks is not None or self._public_key is not None
 
     def _key(self, token: str) -> Any:
         if self.algorithm == "HS256":
             return self.settings.jwt_secret
         if self._jwks is not None:
+            return self._jwks_key(token)
+        return self._public_key
+
+    def _jwks_key(self, token: str) -> Any:
+        """The JWKS key named by the token's `kid` (of the pinned algorithm's key type)."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"invalid token: {exc}") from exc
+        if not isinstance(kid, str) or not kid:
+            raise AuthenticationError("invalid token: the header has no kid")
+        assert self._jwks is not None
+        try:
+            key = self._find_key(self._jwks.get_signing_keys(), kid)
+        except jwt.PyJWTError as exc:
+            raise ServiceUnavailable("the token signing keys cannot be fetched") from exc
+        if key is None and self._may_refresh():
+            # A new key may have been published; refetch, but at most once per cooldown so
+            # tokens with made-up kids cannot make us hammer the identity provider.
             try:
-                return self._jwks.get_signing_key_from_jwt(token).key
-            except jwt.PyJWKClientError as exc:
-                raise AuthenticationError("the token's signing key is unknown") from exc
-        return self.settings.jwt_public_key
+                key = self._find_key(self._jwks.get_signing_keys(refresh=True), kid)
+            except jwt.PyJWTError:
+                log.warning("refreshing the JWKS from %s failed", self.settings.jwt_jwks_url)
+        if key is None:
+            raise AuthenticationError("invalid token: its signing key (kid) is unknown")
+        return key
+
+    def _find_key(self, keys: list[jwt.PyJWK], kid: str) -> Any:
+        for jwk in keys:
+            if jwk.key_id == kid and _fits(self.algorithm, jwk.key):
+                return jwk.key
+        return None
+
+    def _may_refresh(self) -> bool:
+        with self._jwks_lock:
+            now = time.monotonic()
+            if now - self._jwks_refreshed < JWKS_REFRESH_COOLDOWN:
+                return False
+            self._jwks_refreshed = now
+            return True
 
     def verify(self, token: str) -> Principal:
         """Return the token's principal, or raise AuthenticationError."""
@@ -63,17 +119,53 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthenticationError("the token has expired") from exc
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError for odd keys
             raise AuthenticationError(f"invalid token: {exc}") from exc
-        permissions = claims.get("permissions")
-        if permissions is None:
-            permissions = str(claims.get("scope", "")).split()
-        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
-            raise AuthenticationError("invalid token: permissions must be a list of strings")
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise AuthenticationError("invalid token: sub must be a non-empty string")
-        return Principal(subject=subject, permissions=frozenset(permissions))
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT:
+            raise AuthenticationError(f"invalid token: sub must be 1 to {MAX_SUBJECT} characters")
+        return Principal(subject=subject, permissions=frozenset(token_permissions(claims)))
+
+
+def token_permissions(claims: dict[str, Any]) -> list[str]:
+    """Read permissions from a `permissions` list, else a space-separated `scope`."""
+    permissions = claims.get("permissions")
+    if permissions is None:
+        scope = claims.get("scope", "")
+        permissions = scope.split() if isinstance(scope, str) else scope
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        raise AuthenticationError("invalid token: permissions must be a list of strings")
+    return permissions
+
+
+def load_public_key(settings: Settings) -> Any:
+    """Load TASKEXEC_JWT_PUBLIC_KEY (PEM text, or a path to a PEM file) for the algorithm."""
+    raw = settings.jwt_public_key.strip()
+    problem = "TASKEXEC_JWT_PUBLIC_KEY"
+    if "-----BEGIN" not in raw:
+        try:
+            raw = Path(raw).read_text()
+        except OSError as exc:
+            raise ConfigurationError([f"{problem}: neither PEM text nor a readable file"]) from exc
+    try:
+        # .env files often carry a PEM on one line with literal \n
+        key = serialization.load_pem_public_key(raw.replace("\\n", "\n").encode())
+    except ValueError as exc:
+        raise ConfigurationError([f"{problem}: not a PEM public key ({exc})"]) from exc
+    if not _fits(settings.jwt_algorithm, key):
+        raise ConfigurationError(
+            [f"{problem}: not a key for TASKEXEC_JWT_ALGORITHM={settings.jwt_algorithm}"]
+        )
+    return key
+
+
+def _fits(algorithm: str, key: Any) -> bool:
+    """Say whether `key` is the kind the pinned algorithm verifies with."""
+    if algorithm == "RS256":
+        return isinstance(key, rsa.RSAPublicKey)
+    if algorithm == "ES256":
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    return False
 
 
 def authenticate_api_key(secret: str) -> Principal:
@@ -81,9 +173,11 @@ def authenticate_api_key(secret: str) -> Principal:
     key_id = key_id_of(secret)
     if key_id is None:
         raise AuthenticationError("invalid API key")
+    # Read on every request, never cached: a revocation takes effect at once.
     with services().db.connection() as conn:
         key = store.get_api_key(conn, key_id)
-        if key is None or not key_matches(secret, key.key_hash) or key.revoked_at is not None:
+        matches = key_matches(secret, key.key_hash if key is not None else _NO_SUCH_KEY)
+        if key is None or not matches or key.revoked_at is not None:
             raise AuthenticationError("invalid API key")
         store.touch_api_key(conn, key_id)
     return Principal(
@@ -95,7 +189,11 @@ def authenticate_api_key(secret: str) -> Principal:
 
 
 def load_principal() -> None:
-    """Authenticate the request (before rate limiting); keep the error for the view to raise."""
+    """Authenticate the request (before rate limiting); keep the error for the view to raise.
+
+    Also a 503 (database or JWKS unreachable) is kept, not raised: public views such as the
+    health probes must answer whatever credentials a request carries.
+    """
     g.principal = None
     g.auth_error = None
     try:
@@ -110,7 +208,7 @@ def load_principal() -> None:
             g.principal = current_app.extensions["taskexec_tokens"].verify(token.strip())
         else:
             g.auth_error = AuthenticationError("authentication required")
-    except AuthenticationError as exc:
+    except (AuthenticationError, ServiceUnavailable) as exc:
         g.auth_error = exc
 
 

@@ -6,12 +6,12 @@ import math
 from typing import Any
 
 from flask import Response, jsonify
-from marshmallow import Schema, fields, validate
+from marshmallow import RAISE
 
 from api.auth import requires
 from api.blueprint import Blueprint
 from api.resources import definition_json, definition_summary
-from api.schemas import TYPES
+from api.schemas import ListDefinitionsQuery
 from api.services import services
 from shared import store
 from shared.errors import DefinitionNotFound
@@ -24,27 +24,27 @@ blp = Blueprint(
 )
 
 
-class ListDefinitionsQuery(Schema):
-    type = fields.String(validate=validate.OneOf(TYPES))
-    search = fields.String(validate=validate.Length(min=1, max=200))
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-
-
 @blp.route("", methods=["GET"], strict_slashes=False)
 @requires("tasks:definitions:list")
-@blp.arguments(ListDefinitionsQuery, location="query")
+@blp.arguments(ListDefinitionsQuery, location="query", unknown=RAISE)
 def list_definitions(query: dict[str, Any]) -> Response:
-    """List task definitions by id, filtered by `type` and a text `search`.
+    """List task definitions in id order, filtered by `type` and a text `search`.
 
-    Response 200: {"items": [{"id", "name", "description", "type", "version"}], "pagination": {...}}
+    Query: type=AUTOMATED & search=order (case-insensitive, in name or description)
+           & page=1 & limit=20 (1..100)
+    Response 200:
+        {"items": [{"id": "calculate-order-total", "name": "Calculate Order Total",
+                    "description": "Calculates the total price of an order including taxes",
+                    "type": "AUTOMATED", "version": "1.2.0"}, …],
+         "pagination": {"page": 1, "limit": 20, "totalItems": 15, "totalPages": 1}}
+    Errors: 400 naming the parameter (unknown type, page < 1, limit outside 1..100).
     """
     page, limit = query["page"], query["limit"]
     with services().db.connection() as conn:
         rows, total = store.list_definitions(
             conn,
             type_=query.get("type"),
-            search=query.get("search"),
+            search=(query.get("search") or "").strip() or None,
             limit=limit,
             offset=(page - 1) * limit,
         )
@@ -64,15 +64,27 @@ def list_definitions(query: dict[str, Any]) -> Response:
 @blp.route("/<definition_id>", methods=["GET"])
 @requires("tasks:definitions:read")
 def get_definition(definition_id: str) -> Response:
-    """Get one definition in full: schemas, timeout, retry policy, execution config.
+    """Get the newest version of one definition in full, as in the seed.
 
-    Response 200: the seed's definition document plus `versions` (every version published).
-    Errors: 404 unknown definition.
+    Response 200:
+        {"id": "calculate-order-total", "name": "…", "description": "…", "type": "AUTOMATED",
+         "version": "1.2.0", "inputSchema": {…}, "outputSchema": {…}, "timeout": 60000,
+         "retryPolicy": {"maxRetries": 3, "retryInterval": 60000, "backoffMultiplier": 2},
+         "executionConfig": {"executor": "standard-executor",
+                             "securityContext": {"securityLevel": "LOW"},
+                             "resourceRequirements": {"cpu": "0.1", "memory": "128Mi",
+                                                      "timeoutSeconds": 60}},
+         "defaultConfig": {}, "createdAt": "…", "updatedAt": "…",
+         "versions": ["1.0.0", "1.2.0"]}
+    `versions` lists every version ever published, oldest first; tasks record theirs as
+    `definitionVersion`. Errors: 404 NOT_FOUND for an unknown id.
     """
     with services().db.connection() as conn:
         row = store.get_definition(conn, definition_id)
         if row is None:
-            raise DefinitionNotFound(f"task definition {definition_id!r} not found")
+            raise DefinitionNotFound(
+                f"task definition {definition_id!r} not found", {"definitionId": definition_id}
+            )
         versions = store.definition_versions(conn, definition_id)
     doc = definition_json(row)
     doc["versions"] = versions

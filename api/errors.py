@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.schemas import field_errors
 from shared import errors
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def envelope(code: str, message: str, details: Any = None, status: int = 400) ->
 
 
 def handle_domain_error(error: errors.TaskexecError) -> Response:
+    """Answer one of our own errors with its status; 5xx ones get a generic message."""
     status = status_for(error)
     if status >= 500 and status != 503:
         log.error("internal error: %s", error, exc_info=error)
@@ -71,24 +73,41 @@ def handle_domain_error(error: errors.TaskexecError) -> Response:
 
 
 def handle_http_exception(error: HTTPException) -> Response:
+    """Answer Flask/Werkzeug's own errors (routing 404/405, 413, 429, webargs' 400)."""
     status = error.code or 500
-    code, message = HTTP_CODES.get(status, ("INTERNAL_ERROR", "An internal error occurred"))
+    code, message = HTTP_CODES.get(status) or _fallback(status, error)
     details: Any = {}
     data = getattr(error, "data", None)  # webargs puts marshmallow messages here
     if isinstance(data, dict) and "messages" in data:
-        details = data["messages"]
-        message = "Request validation failed"
+        details = request_errors(data["messages"])
+        message = f"Invalid {details['field'] or 'request'}: {details['issue']}"
     elif status == 405:
         details = {"allowed": sorted(getattr(error, "valid_methods", None) or [])}
     elif status < 500 and error.description and status not in (404, 413):
         message = str(error.description)
     response = envelope(code, message, details, status)
-    if status == 405:
+    if status == 405 and details["allowed"]:
         response.headers["Allow"] = ", ".join(details["allowed"])
     return response
 
 
+def _fallback(status: int, error: HTTPException) -> tuple[str, str]:
+    """A status outside the table: a client error is the caller's to fix, anything else ours."""
+    if status < 500:
+        return "VALIDATION_ERROR", error.name
+    return "INTERNAL_ERROR", "An internal error occurred"
+
+
+def request_errors(messages: Any) -> dict[str, Any]:
+    """Details of a webargs failure ({location: {field: [messages]}}) as {field, issue, ...}."""
+    if isinstance(messages, dict) and len(messages) == 1:
+        location, inner = next(iter(messages.items()))
+        return field_errors(inner, "body" if location == "json" else str(location))
+    return field_errors(messages)
+
+
 def handle_unexpected(error: Exception) -> Response:
+    """Answer a bug with a generic 500, logging the traceback for operators."""
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
     log.error("unhandled error", exc_info=error)

@@ -1,17 +1,33 @@
-"""Per-principal rate limits kept in Redis (flask-limiter), with X-RateLimit-* headers."""
+"""Per-principal rate limits kept in Redis (flask-limiter), with X-RateLimit-* headers.
+
+Two buckets per principal: `default` shared by every endpoint, and `bulk` shared by the views
+marked with `bulk_limit`. Limits are counted once per request in the limiter's before_request
+hook, which `create_app` registers right after `load_principal`, so the key is the principal.
+Public views (health, API docs) are exempt. Unrouted requests (404/405) count too.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, g, request
-from flask_limiter import Limiter
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import HeaderNames, Limit, Limiter
+from limits import parse_many
 
+from api.auth import PUBLIC
 from config.settings import Settings
 
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 BULK = "bulk"
+DEFAULT = "default"
+UNROUTED = "unrouted"
+# flask-limiter writes its Retry-After on every response, which also clobbers the one a 503
+# sets; it writes this name instead, and `_retry_after` turns it into Retry-After on a 429.
+_RETRY_HEADER = "X-RateLimit-Retry-After"
+_STORAGE_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
 
 
 def bulk_limit(view: F) -> F:
@@ -34,36 +50,88 @@ def _settings() -> Settings:
     return current_app.extensions["taskexec"].settings  # type: ignore[no-any-return]
 
 
-def default_limit() -> str:
+def _view() -> Callable[..., Any] | None:
+    return current_app.view_functions.get(request.endpoint or "")  # type: ignore[return-value]
+
+
+def limit_group(_endpoint: str = "") -> str:
+    """Name the bucket the current request counts against (`bulk` or `default`)."""
+    return BULK if getattr(_view(), "rate_limit_group", None) == BULK else DEFAULT
+
+
+def current_limit() -> str:
+    """Return the limit of the current request: bulk, the key's own, or the default."""
+    settings = _settings()
+    if limit_group() == BULK:
+        return settings.ratelimit_bulk
     principal = g.get("principal")
-    if principal is not None and principal.rate_limit:
-        return str(principal.rate_limit)
-    return _settings().ratelimit_default
+    own = principal.rate_limit if principal is not None else None
+    if own:
+        try:
+            parse_many(own)
+            return str(own)
+        except ValueError:
+            log.warning("API key %s has an invalid rate limit %r", principal.key_id, own)
+    return settings.ratelimit_default
 
 
-def bulk_limit_value() -> str:
-    return _settings().ratelimit_bulk
+def is_exempt() -> bool:
+    """Public views (health probes, API docs) are not limited."""
+    return getattr(_view(), "permission", None) == PUBLIC
+
+
+def _refused_message() -> str:
+    return f"rate limit of {current_limit()} exceeded; retry after the time in Retry-After"
+
+
+def storage_uri(redis_url: str) -> str:
+    """Translate a Redis URL to the `limits` storage notation."""
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url.removeprefix("unix://")
+    return redis_url
+
+
+def _retry_after(response: Response) -> Response:
+    seconds = response.headers.pop(_RETRY_HEADER, None)
+    if response.status_code == 429:
+        try:
+            wait = int(seconds) if seconds is not None else 1
+        except ValueError:
+            wait = 1
+        # The window may end within the second: never tell a client to retry after 0.
+        response.headers["Retry-After"] = str(max(1, wait))
+    return response
 
 
 def init_limiter(app: Flask, settings: Settings) -> Limiter:
-    """Attach a limiter to `app` and apply the bulk limit and the health exemptions."""
+    """Attach the limiter to `app`; call it right after registering `load_principal`."""
+    default = Limit(
+        limit_provider=current_limit,
+        key_function=limit_key,
+        scope=limit_group,
+        shared=True,  # one bucket per principal and group, not one per endpoint
+        exempt_when=is_exempt,
+        error_message=_refused_message,
+    )
     limiter = Limiter(
         key_func=limit_key,
-        default_limits=[default_limit],
-        storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        default_limits=[default],
+        storage_uri=storage_uri(settings.redis_url),
+        # Short timeouts: an unreachable Redis costs one request half a second, then only the
+        # periodic probe for its return (backing off to every 32 s) waits on it.
+        storage_options=_STORAGE_OPTIONS,
         strategy="fixed-window",
         headers_enabled=True,
+        header_name_mapping={HeaderNames.RETRY_AFTER: _RETRY_HEADER},
         enabled=settings.ratelimit_enabled,
         # Redis down: count in process memory rather than fail every request.
         swallow_errors=True,
         in_memory_fallback_enabled=True,
         key_prefix="taskexec-limits",
+        request_identifier=lambda: request.endpoint or UNROUTED,
     )
+    if settings.ratelimit_enabled:
+        # Registered before the limiter's own after_request, so it runs after it.
+        app.after_request(_retry_after)
     limiter.init_app(app)
-    for view in app.view_functions.values():
-        if getattr(view, "permission", None) == "public":
-            limiter.exempt(view)
-        elif getattr(view, "rate_limit_group", None) == BULK:
-            limiter.limit(bulk_limit_value, override_defaults=True)(view)
     return limiter

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.errors import ValidationError
 from shared.status import Priority
 from shared.store import Attempt, DefinitionRow, Task
 
@@ -68,7 +72,7 @@ def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, An
             "progress": task.progress,
             "executionConfig": {
                 "timeout": task.timeout_ms,
-                "retryPolicy": task.retry_policy,
+                "retryPolicy": retry_policy_json(task.retry_policy),
                 "executor": task.executor,
             },
             "executionMetadata": {
@@ -92,6 +96,14 @@ def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, An
     return doc
 
 
+def retry_policy_json(policy: dict[str, Any]) -> dict[str, Any]:
+    """A stored retry policy as the seed writes it (`"backoffMultiplier": 2`, not 2.0)."""
+    multiplier = policy.get("backoffMultiplier")
+    if isinstance(multiplier, float) and multiplier.is_integer():
+        return {**policy, "backoffMultiplier": int(multiplier)}
+    return policy
+
+
 def definition_summary(row: DefinitionRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -110,15 +122,42 @@ def definition_json(row: DefinitionRow) -> dict[str, Any]:
             "inputSchema": row.input_schema,
             "outputSchema": row.output_schema,
             "timeout": row.timeout_ms,
-            "retryPolicy": row.retry_policy,
+            "retryPolicy": retry_policy_json(row.retry_policy),
             "executionConfig": {
                 "executor": row.executor,
                 "securityContext": row.security_context,
                 "resourceRequirements": row.resource_requirements,
             },
-            "defaultConfig": row.default_config,
             "createdAt": rfc3339(row.created_at),
             "updatedAt": rfc3339(row.updated_at),
+            # Not in the seed: the config a Task API job starts from (seed 003).
+            "defaultConfig": row.default_config,
         }
     )
     return doc
+
+
+def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    """The `nextCursor` after a task: its position in the (createdAt, id) order."""
+    raw = f"{created_at.isoformat()}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Read a `cursor` parameter back into a position; 400 naming `cursor` if it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, tid = raw.partition("|")
+        position = datetime.fromisoformat(created), uuid.UUID(tid)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise _bad_cursor() from exc
+    if position[0].tzinfo is None:
+        raise _bad_cursor()
+    return position
+
+
+def _bad_cursor() -> ValidationError:
+    return ValidationError(
+        "invalid cursor",
+        {"field": "cursor", "issue": "not a nextCursor from this API", "location": "query"},
+    )

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from collections.abc import Mapping
+from typing import Any
 
+from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import ValidationError as FieldError
+
+from shared.errors import ValidationError
 from shared.status import Priority, Status, TaskType
 
 _ID = validate.Length(min=1, max=200)
 _MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+STATUSES = [s.value for s in Status]
+TYPES = [t.value for t in TaskType]
+#: How deep `page` may go; past it, use `cursor`.
+MAX_PAGE = 1_000_000
 
 
 class RetryPolicySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    maxRetries = fields.Integer(validate=validate.Range(min=0, max=100))
-    retryInterval = fields.Integer(validate=validate.Range(min=0, max=_MAX_TIMEOUT_MS))
+    maxRetries = fields.Integer(strict=True, validate=validate.Range(min=0, max=100))
+    retryInterval = fields.Integer(strict=True, validate=validate.Range(min=0, max=_MAX_TIMEOUT_MS))
     backoffMultiplier = fields.Float(validate=validate.Range(min=1, max=100))
     retryOnTimeout = fields.Boolean()
     jitter = fields.Float(validate=validate.Range(min=0, max=1))
@@ -26,6 +35,7 @@ class ExecutionConfigSchema(Schema):
         unknown = RAISE
 
     timeout = fields.Integer(
+        strict=True,
         validate=validate.Range(min=1, max=_MAX_TIMEOUT_MS),
         metadata={"description": "Milliseconds one attempt may run"},
     )
@@ -88,5 +98,111 @@ class CompleteTaskSchema(Schema):
     output = fields.Raw(required=True)
 
 
-STATUSES = [s.value for s in Status]
-TYPES = [t.value for t in TaskType]
+class StatusList(fields.String):
+    """One status or several, comma-separated or repeated (`status=PENDING,RUNNING`)."""
+
+    is_multiple = True  # webargs passes every `status=` value, not just the first
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise FieldError("expected status names separated by commas")
+        names = [name.strip() for v in values for name in v.split(",") if name.strip()]
+        if not names:
+            raise FieldError("give at least one status")
+        unknown = [name for name in names if name not in STATUSES]
+        if unknown:
+            raise FieldError(
+                f"unknown status {', '.join(unknown)}; expected one of {', '.join(STATUSES)}"
+            )
+        return tuple(dict.fromkeys(names))
+
+
+class ListTasksQuery(Schema):
+    """The query of `GET /api/v1/tasks`; an unknown parameter is an error, not ignored."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = StatusList(metadata={"description": "One status or several, comma-separated"})
+    type = fields.String(validate=validate.OneOf(TYPES))
+    workflowInstanceId = fields.String(validate=_ID)
+    taskDefinitionId = fields.String(validate=_ID)
+    createdAfter = fields.AwareDateTime(
+        format="iso", metadata={"description": "RFC 3339; tasks created at or after it"}
+    )
+    createdBefore = fields.AwareDateTime(
+        format="iso", metadata={"description": "RFC 3339; tasks created before it"}
+    )
+    page = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_PAGE),
+        metadata={"description": "Page number, from 1 (the default)"},
+    )
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "The `nextCursor` of the previous page (instead of `page`)"},
+    )
+
+
+class ListDefinitionsQuery(Schema):
+    """The query of `GET /api/v1/tasks/definitions`."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(validate=validate.OneOf(TYPES))
+    search = fields.String(
+        validate=validate.Length(max=200),
+        metadata={"description": "Case-insensitive text in the name or description"},
+    )
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+def field_errors(messages: Any, location: str | None = None) -> dict[str, Any]:
+    """Turn marshmallow's nested messages into the seed's `{field, issue}` details.
+
+    The first problem is `field`/`issue`; `errors` lists every one. Nested fields are
+    dotted (`executionConfig.retryPolicy.maxRetries`), list items indexed (`tasks[2]`).
+    """
+    errors: list[dict[str, str]] = []
+    _flatten(messages, "", errors)
+    if not errors:
+        errors = [{"field": "", "issue": "invalid request"}]
+    details: dict[str, Any] = {"field": errors[0]["field"], "issue": errors[0]["issue"]}
+    if location:
+        details["location"] = location
+    details["errors"] = errors
+    return details
+
+
+def _flatten(messages: Any, path: str, out: list[dict[str, str]]) -> None:
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            if key == "_schema":
+                child = path
+            elif isinstance(key, int):
+                child = f"{path}[{key}]"
+            else:
+                child = f"{path}.{key}" if path else str(key)
+            _flatten(value, child, out)
+    elif isinstance(messages, list | tuple):
+        for message in messages:
+            _flatten(message, path, out)
+    else:
+        out.append({"field": path, "issue": str(messages)})
+
+
+def load_bulk_item(schema: SubmitTaskSchema, index: int, raw: Any) -> dict[str, Any]:
+    """Validate one bulk item's envelope; field names in errors are relative to the item."""
+    if not isinstance(raw, dict):
+        raise ValidationError(
+            "each task must be a JSON object",
+            {"field": f"tasks[{index}]", "issue": "not an object", "location": "body"},
+        )
+    try:
+        return schema.load(raw)  # type: ignore[no-any-return]
+    except FieldError as exc:
+        details = field_errors(exc.messages)
+        raise ValidationError(f"Invalid {details['field']}: {details['issue']}", details) from exc

@@ -16,11 +16,20 @@ from shared import store
 from shared.broker import BROKER_ERRORS
 from shared.credentials import Principal
 from shared.definitions import RetryPolicy
-from shared.errors import IdempotencyConflict, InputValidationError, ServiceUnavailable
+from shared.errors import (
+    IdempotencyConflict,
+    InputValidationError,
+    ServiceUnavailable,
+    TaskexecError,
+)
 from shared.status import Priority, TaskType
 from shared.validation import schema_errors
 
 log = logging.getLogger(__name__)
+
+#: How often a submission is retried after losing an idempotency race (one retry suffices
+#: unless the winning key expires in between).
+_RACE_RETRIES = 3
 
 
 def input_errors(definition: store.DefinitionRow, data: Any) -> InputValidationError | None:
@@ -30,12 +39,12 @@ def input_errors(definition: store.DefinitionRow, data: Any) -> InputValidationE
     )
 
 
-def output_errors(definition: store.DefinitionRow, data: Any) -> InputValidationError | None:
+def output_errors(
+    definition_id: str, output_schema: dict[str, Any], data: Any
+) -> InputValidationError | None:
     """Return the 422 error for a manual completion whose output fails the schema, or None."""
     return _schema_error(
-        definition.output_schema,
-        data,
-        f"output does not match the output schema of {definition.id}",
+        output_schema, data, f"output does not match the output schema of {definition_id}"
     )
 
 
@@ -79,6 +88,7 @@ def new_task(
         retry_policy=policy.to_json(),
         deadline_at=deadline_at,
         source=source,
+        # A manual task never goes to a worker: no message now, none from the sweeper later.
         published=not manual,
     )
 
@@ -98,35 +108,48 @@ class Accepted:
     created: bool
 
 
-def store_and_publish(
-    svc: Services,
-    principal: Principal,
-    rows: Sequence[store.NewTask],
-    keys: Sequence[tuple[str, str] | None] = (),
-) -> list[Accepted]:
-    """Insert rows (one transaction), bind idempotency keys, then publish after commit.
+#: What became of one submitted row: accepted (created or replayed), or refused.
+Outcome = Accepted | TaskexecError
+#: (idempotency key, request hash) of a row, or None without a key.
+Key = tuple[str, str] | None
 
-    `keys[i]` is (idempotency key, request hash) for `rows[i]`, or None. A key already bound
-    to the same request returns the original task; to another request, IdempotencyConflict.
+
+def store_and_publish(
+    svc: Services, principal: Principal, rows: Sequence[store.NewTask], keys: Sequence[Key] = ()
+) -> list[Outcome]:
+    """Insert rows in one transaction, bind their idempotency keys, publish after commit.
+
+    A key already bound (by this principal) to the same request replays the original task;
+    bound to a different request, that row is refused with IdempotencyConflict and the
+    others go ahead. Within one batch a repeated key behaves the same way: the first row
+    with it decides. Losing a race to a concurrent request raises _Retry (rolled back).
     """
     keys = list(keys) or [None] * len(rows)
-    results: list[Accepted | None] = [None] * len(rows)
+    outcomes: list[Outcome | None] = [None] * len(rows)
+    fresh: list[int] = []
+    repeats: list[tuple[int, int]] = []  # (row, the earlier row of the batch with its key)
     with svc.db.connection() as conn:
-        fresh: list[int] = []
+        first_with: dict[str, int] = {}
         for index, key in enumerate(keys):
             if key is None:
                 fresh.append(index)
                 continue
-            record = store.get_idempotency(conn, principal.subject, key[0])
+            name, digest = key
+            if name in first_with:
+                earlier = first_with[name]
+                if keys[earlier] == key:
+                    repeats.append((index, earlier))
+                else:
+                    outcomes[index] = _conflict(name, None)
+                continue
+            first_with[name] = index
+            record = store.get_idempotency(conn, principal.subject, name)
             if record is None:
                 fresh.append(index)
-            elif record.request_hash != key[1]:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was used with a different request",
-                    {"idempotencyKey": key[0], "taskId": str(record.task_id)},
-                )
+            elif record.request_hash != digest:
+                outcomes[index] = _conflict(name, record.task_id)
             else:
-                results[index] = Accepted(_existing(conn, record.task_id), created=False)
+                outcomes[index] = Accepted(_existing(conn, record.task_id), created=False)
         inserted = store.insert_tasks(conn, [rows[i] for i in fresh])
         by_id = {task.id: task for task in inserted}
         for index in fresh:
@@ -136,16 +159,31 @@ def store_and_publish(
                 bound = store.claim_idempotency(
                     conn, principal.subject, key[0], key[1], task.id, svc.settings.idempotency_ttl
                 )
-                if bound.task_id != task.id:
-                    # A concurrent request with the same key won; undo ours, replay theirs.
+                if bound is None or bound.task_id != task.id:
+                    # A concurrent request with the same key committed first: undo ours
+                    # and run again, which then replays theirs.
                     raise _Retry()
-            results[index] = Accepted(task, created=True)
-    publish([a.task for a in results if a is not None and a.created], svc)
-    return [a for a in results if a is not None]
+            outcomes[index] = Accepted(task, created=True)
+        for index, earlier in repeats:
+            first = outcomes[earlier]
+            outcomes[index] = (
+                Accepted(first.task, created=False) if isinstance(first, Accepted) else first
+            )
+    publish([o.task for o in outcomes if isinstance(o, Accepted) and o.created], svc)
+    done = [o for o in outcomes if o is not None]
+    assert len(done) == len(rows)
+    return done
+
+
+def _conflict(key: str, task_id: uuid.UUID | None) -> IdempotencyConflict:
+    details: dict[str, Any] = {"field": "idempotencyKey", "issue": "already used", "key": key}
+    if task_id is not None:
+        details["taskId"] = str(task_id)
+    return IdempotencyConflict("this idempotency key was used with a different request", details)
 
 
 class _Retry(Exception):
-    """Internal: an idempotency race was lost; the transaction rolls back."""
+    """Internal: an idempotency race was lost; the transaction rolled back."""
 
 
 def _existing(conn: store.Conn, task_id: uuid.UUID) -> store.Task:
@@ -155,14 +193,27 @@ def _existing(conn: store.Conn, task_id: uuid.UUID) -> store.Task:
     return task
 
 
+def submit_each(
+    svc: Services, principal: Principal, rows: Sequence[store.NewTask], keys: Sequence[Key] = ()
+) -> list[Outcome]:
+    """Store and publish, one outcome per row; a lost idempotency race is retried."""
+    for _ in range(_RACE_RETRIES):
+        try:
+            return store_and_publish(svc, principal, rows, keys)
+        except _Retry:
+            continue
+    raise ServiceUnavailable("the idempotency key is contended; retry the request")
+
+
 def submit(
-    svc: Services, principal: Principal, rows: Sequence[store.NewTask], keys: Sequence[Any] = ()
+    svc: Services, principal: Principal, rows: Sequence[store.NewTask], keys: Sequence[Key] = ()
 ) -> list[Accepted]:
-    """Store and publish; one retry absorbs a lost idempotency race."""
-    try:
-        return store_and_publish(svc, principal, rows, keys)
-    except _Retry:
-        return store_and_publish(svc, principal, rows, keys)
+    """Store and publish rows that must all be accepted; raise the first refusal."""
+    outcomes = submit_each(svc, principal, rows, keys)
+    for outcome in outcomes:
+        if isinstance(outcome, TaskexecError):
+            raise outcome
+    return [o for o in outcomes if isinstance(o, Accepted)]
 
 
 def publish(tasks: Sequence[store.Task], svc: Services) -> None:

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import uuid
-from datetime import datetime
 from typing import Any
 
 from flask import Response, jsonify, request, url_for
-from marshmallow import Schema, fields, validate
+from marshmallow import RAISE
 
 from api import submission
 from api.auth import current_principal, requires
 from api.blueprint import Blueprint
 from api.limits import bulk_limit
-from api.resources import rfc3339, task_json, task_summary
+from api.resources import decode_cursor, encode_cursor, rfc3339, task_json, task_summary
 from api.schemas import (
-    STATUSES,
-    TYPES,
     BulkCancelSchema,
     BulkSubmitSchema,
     CancelTaskSchema,
     CompleteTaskSchema,
+    ListTasksQuery,
     SubmitTaskSchema,
+    load_bulk_item,
 )
 from api.services import services
 from shared import store
@@ -42,6 +39,9 @@ from shared.status import Status, TaskType
 blp = Blueprint(
     "tasks", __name__, url_prefix="/api/v1/tasks", description="Submit and manage tasks"
 )
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_MAX_KEY_LENGTH = 200
 
 
 def parse_task_id(raw: str) -> uuid.UUID:
@@ -66,24 +66,50 @@ def owner_scope(principal: Principal) -> str | None:
 def submit_task(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
     """Submit a task.
 
-    Request: {"taskDefinitionId": "calculate-order-total", "input": {...}, "priority": "HIGH"}
-    Response 201: {"id": "...", "status": "PENDING", "createdAt": "2023-07-15T14:30:00.000Z"}
-    An `Idempotency-Key` header replays the original task (200) instead of creating another.
-    Errors: 400 malformed, 404 unknown definition, 409 key reused, 422 input fails the schema.
+    Request (optionally with an `Idempotency-Key: <1-200 chars>` header):
+        {"taskDefinitionId": "calculate-order-total", "workflowInstanceId": "order-workflow-789",
+         "input": {"orderId": "ORD-123", "items": [...]}, "priority": "HIGH",
+         "executionConfig": {"timeout": 60000, "retryPolicy": {"maxRetries": 3}}}
+    Response 201 (+ `Location: /api/v1/tasks/<id>`):
+        {"id": "4f0c…", "status": "PENDING", "createdAt": "2023-07-15T14:30:00.000Z"}
+    Idempotency: the same key with the same body from the same principal, within
+    TASKEXEC_IDEMPOTENCY_TTL seconds, creates nothing and answers 200 with the original
+    task's id, its current status and createdAt, and `Idempotent-Replayed: true`.
+    Errors: 400 malformed body or key, 404 unknown definition, 409 key already used with a
+    different body, 422 input fails the definition's inputSchema.
     """
     svc = services()
     principal = current_principal()
+    key = _idempotency_key(body)
     definition = svc.definitions.get(body["taskDefinitionId"])
     row = submission.new_task(principal, body, definition)
-    key = request.headers.get("Idempotency-Key") or body.get("idempotencyKey")
-    if key is not None and not 1 <= len(key) <= 200:
-        raise ValidationError("Idempotency-Key must be 1 to 200 characters")
     keys = [(key, submission.request_hash(body))] if key else []
     accepted = submission.submit(svc, principal, [row], keys)[0]
     task = accepted.task
     doc = {"id": str(task.id), "status": task.status, "createdAt": rfc3339(task.created_at)}
-    location = url_for("tasks.get_task", task_id=str(task.id))
-    return jsonify(doc), 201 if accepted.created else 200, {"Location": location}
+    headers = {"Location": url_for("tasks.get_task", task_id=str(task.id))}
+    if not accepted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return jsonify(doc), 201 if accepted.created else 200, headers
+
+
+def _idempotency_key(body: dict[str, Any]) -> str | None:
+    """The request's idempotency key: the header, or the body's `idempotencyKey` field."""
+    header = request.headers.get(IDEMPOTENCY_HEADER)
+    field = body.get("idempotencyKey")
+    if header is None:
+        return field
+    if not 1 <= len(header) <= _MAX_KEY_LENGTH:
+        raise ValidationError(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {_MAX_KEY_LENGTH} characters",
+            {"field": IDEMPOTENCY_HEADER, "issue": f"length {len(header)}", "location": "headers"},
+        )
+    if field is not None and field != header:
+        raise ValidationError(
+            f"{IDEMPOTENCY_HEADER} and idempotencyKey disagree",
+            {"field": "idempotencyKey", "issue": "differs from the header", "location": "body"},
+        )
+    return header
 
 
 @blp.route("/bulk", methods=["POST"])
@@ -91,11 +117,19 @@ def submit_task(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
 @requires("tasks:execute")
 @blp.arguments(BulkSubmitSchema)
 def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
-    """Submit up to `TASKEXEC_BULK_MAX_TASKS` tasks; each item is accepted or refused alone.
+    """Submit up to TASKEXEC_BULK_MAX_TASKS (100) tasks; each item is accepted or refused alone.
 
-    Request: {"tasks": [{"taskDefinitionId": "echo", "input": {}}, {...}]}
-    Response 201: {"items": [{"index": 0, "id": "...", "status": "PENDING"},
-                             {"index": 1, "error": {"code": "NOT_FOUND", ...}}]}
+    Request: {"tasks": [{"taskDefinitionId": "echo", "input": {}, "idempotencyKey": "k-1"},
+                        {"taskDefinitionId": "nope"}]}
+    Response 201 (always, when the envelope is valid; look at each item):
+        {"items": [{"index": 0, "id": "4f0c…", "status": "PENDING"},
+                   {"index": 1, "error": {"code": "NOT_FOUND", "message": "…", "details": {…}}}]}
+    Each item is what `POST /api/v1/tasks` takes, with its idempotency key as the field
+    `idempotencyKey` (a replay gives the original id and `"replayed": true`; a key reused
+    with another body is that item's CONFLICT). All accepted items are written in one
+    transaction and then published. Rate-limited by TASKEXEC_RATELIMIT_BULK.
+    Errors: 400 no `tasks` list, an empty one, more than the maximum, or an
+    Idempotency-Key header (keys go on the items).
     """
     svc = services()
     principal = current_principal()
@@ -103,21 +137,21 @@ def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
     if len(items) > svc.settings.bulk_max_tasks:
         raise ValidationError(
             f"at most {svc.settings.bulk_max_tasks} tasks per request",
-            {"field": "tasks", "issue": f"{len(items)} given"},
+            {"field": "tasks", "issue": f"{len(items)} given", "location": "body"},
+        )
+    if request.headers.get(IDEMPOTENCY_HEADER) is not None:
+        raise ValidationError(
+            "a bulk request takes an idempotencyKey on each task, not the header",
+            {"field": IDEMPOTENCY_HEADER, "issue": "not allowed here", "location": "headers"},
         )
     results: list[dict[str, Any] | None] = [None] * len(items)
     rows: list[store.NewTask] = []
-    keys: list[tuple[str, str] | None] = []
+    keys: list[submission.Key] = []
     positions: list[int] = []
     schema = SubmitTaskSchema()
     for index, raw in enumerate(items):
         try:
-            errors = (
-                schema.validate(raw) if isinstance(raw, dict) else {"_schema": ["not an object"]}
-            )
-            if errors:
-                raise ValidationError("Request validation failed", errors)
-            item = schema.load(raw)
+            item = load_bulk_item(schema, index, raw)
             definition = svc.definitions.get(item["taskDefinitionId"])
             rows.append(submission.new_task(principal, item, definition))
             key = item.get("idempotencyKey")
@@ -126,31 +160,24 @@ def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
         except TaskexecError as exc:
             results[index] = {"index": index, "error": _error_doc(exc)}
     if rows:
-        try:
-            accepted = submission.submit(svc, principal, rows, keys)
-        except Conflict as exc:
-            # One reused key must not sink the batch: retry the others without it.
-            accepted = _submit_each(svc, principal, rows, keys, positions, results, exc)
-        else:
-            for index, acc in zip(positions, accepted, strict=True):
-                results[index] = _accepted_doc(index, acc)
+        outcomes = submission.submit_each(svc, principal, rows, keys)
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if isinstance(outcome, TaskexecError):
+                results[index] = {"index": index, "error": _error_doc(outcome)}
+            else:
+                results[index] = _accepted_doc(index, outcome)
     return jsonify({"items": results}), 201
 
 
-def _submit_each(svc, principal, rows, keys, positions, results, _exc) -> list[Any]:  # type: ignore[no-untyped-def]
-    accepted = []
-    for index, row, key in zip(positions, rows, keys, strict=True):
-        try:
-            acc = submission.submit(svc, principal, [row], [key] if key else [])[0]
-            results[index] = _accepted_doc(index, acc)
-            accepted.append(acc)
-        except Conflict as exc:
-            results[index] = {"index": index, "error": _error_doc(exc)}
-    return accepted
-
-
 def _accepted_doc(index: int, accepted: submission.Accepted) -> dict[str, Any]:
-    return {"index": index, "id": str(accepted.task.id), "status": accepted.task.status}
+    doc: dict[str, Any] = {
+        "index": index,
+        "id": str(accepted.task.id),
+        "status": accepted.task.status,
+    }
+    if not accepted.created:
+        doc["replayed"] = True
+    return doc
 
 
 def _error_doc(exc: TaskexecError) -> dict[str, Any]:
@@ -178,76 +205,67 @@ def get_task(task_id: str) -> Response:
     return jsonify(task_json(task, attempts))
 
 
-class ListTasksQuery(Schema):
-    status = fields.String(metadata={"description": "One status or several, comma-separated"})
-    type = fields.String(validate=validate.OneOf(TYPES))
-    workflowInstanceId = fields.String(validate=validate.Length(min=1, max=200))
-    taskDefinitionId = fields.String(validate=validate.Length(min=1, max=200))
-    createdAfter = fields.AwareDateTime(format="iso")
-    createdBefore = fields.AwareDateTime(format="iso")
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(validate=validate.Length(max=200))
-
-
 @blp.route("", methods=["GET"], strict_slashes=False)
 @requires("tasks:list")
-@blp.arguments(ListTasksQuery, location="query")
+@blp.arguments(ListTasksQuery, location="query", unknown=RAISE)
 def list_tasks(query: dict[str, Any]) -> Response:
-    """List tasks, newest first, with filters and pagination.
+    """List tasks, newest first (createdAt, then id), with filters and pagination.
 
-    Query: status=RUNNING,PENDING&type=AUTOMATED&workflowInstanceId=..&page=1&limit=20
-    Response 200: {"items": [...], "pagination": {"page", "limit", "totalItems", "totalPages"}}
-    `nextCursor` is given too: pass it as `cursor` for fast deep paging.
+    Query: status=PENDING,RUNNING (one or several) & type=AUTOMATED & workflowInstanceId=…
+           & taskDefinitionId=… & createdAfter=2023-07-15T00:00:00Z (inclusive)
+           & createdBefore=2023-07-16T00:00:00Z (exclusive) & page=1 & limit=20 (1..100)
+    Response 200:
+        {"items": [{"id", "taskDefinitionId", "workflowInstanceId", "status", "type",
+                    "priority", "createdAt", "updatedAt"}, …],
+         "pagination": {"page": 1, "limit": 20, "totalItems": 42, "totalPages": 3,
+                        "totalItemsExact": true},
+         "nextCursor": "MjAyMy0…"}
+    A page past the end has no items and the same totals. `nextCursor` is there while more
+    items follow; pass it as `cursor` (instead of `page`) to page deep at constant cost
+    (then `pagination.page` is null). Up to TASKEXEC_LIST_EXACT_COUNT_MAX (10000) matches
+    totalItems is exact; beyond it, it is Postgres' estimate and totalItemsExact is false.
+    A caller without tasks:admin sees only their own tasks.
+    Errors: 400 naming the parameter (unknown status or type, bad date, page < 1, limit
+    outside 1..100, unknown parameter, bad cursor, page together with cursor).
     """
-    statuses = tuple(s.strip() for s in query.get("status", "").split(",") if s.strip())
-    unknown = [s for s in statuses if s not in STATUSES]
-    if unknown:
+    svc = services()
+    if "cursor" in query and "page" in query:
         raise ValidationError(
-            "unknown status", {"field": "status", "issue": f"unknown: {', '.join(unknown)}"}
+            "give either page or cursor",
+            {"field": "cursor", "issue": "cannot be combined with page", "location": "query"},
         )
+    after = decode_cursor(query["cursor"]) if "cursor" in query else None
+    page: int | None = None if after else query.get("page", 1)
+    limit = query["limit"]
     flt = store.TaskFilter(
         owner=owner_scope(current_principal()),
-        statuses=statuses,
+        statuses=query.get("status", ()),
         type=query.get("type"),
         workflow_instance_id=query.get("workflowInstanceId"),
         task_definition_id=query.get("taskDefinitionId"),
         created_after=query.get("createdAfter"),
         created_before=query.get("createdBefore"),
     )
-    page, limit = query["page"], query["limit"]
-    after = _decode_cursor(query["cursor"]) if "cursor" in query else None
-    with services().db.connection() as conn:
-        tasks, total = store.list_tasks(
-            conn, flt, limit=limit, offset=(page - 1) * limit, after=after
+    with svc.db.connection() as conn:
+        # One row more than the page says whether another page follows (for nextCursor).
+        tasks = store.list_tasks(
+            conn, flt, limit=limit + 1, offset=((page or 1) - 1) * limit, after=after
         )
+        total, exact = store.count_tasks(conn, flt, svc.settings.list_exact_count_max)
+    more, tasks = len(tasks) > limit, tasks[:limit]
     body: dict[str, Any] = {
         "items": [task_summary(t) for t in tasks],
         "pagination": {
             "page": page,
             "limit": limit,
             "totalItems": total,
-            "totalPages": math.ceil((total or 0) / limit),
+            "totalPages": math.ceil(total / limit),
+            "totalItemsExact": exact,
         },
     }
-    if len(tasks) == limit:
-        last = tasks[-1]
-        body["nextCursor"] = _encode_cursor(last.created_at, last.id)
+    if more:
+        body["nextCursor"] = encode_cursor(tasks[-1].created_at, tasks[-1].id)
     return jsonify(body)
-
-
-def _encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, tid = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(tid)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ValidationError("invalid cursor", {"field": "cursor"}) from exc
 
 
 # ------------------------------------------------------------------ cancel and complete
@@ -336,31 +354,43 @@ def cancel_many(body: dict[str, Any]) -> Response:
 @requires("tasks:complete")
 @blp.arguments(CompleteTaskSchema)
 def complete_task(body: dict[str, Any], task_id: str) -> Response:
-    """Complete a PENDING manual task with its output (checked against the output schema).
+    """Complete a PENDING manual (type MANUAL) task with its output.
 
-    Request: {"output": {"approved": true}}
-    Response 200: the full task. Errors: 404, 409 not manual or not pending, 422 bad output.
+    Request: {"output": {"approved": true, "approver": "dana"}}
+    Response 200: the full task, as GET /api/v1/tasks/{id}, now COMPLETED with that output.
+    The output is checked against the outputSchema of the definition version the task was
+    submitted with. Errors: 400 no `output`, 404 unknown (or another principal's) task,
+    409 not a manual task or no longer PENDING, 422 output fails the outputSchema.
     """
     svc = services()
-    principal = current_principal()
+    scope = owner_scope(current_principal())
     tid = parse_task_id(task_id)
+    output = body["output"]
     with svc.db.connection() as conn:
-        task = store.get_task(conn, tid, owner_scope(principal))
-    if task is None:
-        raise TaskNotFound(f"task {task_id} not found")
-    if task.type != TaskType.MANUAL.value:
-        raise Conflict("only MANUAL tasks are completed through the API", {"type": task.type})
-    definition = svc.definitions.get(task.task_definition_id)
-    error = submission.output_errors(definition, body["output"])
+        task = store.get_task(conn, tid, scope)
+        if task is None:
+            raise TaskNotFound(f"task {task_id} not found")
+        if task.type != TaskType.MANUAL.value:
+            raise Conflict(
+                "only MANUAL tasks are completed through the API",
+                {"field": "type", "issue": f"task is {task.type}", "type": task.type},
+            )
+        if task.status != Status.PENDING.value:
+            raise TaskAlreadyFinished(f"task {task_id} is {task.status}", {"status": task.status})
+        version = store.definition_version_document(
+            conn, task.task_definition_id, task.definition_version
+        )
+    schema = version["output_schema"] if version else None
+    if schema is None:  # recorded before version history existed: the current definition
+        schema = svc.definitions.get(task.task_definition_id).output_schema
+    error = submission.output_errors(task.task_definition_id, schema, output)
     if error is not None:
         raise error
     with svc.db.connection() as conn:
-        done = store.complete_manual_task(conn, tid, body["output"], owner_scope(principal))
-        if done is None:
+        done = store.complete_manual_task(conn, tid, output, scope)
+        if done is None:  # cancelled (or completed) since we looked
             current = store.get_task(conn, tid)
-            raise TaskAlreadyFinished(
-                f"task {task_id} is {current.status if current else 'gone'}",
-                {"status": current.status if current else None},
-            )
+            status = current.status if current else None
+            raise TaskAlreadyFinished(f"task {task_id} is {status}", {"status": status})
         attempts = store.get_attempts(conn, tid)
     return jsonify(task_json(done, attempts))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -112,12 +113,21 @@ def keys_list(output: str) -> None:
     if output == "json":
         click.echo(json.dumps(docs, indent=2))
         return
-    click.echo(f"{'ID':<14} {'NAME':<20} {'OWNER':<16} {'REVOKED':<8} PERMISSIONS")
-    for d in docs:
+    click.echo(
+        f"{'ID':<14} {'NAME':<20} {'OWNER':<16} {'CREATED':<17} {'LAST USED':<17} "
+        f"{'REVOKED':<17} PERMISSIONS"
+    )
+    for k, d in zip(rows, docs, strict=True):
         click.echo(
-            f"{d['id']:<14} {d['name'][:20]:<20} {d['owner'][:16]:<16} "
-            f"{'yes' if d['revokedAt'] else 'no':<8} {','.join(d['permissions'])}"
+            f"{d['id']:<14} {d['name'][:20]:<20} {d['owner'][:16]:<16} {_when(k.created_at):<17} "
+            f"{_when(k.last_used_at):<17} {_when(k.revoked_at, 'no'):<17} "
+            f"{','.join(d['permissions'])}"
         )
+
+
+def _when(moment: datetime | None, never: str = "never") -> str:
+    """A timestamp for the keys table: UTC, to the minute."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ") if moment else never
 
 
 @keys.command("revoke")

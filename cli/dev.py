@@ -14,7 +14,7 @@ from typing import IO
 
 import click
 
-from cli.processes import api_command, default_executors, flower_command
+from cli.processes import api_command, default_executors, flower_command, flower_env
 
 COLOURS = {"api": 36, "worker": 33, "beat": 35, "flower": 32, "redis": 31, "postgres": 34}
 
@@ -36,10 +36,10 @@ class Supervisor:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._lock = threading.Lock()
 
-    def start(self, name: str, cmd: list[str]) -> None:
+    def start(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
         proc = subprocess.Popen(
             cmd,
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
@@ -150,9 +150,13 @@ def dev(port: int, data_dir: str, concurrency: int, flower: bool) -> None:
         ]
         supervisor.start("worker", worker_cmd)
         supervisor.start("beat", [sys.executable, "-m", "cli", "beat"])
+        flower_auth = None
         if flower:
-            supervisor.start("flower", flower_command(5555, None))
-        _banner(port, env, new.secret, flower)
+            flower_auth = settings.flower_basic_auth or _dev_flower_auth(data)
+            supervisor.start(
+                "flower", flower_command(5555, flower_auth, "127.0.0.1"), flower_env(flower_auth)
+            )
+        _banner(port, env, new.secret, flower_auth)
         try:
             exited = supervisor.wait()
             click.echo(f"{exited} exited; stopping everything", err=True)
@@ -164,7 +168,16 @@ def dev(port: int, data_dir: str, concurrency: int, flower: bool) -> None:
             server.stop()
 
 
-def _banner(port: int, env: dict[str, str], key: str, flower: bool) -> None:
+def _dev_flower_auth(data: Path) -> str:
+    """Flower's dev credentials, made once and kept beside the JWT secret."""
+    path = data / "flower-auth"
+    if not path.exists():
+        path.write_text(f"dev:{secrets.token_urlsafe(12)}")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _banner(port: int, env: dict[str, str], key: str, flower_auth: str | None) -> None:
     lines = [
         "",
         f"taskexec is starting at http://127.0.0.1:{port}  (API docs: /api/v1/docs)",
@@ -174,6 +187,7 @@ def _banner(port: int, env: dict[str, str], key: str, flower: bool) -> None:
         "  more keys: DATABASE_URL=... taskexec keys create --name NAME"
         " --permissions tasks:execute,tasks:read",
     ]
-    if flower:
-        lines.append("  Flower: http://127.0.0.1:5555")
+    if flower_auth:
+        user, _, password = flower_auth.partition(":")
+        lines.append(f"  Flower: http://127.0.0.1:5555  (user {user}, password {password})")
     click.echo("\n".join(lines) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import admin, dev, processes
+from cli import admin, client, dev, processes
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,9 +25,4 @@ for command in (
 ):
     main.add_command(command)
 
-try:  # the HTTP client commands (submit, get, cancel, list, definitions)
-    from cli import client
-
-    client.register(main)
-except ImportError:  # pragma: no cover - a partial install
-    pass
+client.register(main)  # the HTTP client commands: submit, get, cancel, delete, list, definitions

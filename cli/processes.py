@@ -50,9 +50,18 @@ def worker_command(executors: list[str], concurrency: int | None, name: str | No
     return cmd
 
 
-def flower_command(port: int, basic_auth: str | None) -> list[str]:
-    """The Flower command line, on the same broker as the workers."""
-    cmd = [
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def flower_command(port: int, basic_auth: str | None, address: str | None = None) -> list[str]:
+    """The Flower command line, on the workers' broker; see `flower_env` for its credentials.
+
+    Without credentials it binds to loopback only: Flower is never reachable unauthenticated.
+    """
+    address = address or ("0.0.0.0" if basic_auth else "127.0.0.1")
+    if not basic_auth and address not in LOOPBACK:
+        raise ValueError(f"Flower on {address} needs basic auth (TASKEXEC_FLOWER_BASIC_AUTH)")
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -60,11 +69,26 @@ def flower_command(port: int, basic_auth: str | None) -> list[str]:
         "workers.celery_app",
         "flower",
         f"--port={port}",
-        "--address=127.0.0.1" if not basic_auth else "--address=0.0.0.0",
+        f"--address={address}",
+        f"--conf={CONFIG_DIR / 'flower.py'}",
     ]
+
+
+def flower_env(basic_auth: str | None) -> dict[str, str]:
+    """Flower's credentials as its own variable (kept out of the process list), API closed."""
+    env = {"FLOWER_UNAUTHENTICATED_API": "false"}
     if basic_auth:
-        cmd.append(f"--basic-auth={basic_auth}")
-    return cmd
+        env["FLOWER_BASIC_AUTH"] = basic_auth
+    return env
+
+
+def check_basic_auth(value: str) -> str:
+    """Check `user:password[,user:password...]`; passwords of at least 8 characters."""
+    for pair in value.split(","):
+        user, sep, password = pair.partition(":")
+        if not user or not sep or len(password) < 8:
+            raise ValueError("expected user:password (password of 8 or more characters)")
+    return value
 
 
 def default_executors() -> list[str]:
@@ -120,13 +144,23 @@ def beat() -> None:
 @click.command()
 @click.option("--port", default=5555, show_default=True)
 @click.option(
-    "--basic-auth",
-    envvar="FLOWER_BASIC_AUTH",
+    "--address",
     default=None,
-    help="user:password; required unless bound to 127.0.0.1.",
+    help="Bind address (default: 0.0.0.0 with basic auth, else 127.0.0.1).",
 )
-def flower(port: int, basic_auth: str | None) -> None:
-    """Run Flower against the broker (authenticated when reachable from outside)."""
-    load_settings()
-    cmd = flower_command(port, basic_auth)
-    os.execv(cmd[0], cmd)
+@click.option(
+    "--basic-auth",
+    default=None,
+    help="user:password; default TASKEXEC_FLOWER_BASIC_AUTH. Required off loopback.",
+)
+def flower(port: int, address: str | None, basic_auth: str | None) -> None:
+    """Run Flower against the broker (authenticated whenever reachable from outside)."""
+    settings = load_settings()
+    credentials = basic_auth or settings.flower_basic_auth or None
+    try:
+        if credentials:
+            check_basic_auth(credentials)
+        cmd = flower_command(port, credentials, address)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.execve(cmd[0], cmd, {**os.environ, **flower_env(credentials)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -28,23 +29,33 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true/false")
 
 
+def _int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value <= 0:
         raise ValueError("must be a positive integer")
     return value
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value < 0:
         raise ValueError("must be zero or more")
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value) or value <= 0:
         raise ValueError("must be a positive number")
     return value
 
@@ -82,6 +93,18 @@ def _text(raw: str) -> str:
     return raw
 
 
+# Variables whose values may carry credentials.
+_SENSITIVE = frozenset(
+    {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "TASKEXEC_JWT_SECRET",
+        "TASKEXEC_JWT_PUBLIC_KEY",
+        "TASKEXEC_METRICS_TOKEN",
+        "TASKEXEC_FLOWER_BASIC_AUTH",
+    }
+)
+
 # attribute -> (environment variable, parser, default; None means required)
 _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "database_url": ("DATABASE_URL", _postgres_url, None),
@@ -101,6 +124,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "max_json_depth": ("TASKEXEC_MAX_JSON_DEPTH", _positive_int, "32"),
     "bulk_max_tasks": ("TASKEXEC_BULK_MAX_TASKS", _positive_int, "100"),
     "idempotency_ttl": ("TASKEXEC_IDEMPOTENCY_TTL", _positive_int, "86400"),
+    "list_exact_count_max": ("TASKEXEC_LIST_EXACT_COUNT_MAX", _non_negative_int, "10000"),
     "db_pool_max": ("TASKEXEC_DB_POOL_MAX", _positive_int, "10"),
     "db_connect_timeout": ("TASKEXEC_DB_CONNECT_TIMEOUT", _positive_int, "5"),
     "definition_cache_seconds": ("TASKEXEC_DEFINITION_CACHE_SECONDS", _non_negative_int, "5"),
@@ -112,12 +136,16 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "hard_timeout_grace": ("TASKEXEC_HARD_TIMEOUT_GRACE", _positive_float, "5"),
     "cancel_grace": ("TASKEXEC_CANCEL_GRACE", _positive_float, "10"),
     "max_worker_lost": ("TASKEXEC_MAX_WORKER_LOST", _positive_int, "3"),
+    "definition_modules": ("TASKEXEC_DEFINITION_MODULES", _text, ""),
     "visibility_timeout": ("TASKEXEC_VISIBILITY_TIMEOUT", _positive_int, "3600"),
     "worker_events": ("TASKEXEC_WORKER_EVENTS", _bool, "true"),
     "worker_concurrency": ("TASKEXEC_WORKER_CONCURRENCY", _non_negative_int, "0"),
     "log_format": ("TASKEXEC_LOG_FORMAT", _choice("text", "json"), "text"),
     "log_level": ("TASKEXEC_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     "metrics_token": ("TASKEXEC_METRICS_TOKEN", _text, ""),
+    "metrics_port": ("TASKEXEC_METRICS_PORT", _non_negative_int, "0"),
+    "metrics_dir": ("PROMETHEUS_MULTIPROC_DIR", _text, ""),
+    "flower_basic_auth": ("TASKEXEC_FLOWER_BASIC_AUTH", _text, ""),
 }
 
 
@@ -142,6 +170,7 @@ class Settings:
     max_json_depth: int = 32
     bulk_max_tasks: int = 100
     idempotency_ttl: int = 86400
+    list_exact_count_max: int = 10_000  # larger list totals are estimates; 0: always exact
     db_pool_max: int = 10
     db_connect_timeout: int = 5
     definition_cache_seconds: int = 5
@@ -153,12 +182,16 @@ class Settings:
     hard_timeout_grace: float = 5.0
     cancel_grace: float = 10.0
     max_worker_lost: int = 3
+    definition_modules: str = ""  # comma-separated modules exposing DEFINITIONS
     visibility_timeout: int = 3600
     worker_events: bool = True
     worker_concurrency: int = 0
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""
+    metrics_port: int = 0
+    metrics_dir: str = ""
+    flower_basic_auth: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -176,9 +209,11 @@ class Settings:
             try:
                 values[attr] = parse(raw)
             except ValueError as exc:
-                problems.append(f"{name}={raw!r}: {exc}")
-        if not problems:
-            problems.extend(_cross_checks(values))
+                # Never echo a value that may hold a password or key into logs.
+                shown = name if name in _SENSITIVE else f"{name}={raw!r}"
+                problems.append(f"{shown}: {exc}")
+        # Cross-checks too, on whatever parsed, so one error names every problem at once.
+        problems.extend(_cross_checks(values))
         if problems:
             raise ConfigurationError(problems)
         return cls(**values)
@@ -189,16 +224,23 @@ class Settings:
 
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:
+    """Check combinations; a check whose inputs did not parse is skipped (already reported)."""
     problems = []
-    algorithm = values["jwt_algorithm"]
-    if algorithm != "HS256" and not (values["jwt_public_key"] or values["jwt_jwks_url"]):
-        problems.append(
-            f"TASKEXEC_JWT_ALGORITHM={algorithm} needs TASKEXEC_JWT_PUBLIC_KEY or "
-            "TASKEXEC_JWT_JWKS_URL"
-        )
-    if algorithm == "HS256" and values["jwt_secret"] and len(values["jwt_secret"]) < 32:
+    algorithm = values.get("jwt_algorithm")
+    if algorithm and algorithm != "HS256":
+        if not (values.get("jwt_public_key") or values.get("jwt_jwks_url")):
+            problems.append(
+                f"TASKEXEC_JWT_ALGORITHM={algorithm} needs TASKEXEC_JWT_PUBLIC_KEY or "
+                "TASKEXEC_JWT_JWKS_URL"
+            )
+    secret = values.get("jwt_secret", "")
+    if algorithm == "HS256" and secret and len(secret) < 32:
         problems.append("TASKEXEC_JWT_SECRET must be at least 32 characters")
-    if values["heartbeat_seconds"] * 2 > values["lease_seconds"]:
+    if (
+        "heartbeat_seconds" in values
+        and "lease_seconds" in values
+        and (values["heartbeat_seconds"] * 2 > values["lease_seconds"])
+    ):
         problems.append("TASKEXEC_HEARTBEAT_SECONDS must be at most half of TASKEXEC_LEASE_SECONDS")
     return problems
 

@@ -27,7 +27,8 @@ except ImportError:  # pragma: no cover
 
 def make_celery(settings: Settings, name: str = "taskexec") -> Celery:
     """Create a Celery app configured for this service (no tasks registered)."""
-    app = Celery(name, set_as_current=False)
+    # No fixups: the Django one imports celery.worker into every producer (the API).
+    app = Celery(name, set_as_current=False, fixups=[])
     app.conf.update(celery_settings(settings))
     return app
 

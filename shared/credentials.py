@@ -78,7 +78,7 @@ def hash_key(secret: str) -> str:
 
 def key_id_of(secret: str) -> str | None:
     """Return the public id embedded in a key, or None if it is not one of ours."""
-    match = _KEY.match(secret)
+    match = _KEY.fullmatch(secret)
     return match.group(1) if match else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,10 @@ class Database:
                         connect_timeout=self.connect_timeout,
                         application_name=f"taskexec-{pid}",
                     )
+                    # psycopg2 closes a returned connection once `minconn` are idle, so
+                    # with 0 every use would open a new one. Connect lazily (0 at start)
+                    # but keep up to the maximum open for reuse.
+                    self._pool.minconn = self.max_connections
                     self._pid = pid
         return self._pool
 
@@ -56,7 +61,7 @@ class Database:
         """Yield a connection in a transaction: commit on success, roll back on error."""
         try:
             pool = self._get_pool()
-            conn = pool.getconn()
+            conn = self._live_connection(pool)
         except UNAVAILABLE_ERRORS as exc:
             raise ServiceUnavailable("the database is unavailable") from exc
         except psycopg2.pool.PoolError as exc:
@@ -77,11 +82,36 @@ class Database:
         finally:
             pool.putconn(conn, close=broken or bool(conn.closed))
 
+    def _live_connection(
+        self, pool: psycopg2.pool.ThreadedConnectionPool
+    ) -> psycopg2.extensions.connection:
+        # After a Postgres restart every pooled connection is dead; drop those instead of
+        # failing one request per connection with a 503.
+        for _ in range(self.max_connections):
+            conn = pool.getconn()
+            if not _closed_by_server(conn):
+                return conn
+            pool.putconn(conn, close=True)
+        return pool.getconn()
+
     def close(self) -> None:
         """Close every pooled connection of this process."""
         if self._pool is not None and self._pid == os.getpid():
             self._pool.closeall()
         self._pool = None
+
+
+def _closed_by_server(conn: psycopg2.extensions.connection) -> bool:
+    """Say, without a round trip, whether the server ended an idle connection."""
+    if conn.closed:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        # An idle connection has nothing to read unless the server said goodbye or hung up.
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg2.InterfaceError):
+        return True
 
 
 def connect(dsn: str, connect_timeout: int = 5) -> psycopg2.extensions.connection:

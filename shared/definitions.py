@@ -5,22 +5,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 from shared.status import TaskType
 
 DEFAULT_EXECUTOR = "standard-executor"
-_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+MAX_RETRY_DELAY_MS = 7 * 24 * 3600 * 1000  # a week, the longest interval a submission may ask
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _UNITS = {
     None: 1,
     "k": 10**3,
     "M": 10**6,
     "G": 10**9,
     "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
     "Ki": 2**10,
     "Mi": 2**20,
     "Gi": 2**30,
     "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
 }
 
 
@@ -29,7 +35,8 @@ def parse_memory(quantity: str) -> int:
     match = _QUANTITY.match(quantity.strip())
     if not match:
         raise ValueError(f"not a memory quantity: {quantity!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    # Decimal: a float would round large byte counts ("123456789123456789") off.
+    return int(Decimal(match.group(1)) * _UNITS[match.group(2)])
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,12 @@ class RetryPolicy:
     def delay_ms(self, failed_attempt: int) -> int:
         """Milliseconds to wait before attempt `failed_attempt + 1`."""
         exponent = max(failed_attempt - 1, 0)
-        return int(round(self.retry_interval * (self.backoff_multiplier**exponent)))
+        try:
+            delay = self.retry_interval * (self.backoff_multiplier**exponent)
+        except OverflowError:
+            delay = MAX_RETRY_DELAY_MS
+        # Capped: a steep backoff must not overflow Postgres' interval type (or wait for ages).
+        return int(round(min(delay, MAX_RETRY_DELAY_MS)))
 
     def max_attempts(self) -> int:
         return self.max_retries + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -146,8 +147,24 @@ def definition_document(definition: TaskDefinition) -> dict[str, Any]:
     }
 
 
+_RELEASE = re.compile(r"^\d+(?:\.\d+)*")
+
+
+def _older(version: str, than: str) -> bool:
+    """Say whether release `version` precedes `than` (dotted numbers; otherwise never)."""
+    mine, theirs = _RELEASE.match(version.strip()), _RELEASE.match(than.strip())
+    if mine is None or theirs is None:
+        return False
+    return tuple(map(int, mine.group().split("."))) < tuple(map(int, theirs.group().split(".")))
+
+
 def publish_definitions(conn: Conn, definitions: Iterable[TaskDefinition]) -> None:
-    """Upsert definitions; every version is kept in the history table."""
+    """Upsert definitions; every version is kept in the history table.
+
+    The served row only moves forward: a worker still running an older release (say,
+    restarted mid-deploy) records its version in the history but does not roll back the
+    definition the API serves.
+    """
     with conn.cursor() as cur:
         for definition in definitions:
             doc = definition_document(definition)
@@ -156,6 +173,10 @@ def publish_definitions(conn: Conn, definitions: Iterable[TaskDefinition]) -> No
                 " ON CONFLICT (id, version) DO UPDATE SET document = EXCLUDED.document",
                 (doc["id"], doc["version"], Json(doc)),
             )
+            cur.execute("SELECT version FROM task_definitions WHERE id = %s", (doc["id"],))
+            served = cur.fetchone()
+            if served is not None and _older(doc["version"], served[0]):
+                continue
             cur.execute(
                 """
                 INSERT INTO task_definitions (id, version, name, description, type, input_schema,
@@ -176,12 +197,14 @@ def publish_definitions(conn: Conn, definitions: Iterable[TaskDefinition]) -> No
                        task_definitions.output_schema, task_definitions.name,
                        task_definitions.description, task_definitions.timeout_ms,
                        task_definitions.retry_policy, task_definitions.executor,
-                       task_definitions.resource_requirements, task_definitions.default_config)
+                       task_definitions.resource_requirements, task_definitions.default_config,
+                       task_definitions.type, task_definitions.security_context)
                    IS DISTINCT FROM
                       (EXCLUDED.version, EXCLUDED.input_schema, EXCLUDED.output_schema,
                        EXCLUDED.name, EXCLUDED.description, EXCLUDED.timeout_ms,
                        EXCLUDED.retry_policy, EXCLUDED.executor,
-                       EXCLUDED.resource_requirements, EXCLUDED.default_config)
+                       EXCLUDED.resource_requirements, EXCLUDED.default_config,
+                       EXCLUDED.type, EXCLUDED.security_context)
                 """,
                 {
                     **doc,
@@ -211,10 +234,24 @@ def definition_versions(conn: Conn, definition_id: str) -> list[str]:
     """List every version ever published of a definition, oldest first."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT version FROM task_definition_versions WHERE id = %s ORDER BY published_at",
+            "SELECT version FROM task_definition_versions WHERE id = %s"
+            " ORDER BY published_at, version",
             (definition_id,),
         )
         return [row[0] for row in cur.fetchall()]
+
+
+def definition_version_document(
+    conn: Conn, definition_id: str, version: str
+) -> dict[str, Any] | None:
+    """Return one published version of a definition (its stored columns), if recorded."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT document FROM task_definition_versions WHERE id = %s AND version = %s",
+            (definition_id, version),
+        )
+        row = cur.fetchone()
+        return dict(row[0]) if row else None
 
 
 def list_definitions(
@@ -381,6 +418,22 @@ def get_attempts(conn: Conn, task_id: uuid.UUID) -> list[Attempt]:
         return [_build(Attempt, row) for row in cur.fetchall()]
 
 
+def anchor_deadline(conn: Conn, task_id: uuid.UUID, seconds: int) -> datetime | None:
+    """Set an active task's deadline to `seconds` after its stored creation time (DB clock).
+
+    The Task API inserts a deadline from the API host's clock; this makes "since submission"
+    exact against the `created_at` it reports. None if the task has already finished.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE tasks SET deadline_at = created_at + make_interval(secs => %s)"
+            " WHERE id = %s AND status = ANY(%s) RETURNING deadline_at",
+            (seconds, task_id, _ACTIVE),
+        )
+        row = cur.fetchone()
+        return row[0] if row else None
+
+
 @dataclass(frozen=True)
 class TaskFilter:
     """The listing filters; None means no filter."""
@@ -400,7 +453,11 @@ def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
     if flt.owner is not None:
         where.append("owner = %s")
         params.append(flt.owner)
-    if flt.statuses:
+    if len(flt.statuses) == 1:
+        # Plain equality lets the planner read (…, status, created_at) indexes in order.
+        where.append("status = %s")
+        params.append(flt.statuses[0])
+    elif flt.statuses:
         where.append("status = ANY(%s)")
         params.append(list(flt.statuses))
     for column, value in (
@@ -427,26 +484,60 @@ def list_tasks(
     limit: int,
     offset: int = 0,
     after: tuple[datetime, uuid.UUID] | None = None,
-    count: bool = True,
-) -> tuple[list[Task], int | None]:
-    """Page through tasks newest first, by offset or after a (created_at, id) cursor."""
+) -> list[Task]:
+    """Page through tasks newest first, by offset or after a (created_at, id) cursor.
+
+    The page's ids are found first in the listing indexes alone (index-only scans), and
+    only those rows are read in full, so a deep offset skips index entries, not table rows.
+    """
     clause, params = _task_where(flt)
-    total = None
+    if after is not None:
+        clause += " AND (created_at, id) < (%s, %s)"
+        params += [after[0], after[1]]
+        offset = 0
     with _cursor(conn) as cur:
-        if count:
-            cur.execute(f"SELECT count(*) AS n FROM tasks WHERE {clause}", params)
-            total = _one(cur)["n"]
-        page_clause, page_params = clause, list(params)
-        if after is not None:
-            page_clause += " AND (created_at, id) < (%s, %s)"
-            page_params += [after[0], after[1]]
-            offset = 0
         cur.execute(
-            f"SELECT * FROM tasks WHERE {page_clause} ORDER BY created_at DESC, id DESC"
-            " LIMIT %s OFFSET %s",
-            [*page_params, limit, offset],
+            f"""
+            SELECT t.* FROM tasks t
+            JOIN (SELECT id, created_at FROM tasks WHERE {clause}
+                  ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s) page USING (id)
+            ORDER BY page.created_at DESC, page.id DESC
+            """,
+            [*params, limit, offset],
         )
-        return [_build(Task, row) for row in cur.fetchall()], total
+        return [_build(Task, row) for row in cur.fetchall()]
+
+
+def count_tasks(conn: Conn, flt: TaskFilter, exact_max: int = 0) -> tuple[int, bool]:
+    """Count the tasks a filter matches; return (count, exact).
+
+    With `exact_max` > 0 at most `exact_max + 1` rows are counted; a larger result is the
+    planner's estimate (never below `exact_max + 1`), because an exact count of a large
+    match walks every matching index entry. 0 always counts exactly.
+    """
+    clause, params = _task_where(flt)
+    with conn.cursor() as cur:
+        if exact_max <= 0:
+            cur.execute(f"SELECT count(*) FROM tasks WHERE {clause}", params)
+            return int(_first(cur)), True
+        cur.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {clause} LIMIT %s) capped",
+            [*params, exact_max + 1],
+        )
+        counted = int(_first(cur))
+        if counted <= exact_max:
+            return counted, True
+        cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks WHERE {clause}", params)
+        plan = _first(cur)
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        return max(estimate, counted), False
+
+
+def _first(cur: Any) -> Any:
+    """The first column of the one row a query always returns."""
+    row = cur.fetchone()
+    assert row is not None
+    return row[0]
 
 
 def mark_published(conn: Conn, task_ids: Sequence[uuid.UUID]) -> None:
@@ -472,7 +563,7 @@ def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float
                 next_attempt_at = NULL, updated_at = now()
             WHERE id = %(id)s AND status = ANY(%(claimable)s) AND cancel_requested_at IS NULL
               AND type <> 'MANUAL'
-              AND (next_attempt_at IS NULL OR next_attempt_at <= now() + interval '1 second')
+              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
             RETURNING *
             """,
             {"id": task_id, "host": host, "pid": pid, "lease": lease, "claimable": _CLAIMABLE},
@@ -544,6 +635,7 @@ def schedule_retry(
     delay_ms: int,
     published: bool,
     worker_lost: bool = False,
+    outcome: str = "FAILED",
 ) -> Task | None:
     """Move the current attempt's task to RETRYING, due after `delay_ms`.
 
@@ -572,7 +664,7 @@ def schedule_retry(
             },
         )
         task = _build(Task, cur.fetchone())
-        close_attempt(cur, task_id, attempt, "FAILED" if task else None, error)
+        close_attempt(cur, task_id, attempt, outcome if task else None, error)
         return task
 
 
@@ -615,6 +707,37 @@ def cancel_state(conn: Conn, task_id: uuid.UUID, attempt: int) -> tuple[bool, bo
         if row is None:
             return True, False
         return bool(row[0]), bool(row[0]) and bool(row[1])
+
+
+def retry_due_in(conn: Conn, task_id: uuid.UUID) -> float | None:
+    """Seconds until a RETRYING task whose retry rides on a countdown is due; else None."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::float FROM tasks"
+            " WHERE id = %s AND status = 'RETRYING' AND cancel_requested_at IS NULL"
+            " AND published_at IS NOT NULL AND next_attempt_at > now()",
+            (task_id,),
+        )
+        row = cur.fetchone()
+        return float(row[0]) if row else None
+
+
+def end_abandoned_attempt(conn: Conn, task_id: uuid.UUID, host: str, pid: int) -> bool:
+    """Close the attempt that (host, pid) ran if the task moved on without it; say if one was."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE task_attempts a SET ended_at = now(), status = CASE
+                WHEN t.status IN ('CANCELLED', 'TIMED_OUT', 'FAILED') THEN t.status
+                ELSE 'SUPERSEDED' END
+            FROM tasks t
+            WHERE a.task_id = t.id AND a.task_id = %s AND a.ended_at IS NULL
+              AND a.worker_host = %s AND a.worker_pid = %s
+              AND NOT (t.status = 'RUNNING' AND t.attempts = a.attempt)
+            """,
+            (task_id, host, pid),
+        )
+        return cur.rowcount > 0
 
 
 @dataclass(frozen=True)
@@ -710,6 +833,67 @@ def append_log(conn: Conn, task_id: uuid.UUID, attempt: int, level: str, message
         )
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One line a handler logged through its context."""
+
+    seq: int
+    attempt: int
+    level: str
+    message: str
+    created_at: datetime
+
+
+def task_logs(conn: Conn, task_id: uuid.UUID, *, after: int, limit: int) -> list[LogLine]:
+    """Return a task's log lines with `seq` above `after`, oldest first (the primary key range)."""
+    with _cursor(conn) as cur:
+        cur.execute(
+            "SELECT seq, attempt, level, message, created_at FROM task_logs"
+            " WHERE task_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (task_id, after, limit),
+        )
+        return [_build(LogLine, row) for row in cur.fetchall()]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class ActiveGroup:
+    """Active tasks of one status and executor, for the scrape-time gauges."""
+
+    status: str
+    executor: str
+    manual: bool
+    count: int
+    oldest_pending_seconds: float | None
+
+
+def active_groups(conn: Conn, timeout_ms: int = 2000) -> list[ActiveGroup]:
+    """Count active tasks by status and executor (an index range over the active rows only)."""
+    with _cursor(conn) as cur:
+        # A scrape must never pile up behind a slow database: give up rather than queue.
+        cur.execute("SET LOCAL statement_timeout = %s", (timeout_ms,))
+        cur.execute(
+            """
+            SELECT status, executor, type = 'MANUAL' AS manual, count(*) AS count,
+                EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'PENDING'))
+                    ::float8 AS oldest_pending_seconds
+            FROM tasks WHERE status = ANY(%s)
+            GROUP BY status, executor, type = 'MANUAL'
+            """,
+            (_ACTIVE,),
+        )
+        return [_build(ActiveGroup, row) for row in cur.fetchall()]
+
+
+def definition_executors(conn: Conn) -> list[str]:
+    """List the executors that published definitions name (so an idle queue still reads 0)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT executor FROM task_definitions WHERE type <> 'MANUAL'")
+        return sorted(row[0] for row in cur.fetchall())
+
+
 # ---------------------------------------------------------------- the sweeper
 
 
@@ -774,6 +958,21 @@ def expired_leases(conn: Conn, limit: int = 100) -> list[Task]:
         return [_build(Task, row) for row in cur.fetchall()]
 
 
+def extend_running_leases(conn: Conn, lease: float) -> int:
+    """Give every RUNNING attempt a full lease from now; return how many were extended.
+
+    For the sweeper after a database outage: while Postgres was away no worker could renew
+    its lease, so an expired lease then says nothing about whether its worker is alive.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE status = 'RUNNING' AND lease_expires_at < now() + make_interval(secs => %s)",
+            (lease, lease),
+        )
+        return cur.rowcount
+
+
 def expired_deadlines(conn: Conn, limit: int = 100) -> list[Task]:
     """Return active tasks past their deadline (Task API timeouts)."""
     with _cursor(conn) as cur:
@@ -813,6 +1012,37 @@ def fail_task(
         if task is not None and task.attempts:
             close_attempt(cur, task_id, task.attempts, status.value, error)
         return task
+
+
+def close_abandoned_attempts(
+    conn: Conn, older_than: float, limit: int = 100
+) -> list[tuple[uuid.UUID, str]]:
+    """Close attempt rows left open by tasks that moved on `older_than` seconds ago.
+
+    Their worker died (or ignored every signal) after the task was cancelled, timed out or
+    superseded. Returns (task id, task status) for each attempt closed.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            WITH stale AS (
+                SELECT a.task_id, a.attempt, t.status FROM task_attempts a
+                JOIN tasks t ON t.id = a.task_id
+                WHERE a.ended_at IS NULL
+                  AND NOT (t.status = 'RUNNING' AND t.attempts = a.attempt)
+                  AND t.updated_at < now() - make_interval(secs => %s)
+                LIMIT %s
+                FOR UPDATE OF a SKIP LOCKED
+            )
+            UPDATE task_attempts a SET ended_at = now(), status = CASE
+                WHEN stale.status IN ('CANCELLED', 'TIMED_OUT', 'FAILED') THEN stale.status
+                ELSE 'SUPERSEDED' END
+            FROM stale WHERE a.task_id = stale.task_id AND a.attempt = stale.attempt
+            RETURNING a.task_id, stale.status
+            """,
+            (older_than, limit),
+        )
+        return [(row[0], row[1]) for row in cur.fetchall()]
 
 
 # ---------------------------------------------------------------- API keys

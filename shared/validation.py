@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import ValidationError as JsonSchemaError
 
 MAX_REPORTED_ERRORS = 20
+MAX_COLLECTED_ERRORS = 1000
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @lru_cache(maxsize=512)
@@ -25,14 +31,40 @@ def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
 
 
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
-    """List where and why `instance` fails `schema` (empty when it passes)."""
-    errors = sorted(
-        validator_for(schema).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))
-    )
+    """List where and why `instance` fails `schema` (empty when it passes), in document order.
+
+    Each entry is {"field": "$.items[0].price", "issue": "..."}; a missing required property
+    is reported at its own path, not its parent's.
+    """
+    # Bounded: a hostile 1 MiB input must not make us build millions of error objects.
+    found = itertools.islice(validator_for(schema).iter_errors(instance), MAX_COLLECTED_ERRORS)
+    located = sorted(_located(found), key=lambda pair: _order(pair[0]))
     return [
-        {"field": _path(error.absolute_path), "issue": error.message}
-        for error in errors[:MAX_REPORTED_ERRORS]
+        {"field": _path(parts), "issue": error.message}
+        for parts, error in located[:MAX_REPORTED_ERRORS]
     ]
+
+
+def _located(errors: Iterable[JsonSchemaError]) -> Iterator[tuple[list[Any], JsonSchemaError]]:
+    """Pair each error with the path it is about."""
+    # jsonschema yields one `required` error per missing property, in the order the schema
+    # lists them; count per (place, subschema) to know which property each one is about.
+    seen: dict[tuple[Any, ...], int] = {}
+    for error in errors:
+        parts = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            missing = [p for p in error.validator_value if p not in error.instance]
+            key = (*parts, "|", *error.absolute_schema_path)
+            index = seen.get(key, 0)
+            seen[key] = index + 1
+            if index < len(missing):
+                parts.append(missing[index])
+        yield parts, error
+
+
+def _order(parts: list[Any]) -> list[tuple[int, int, str]]:
+    # Array indexes sort as numbers ($.items[2] before $.items[10]), never against names.
+    return [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in parts]
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -43,10 +75,16 @@ def check_schema(schema: dict[str, Any]) -> None:
         raise ValueError(f"invalid JSON Schema: {exc.message}") from exc
 
 
-def _path(parts: Any) -> str:
+def _path(parts: Iterable[Any]) -> str:
+    """Write a JSONPath such as $.items[0].price (odd names in brackets: $["a b"])."""
     text = "$"
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _NAME.match(str(part)):
+            text += f".{part}"
+        else:
+            text += "[" + json.dumps(str(part), ensure_ascii=False) + "]"
     return text
 
 

@@ -2,42 +2,125 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import Terminated, WorkerLostError
 from celery import Celery, Task, signals
-from celery.exceptions import TimeLimitExceeded
+from celery.concurrency.asynpool import AsynPool
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.worker.request import Request
 
 from config.logging import configure_logging
 from config.settings import Settings
 from shared import store
 from shared.broker import Broker, make_celery
 from shared.definitions import Registry, TaskDefinition
+from workers import log_context, transport
+from workers import metrics as worker_metrics
 from workers.definitions import builtin_registry
 from workers.executor import Runtime, wait_for_database
 
 log = logging.getLogger(__name__)
 
+#: Seconds the pool waits for a dead child's result before reporting it lost. Results go to
+#: Postgres, not through the pool, so there is nothing worth waiting Celery's default 10 s for.
+WORKER_LOST_WAIT = 0.5
+#: Seconds between the pool's checks for children that died unnoticed (Celery's is 5).
+MAINTAIN_POOL_SECONDS = 1.0
+
+
+class _ChildPool(AsynPool):  # type: ignore[misc]
+    @property
+    def timers(self) -> dict[Any, float]:
+        return {self.maintain_pool: MAINTAIN_POOL_SECONDS}
+
+
+class TaskPool(PreforkPool):  # type: ignore[misc]
+    """Celery's prefork pool, checking for killed children every second, not every five.
+
+    The pool usually learns of a dead child at once from its sentinel pipe, but not always;
+    then the periodic check is what frees the slot and lets the parent record the loss.
+    """
+
+    Pool = _ChildPool
+
+
+
+class AttemptRequest(Request):  # type: ignore[misc]
+    """One delivery as the worker parent sees it: it records what a killed child cannot.
+
+    Hard time limits and dead children (a signal, the OOM killer, a cancel's escalation) are
+    recorded here at once, fenced by this host and the child's pid, instead of waiting for the
+    lease to expire. When the ledger already reflects the loss, the message is acknowledged
+    rather than requeued, so no duplicate delivery follows.
+    """
+
+    _settled = False
+
+    @property
+    def _runtime(self) -> Runtime:
+        return self.task.runtime  # type: ignore[no-any-return]
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            try:
+                self._runtime.record_hard_timeout(self.id, self.worker_pid)
+            except Exception:  # noqa: BLE001 - the parent must keep serving; the lease rescues
+                log.exception("could not record the hard time limit of %s", self.id)
+        super().on_timeout(soft, timeout)
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError | Terminated | SystemExit):
+            why = "was terminated" if isinstance(exc, Terminated) else f"died ({exc})"
+            try:
+                self._settled = self._runtime.child_lost(self.id, self.worker_pid, why)
+            except Exception:  # noqa: BLE001 - leave it to redelivery and the lease
+                log.exception("could not record the lost worker of %s", self.id)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def reject(self, requeue: bool = False) -> None:
+        super().reject(requeue=requeue and not self._settled)
+
 
 class DefinitionTask(Task):  # type: ignore[misc]
-    """A Celery task that runs one definition; hard time limits are recorded by the parent."""
+    """A Celery task that runs one definition."""
 
+    Request = AttemptRequest
     runtime: Runtime
     definition: TaskDefinition
 
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        if isinstance(exc, TimeLimitExceeded) and args:
-            self.runtime.record_hard_timeout(str(args[0]))
+
+def worker_registry(settings: Settings) -> Registry:
+    """The built-in definitions plus those of `TASKEXEC_DEFINITION_MODULES`."""
+    registry = builtin_registry()
+    for name in filter(None, (n.strip() for n in settings.definition_modules.split(","))):
+        module = importlib.import_module(name)
+        for definition in module.DEFINITIONS:
+            registry.add(definition)
+    return registry
 
 
 def create_worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
     """Build the worker's Celery app with a task for each definition in `registry`."""
     settings = settings or Settings.from_env()
-    registry = registry or builtin_registry()
+    registry = registry or worker_registry(settings)
     app = make_celery(settings, "taskexec")
+    app.conf.worker_lost_wait = WORKER_LOST_WAIT
+    app.conf.worker_pool = f"{__name__}:TaskPool"
+    transport.install()  # survive Redis restarts (see workers/transport.py)
     runtime = Runtime(settings, Broker(settings, app))
     app.conf.taskexec_runtime = runtime
     app.conf.taskexec_registry = registry
+    log_context.connect_celery_signals()
+    worker_metrics.install(settings)
     for definition in registry:
         if definition.handler is None:
             continue  # manual definitions never run on a worker

@@ -18,12 +18,21 @@ from shared.errors import TaskCancelled, TaskexecError
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.2
+#: After SIGTERM, how long a handler has before SIGKILL (SIGTERM can be ignored).
+KILL_AFTER_TERM_SECONDS = 2.0
 MAX_LOG_LINES = 1000
 MAX_LOG_LINE = 4000
 
 
 class AttemptContext:
-    """One running attempt: renews its lease, watches for a cancel, and escalates if ignored."""
+    """One running attempt: renews its lease, watches for a cancel, and escalates if ignored.
+
+    The watcher is a thread of the worker child that runs the handler. A cancel sets a flag the
+    handler may poll (`check_cancelled`); a handler that does not stop within
+    `TASKEXEC_CANCEL_GRACE` seconds gets SIGTERM, and SIGKILL `KILL_AFTER_TERM_SECONDS` later.
+    A forced cancel skips the grace. The signal goes to this child only, which runs nothing but
+    this attempt; the pool starts a fresh child in its place.
+    """
 
     def __init__(self, db: Database, settings: Settings, task_id: uuid.UUID, attempt: int) -> None:
         self.db = db
@@ -42,17 +51,21 @@ class AttemptContext:
     # -- what handlers use
 
     def cancelled(self) -> bool:
+        """Say whether a cancel was requested; long handlers poll this."""
         return self._cancel.is_set()
 
     def check_cancelled(self) -> None:
+        """Raise TaskCancelled if a cancel was requested."""
         if self._cancel.is_set():
             raise TaskCancelled("the task was cancelled while it ran")
 
     def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress between 0 and 1."""
         fraction = min(max(float(fraction), 0.0), 1.0)
         self._write(store.set_progress, {"fraction": fraction, "message": message[:500]})
 
     def log(self, message: str, level: str = "INFO") -> None:
+        """Append a line to the task's log (at most MAX_LOG_LINES per attempt)."""
         if self._lines >= MAX_LOG_LINES:
             return
         self._lines += 1
@@ -68,29 +81,28 @@ class AttemptContext:
     # -- lifecycle
 
     def start(self) -> None:
+        """Start the watcher thread."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the watcher; after this it never signals the process."""
         self._done.set()
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         next_beat = time.monotonic() + self.settings.heartbeat_seconds
         while not self._done.wait(CANCEL_POLL_SECONDS):
-            now = time.monotonic()
             try:
                 with self.db.connection() as conn:
-                    if now >= next_beat:
-                        beat = store.heartbeat(
-                            conn, self._uuid, self.attempt, self.settings.lease_seconds
-                        )
-                        next_beat = now + self.settings.heartbeat_seconds
-                        stop = beat.cancel_requested or not beat.current
-                        force = False
-                    else:
-                        stop, force = store.cancel_state(conn, self._uuid, self.attempt)
+                    if time.monotonic() >= next_beat:
+                        store.heartbeat(conn, self._uuid, self.attempt, self.settings.lease_seconds)
+                        next_beat = time.monotonic() + self.settings.heartbeat_seconds
+                    stop, force = store.cancel_state(conn, self._uuid, self.attempt)
             except TaskexecError:
                 continue  # Postgres is away; the lease covers us until it is back
+            except Exception:  # noqa: BLE001 - e.g. MemoryError under the handler's limit
+                log.exception("attempt watcher of %s hiccuped", self.task_id)
+                continue
             if stop:
                 self._on_cancel(force)
 
@@ -100,9 +112,14 @@ class AttemptContext:
             self._cancel.set()
             log.info("cancel requested for %s attempt %d", self.task_id, self.attempt)
         waited = time.monotonic() - self._cancel_seen_at
-        # The handler ignored the flag: stop its code by ending this child process; the
-        # pool replaces it, and the redelivered message finds the task CANCELLED.
-        if force or waited >= self.settings.cancel_grace + 2:
+        grace = self.settings.cancel_grace
+        if self._done.is_set():
+            return  # the handler returned meanwhile; never signal a process that moved on
+        # The handler ignored the flag: stop its code by ending this child process; the pool
+        # replaces it and the parent closes the attempt.
+        if force or waited >= grace + KILL_AFTER_TERM_SECONDS:
+            log.warning("killing the process of %s (SIGKILL)", self.task_id)
             os.kill(os.getpid(), signal.SIGKILL)
-        elif waited >= self.settings.cancel_grace:
+        elif waited >= grace:
+            log.warning("terminating the process of %s (SIGTERM)", self.task_id)
             os.kill(os.getpid(), signal.SIGTERM)

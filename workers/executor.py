@@ -8,8 +8,9 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -18,14 +19,26 @@ from shared import store
 from shared.broker import BROKER_ERRORS, Broker
 from shared.db import Database
 from shared.definitions import RetryPolicy, TaskDefinition
-from shared.errors import OutputValidationError, TaskCancelled, TaskexecError, TaskFailure
-from shared.status import ErrorKind, Status
+from shared.errors import (
+    OutputValidationError,
+    ServiceUnavailable,
+    TaskCancelled,
+    TaskexecError,
+    TaskFailure,
+)
+from shared.status import CLAIMABLE, ErrorKind, Status
 from shared.validation import schema_errors
 from workers.context import AttemptContext
 from workers.limits import memory_limit
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
+#: An early message is sent back with at least this countdown, so it cannot spin.
+MIN_REQUEUE_SECONDS = 0.05
+#: How long a worker child retries its claim or its outcome while Postgres is unreachable.
+#: Past it the attempt is left to the lease sweeper, and may run again.
+LEDGER_RETRY_SECONDS = 60.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,56 @@ def error_doc(code: str, message: str, kind: ErrorKind, details: Any = None) -> 
     return doc
 
 
+def timeout_failure(task: store.Task, killed: bool) -> Failure:
+    """The failure of an attempt that ran out of time; retried only if the policy says so."""
+    message = f"the attempt exceeded its timeout of {task.timeout_ms} ms"
+    if killed:
+        message += " and was killed"
+    return Failure(
+        error_doc("TIMEOUT", message, ErrorKind.TASK_ERROR),
+        status=Status.TIMED_OUT,
+        retryable=RetryPolicy.from_json(task.retry_policy).retry_on_timeout,
+    )
+
+
+def worker_lost_failure(task: store.Task, why: str) -> Failure:
+    """The failure of an attempt whose process died under it."""
+    where = f"{task.worker_host}:{task.worker_pid}"
+    return Failure(
+        error_doc(
+            "WORKER_LOST",
+            f"the worker process running attempt {task.attempts} ({where}) {why}",
+            ErrorKind.WORKER_LOST,
+        ),
+        worker_lost=True,
+    )
+
+
+def retry_delay_ms(
+    policy: RetryPolicy, failed_attempt: int, rand: Callable[[], float] = random.random
+) -> int:
+    """Milliseconds before the attempt after `failed_attempt`, jitter included.
+
+    The base is `retryInterval * backoffMultiplier^(n-1)`; jitter only ever adds to it (up to
+    `jitter` times the base), so a retry never starts before the documented delay.
+    """
+    delay = policy.delay_ms(failed_attempt)
+    if policy.jitter:
+        delay += int(delay * policy.jitter * rand())
+    return delay
+
+
+def process_alive(pid: int) -> bool:
+    """Say whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Runtime:
     """What a worker process needs to execute attempts: settings, the ledger, the broker."""
 
@@ -59,26 +122,81 @@ class Runtime:
     def execute(self, definition: TaskDefinition, task_id: str) -> str:
         """Run one delivery of `task_id`; return what happened (for logs and tests)."""
         tid = uuid.UUID(task_id)
-        with self.db.connection() as conn:
-            task = store.claim_task(conn, tid, HOST, os.getpid(), self.settings.lease_seconds)
+        task = self._while_unavailable(self._claim, tid)
         if task is None:
-            # A duplicate or stale message, or a task cancelled before it started.
-            log.info("nothing to claim for %s; message dropped", task_id)
-            return "skipped"
+            return self._not_claimed(tid)
         attempt = task.attempts
         log.info("attempt %d of %s (%s) started", attempt, task_id, definition.id)
-        context = AttemptContext(self.db, self.settings, tid, attempt)
-        context.start()
         try:
-            output, failure = self._run_handler(definition, task, context)
-        finally:
-            context.stop()
-        if failure is None:
-            with self.db.connection() as conn:
-                done = store.finish_attempt(conn, tid, attempt, Status.COMPLETED, output=output)
-            log.info("attempt %d of %s completed (%s)", attempt, task_id, bool(done))
-            return "completed" if done else "superseded"
-        return self.record_failure(task, attempt, failure)
+            context = AttemptContext(self.db, self.settings, tid, attempt)
+            context.start()
+            try:
+                output, failure = self._run_handler(definition, task, context)
+            finally:
+                context.stop()
+            if failure is None:
+                done = self._while_unavailable(self._complete, tid, attempt, output)
+                log.info("attempt %d of %s completed (%s)", attempt, task_id, bool(done))
+                return "completed" if done else "superseded"
+            return self._while_unavailable(self.record_failure, task, attempt, failure)
+        except SoftTimeLimitExceeded:
+            # The soft limit struck outside the handler (while recording): the attempt is
+            # still ours and still over time.
+            failure = timeout_failure(task, killed=False)
+            return self._while_unavailable(self.record_failure, task, attempt, failure)
+
+    def _claim(self, tid: uuid.UUID) -> store.Task | None:
+        with self.db.connection() as conn:
+            return store.claim_task(conn, tid, HOST, os.getpid(), self.settings.lease_seconds)
+
+    def _complete(self, tid: uuid.UUID, attempt: int, output: Any) -> store.Task | None:
+        with self.db.connection() as conn:
+            return store.finish_attempt(conn, tid, attempt, Status.COMPLETED, output=output)
+
+    @staticmethod
+    def _while_unavailable(write: Callable[..., T], *args: Any) -> T:
+        """Call `write`, retrying while Postgres is unreachable (a worker child only).
+
+        Without this an attempt that finished during a database outage would be lost with
+        its result, rescued by the sweeper later and run again. Every write is fenced by
+        the attempt number, so a retry after a commit whose answer was lost is a no-op.
+        """
+        deadline = time.monotonic() + LEDGER_RETRY_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                return write(*args)
+            except ServiceUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("the ledger is unreachable; retrying in %.1fs", pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def _not_claimed(self, tid: uuid.UUID) -> str:
+        """Deal with a message whose task cannot start now: a duplicate, early, or orphaned."""
+        with self.db.connection() as conn:
+            task = store.get_task(conn, tid)
+            due_in = store.retry_due_in(conn, tid)
+        if task is None:
+            return "skipped"
+        if (
+            task.status == Status.RUNNING.value
+            and task.worker_host == HOST
+            and task.worker_pid is not None
+            and task.worker_pid != os.getpid()
+            and not process_alive(task.worker_pid)
+        ):
+            # Redelivered after our sibling died: end its attempt now, not at lease expiry.
+            self.child_lost(str(tid), task.worker_pid, "died (found on redelivery)")
+            return "recovered"
+        if due_in is not None and due_in <= self.settings.retry_countdown_max:
+            # An early message (a duplicate, or a clock running ahead): send it back for
+            # when the retry is due. Claims are strict, so at worst it is dropped later.
+            self._publish_retry(task, int(max(due_in, MIN_REQUEUE_SECONDS) * 1000))
+            return "requeued"
+        log.info("nothing to claim for %s (%s); message dropped", tid, task.status)
+        return "skipped"
 
     def _run_handler(
         self, definition: TaskDefinition, task: store.Task, context: AttemptContext
@@ -88,12 +206,7 @@ class Runtime:
             with memory_limit(definition.memory_limit):
                 output = definition.handler(task.input, context)
         except SoftTimeLimitExceeded:
-            message = f"the attempt exceeded its timeout of {task.timeout_ms} ms"
-            return None, Failure(
-                error_doc("TIMEOUT", message, ErrorKind.TASK_ERROR),
-                status=Status.TIMED_OUT,
-                retryable=RetryPolicy.from_json(task.retry_policy).retry_on_timeout,
-            )
+            return None, timeout_failure(task, killed=False)
         except MemoryError:
             limit = definition.resource_requirements.get("memory")
             return None, Failure(
@@ -146,9 +259,7 @@ class Runtime:
                 )
             log.info("attempt %d of %s ended %s", attempt, task.id, failure.status)
             return failure.status.value.lower() if done else "superseded"
-        delay_ms = policy.delay_ms(attempt)
-        if policy.jitter:
-            delay_ms += int(delay_ms * policy.jitter * random.random())
+        delay_ms = retry_delay_ms(policy, attempt)
         # Short delays ride on the broker's countdown; long ones wait in Postgres, because a
         # message held past the visibility timeout would be delivered a second time.
         use_countdown = delay_ms / 1000.0 <= self.settings.retry_countdown_max
@@ -161,6 +272,7 @@ class Runtime:
                 delay_ms=delay_ms,
                 published=use_countdown,
                 worker_lost=failure.worker_lost,
+                outcome=failure.status.value,
             )
         if retrying is None:
             return "superseded"
@@ -183,21 +295,49 @@ class Runtime:
             except TaskexecError:
                 pass  # published_at is the due time; the sweeper republishes after it
 
-    def record_hard_timeout(self, task_id: str) -> None:
-        """Record an attempt that Celery killed at its hard time limit (runs in the parent)."""
+    # ------------------------------------------------------------ the worker parent's view
+
+    def record_hard_timeout(self, task_id: str, pid: int | None) -> None:
+        """Record an attempt Celery killed at its hard time limit (runs in the worker parent)."""
         with self.db.connection() as conn:
             task = store.get_task(conn, uuid.UUID(task_id))
-        if task is None or task.status != Status.RUNNING.value:
+        if task is None or not self._ran_here(task, pid):
             return
-        message = f"the attempt exceeded its timeout of {task.timeout_ms} ms and was killed"
-        self.record_failure(
-            task,
-            task.attempts,
-            Failure(
-                error_doc("TIMEOUT", message, ErrorKind.TASK_ERROR),
-                status=Status.TIMED_OUT,
-                retryable=RetryPolicy.from_json(task.retry_policy).retry_on_timeout,
-            ),
+        log.warning("attempt %d of %s killed at its hard time limit", task.attempts, task_id)
+        self.record_failure(task, task.attempts, timeout_failure(task, killed=True))
+
+    def child_lost(self, task_id: str, pid: int | None, why: str) -> bool:
+        """Record that the child process running `task_id` died; say if its message is settled.
+
+        Settled means the ledger no longer needs this message: the attempt was recorded as
+        WORKER_LOST (and any retry published), or the task had already moved on. A task still
+        waiting to be claimed needs the message redelivered, so that is not settled.
+        """
+        if pid is None:
+            return False  # the child died before it took the job: let it be redelivered
+        tid = uuid.UUID(task_id)
+        with self.db.connection() as conn:
+            task = store.get_task(conn, tid)
+            if task is None:
+                return True
+            if task.status in CLAIMABLE:
+                return False
+            if task.status != Status.RUNNING.value:
+                # Cancelled, timed out or superseded: close the attempt the child left open.
+                store.end_abandoned_attempt(conn, tid, HOST, pid)
+                return True
+        if not self._ran_here(task, pid):
+            return True  # another process runs the current attempt, under its own message
+        log.warning("worker process %d died running attempt %d of %s", pid, task.attempts, tid)
+        self.record_failure(task, task.attempts, worker_lost_failure(task, why))
+        return True
+
+    @staticmethod
+    def _ran_here(task: store.Task, pid: int | None) -> bool:
+        return (
+            task.status == Status.RUNNING.value
+            and task.worker_host == HOST
+            and (pid is None or task.worker_pid == pid)
         )
 
 

@@ -15,9 +15,10 @@ import time
 from config.settings import Settings
 from shared import store
 from shared.broker import BROKER_ERRORS, Broker
-from shared.errors import TaskexecError
+from shared.errors import ServiceUnavailable, TaskexecError
 from shared.status import ErrorKind, Status
-from workers.executor import Failure, Runtime, error_doc
+from workers.context import KILL_AFTER_TERM_SECONDS
+from workers.executor import Runtime, error_doc, worker_lost_failure
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
@@ -38,6 +39,7 @@ class Sweeper:
             "published": self.publish_due(),
             "rescued": self.rescue_expired_leases(),
             "timed_out": self.enforce_deadlines(),
+            "closed": self.close_abandoned_attempts(),
         }
         if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
             with self.runtime.db.connection() as conn:
@@ -63,15 +65,7 @@ class Sweeper:
             expired = store.expired_leases(conn)
         rescued = 0
         for task in expired:
-            where = f"{task.worker_host}:{task.worker_pid}"
-            failure = Failure(
-                error_doc(
-                    "WORKER_LOST",
-                    f"the worker running attempt {task.attempts} ({where}) stopped responding",
-                    ErrorKind.WORKER_LOST,
-                ),
-                worker_lost=True,
-            )
+            failure = worker_lost_failure(task, "stopped renewing its lease")
             if self.runtime.record_failure(task, task.attempts, failure) != "superseded":
                 rescued += 1
         if rescued:
@@ -101,15 +95,56 @@ class Sweeper:
                     log.warning("could not revoke %s; its attempt stops at its next check", task.id)
         return count
 
+    def close_abandoned_attempts(self) -> int:
+        """Close attempts still open long after their task moved on, killing any that still run.
+
+        Normally the worker closes them when it stops the handler; this covers a worker that
+        died meanwhile, or a child whose watcher could not act (e.g. stuck holding the GIL).
+        Only cancelled tasks are revoked: a superseded attempt shares its Celery task id with
+        the task's current attempt, which must not be killed.
+        """
+        older_than = (
+            self.settings.cancel_grace + KILL_AFTER_TERM_SECONDS + self.settings.lease_seconds
+        )
+        with self.runtime.db.connection() as conn:
+            closed = store.close_abandoned_attempts(conn, older_than)
+        for task_id, status in closed:
+            if status == Status.CANCELLED.value:
+                try:
+                    self.broker.revoke(str(task_id), terminate=True)
+                except BROKER_ERRORS:
+                    log.warning("could not revoke %s", task_id)
+        if closed:
+            log.warning("closed %d attempt(s) left open by lost workers", len(closed))
+        return len(closed)
+
+    def renew_leases_after_outage(self) -> int:
+        """Give running attempts a fresh lease once the database is back after an outage.
+
+        No worker could renew its lease while Postgres was away, so rescuing every attempt
+        whose lease ran out meanwhile would run live attempts a second time. Workers renew
+        within a heartbeat of the database's return; a dead one's lease runs out once more.
+        """
+        with self.runtime.db.connection() as conn:
+            renewed = store.extend_running_leases(conn, self.settings.lease_seconds)
+        if renewed:
+            log.warning("database back: renewed the lease of %d running attempt(s)", renewed)
+        return renewed
+
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Sweep every `sweep_interval` seconds until `stop` is set; survive outages."""
         stop = stop or threading.Event()
         log.info("sweeper running every %.1fs", self.settings.sweep_interval)
+        database_lost = False
         while not stop.is_set():
             started = time.monotonic()
             try:
+                if database_lost:
+                    self.renew_leases_after_outage()
+                    database_lost = False
                 self.sweep_once()
             except TaskexecError as exc:
+                database_lost = database_lost or isinstance(exc, ServiceUnavailable)
                 log.warning("sweep skipped: %s", exc.message)
             except BROKER_ERRORS as exc:
                 log.warning("sweep skipped, broker unreachable: %s", exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from decimal import Decimal
 from typing import Any
 
 from shared.definitions import RetryPolicy, TaskContext, TaskDefinition
@@ -26,7 +27,9 @@ def process_payment(data: dict[str, Any], ctx: TaskContext) -> dict[str, str]:
             f"currency {data['currency']} is not supported by the gateway",
             {"currency": data["currency"]},
         )
-    digest = hashlib.sha256(f"{data['orderId']}:{data['amount']}".encode()).hexdigest()
+    # 10, 10.0 and 1e1 are one amount in JSON: canonical text so they get one transaction id.
+    amount = format(Decimal(str(data["amount"])).normalize(), "f")
+    digest = hashlib.sha256(f"{data['orderId']}:{amount}".encode()).hexdigest()
     return {"transactionId": f"txn_{digest[:20]}", "status": "APPROVED"}
 
 

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from shared.definitions import RetryPolicy, TaskContext, TaskDefinition
-from shared.errors import RetryableTaskError
+from shared.errors import RetryableTaskError, TaskFailure
 from shared.status import TaskType
 
 _ANY_OBJECT = {"type": "object"}
@@ -18,16 +18,37 @@ def echo(data: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 
 def sleep(data: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
-    """Sleep `seconds`, checking for a cancel every 50 ms."""
+    """Sleep `seconds`, checking for a cancel every 50 ms.
+
+    Two flags make it misbehave on purpose, standing in for a handler stuck in code that cannot
+    be interrupted: `ignoreCancel` never checks the cancel flag (the worker escalates to
+    SIGTERM/SIGKILL after the grace period) and `ignoreSoftLimit` sleeps on through the soft
+    time limit (the worker kills it at the hard limit).
+    """
     seconds = float(data["seconds"])
+    check = not data.get("ignoreCancel", False)
+    stubborn = bool(data.get("ignoreSoftLimit", False))
     started = time.monotonic()
     deadline = started + seconds
-    while True:
-        ctx.check_cancelled()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        time.sleep(min(left, 0.05))
+    try:
+        while True:
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if check:
+                    ctx.check_cancelled()
+                time.sleep(min(left, 0.05))
+            except TaskFailure:
+                raise
+            except Exception:  # the soft time limit, as the worker raises it
+                if not stubborn:
+                    raise
+    except BaseException as exc:
+        # Whatever stops us early, there is a moment to clean up; say so in the task's log.
+        elapsed = time.monotonic() - started
+        ctx.log(f"sleep interrupted after {elapsed:.3f}s by {type(exc).__name__}", "WARNING")
+        raise
     return {"slept": round(time.monotonic() - started, 3)}
 
 
@@ -67,10 +88,14 @@ SLEEP = TaskDefinition(
     name="Sleep",
     description="Sleeps for a number of seconds; cancellable, for timeouts and cancellation",
     type=TaskType.AUTOMATED,
-    version="1.0.0",
+    version="1.1.0",
     input_schema={
         "type": "object",
-        "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 86400}},
+        "properties": {
+            "seconds": {"type": "number", "minimum": 0, "maximum": 86400},
+            "ignoreCancel": {"type": "boolean"},
+            "ignoreSoftLimit": {"type": "boolean"},
+        },
         "required": ["seconds"],
     },
     output_schema={

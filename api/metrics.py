@@ -1,0 +1,219 @@
+"""Prometheus metrics of the API at /metrics: requests, submissions, cancels, refusals, the ledger.
+
+Counters are counted by an after-request hook from what each response told its client (a 201
+submission, a 200 cancel, a 429), so views stay free of metrics code. The ledger gauges (active
+tasks by status, queue depth per executor) are read from Postgres when scraped. Under gunicorn,
+set PROMETHEUS_MULTIPROC_DIR: every worker process writes its counts there and a scrape, served
+by any one of them, adds them all up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from api.auth import public
+from api.services import Services, services
+from shared import store
+from shared.errors import AuthenticationError, TaskexecError
+from shared.status import ACTIVE, CLAIMABLE
+
+#: Seconds a ledger reading is reused: several Prometheus servers must not multiply the queries.
+LEDGER_CACHE_SECONDS = 5.0
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+REQUEST_SECONDS = Histogram(
+    "taskexec_http_request_duration_seconds",
+    "HTTP request latency, by method, route and status",
+    ["method", "endpoint", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SUBMITTED = Counter(
+    "taskexec_tasks_submitted_total",
+    "Tasks created through the API (either surface), by definition",
+    ["definition"],
+)
+# Every metric has labels, so none writes a value at import: in multiprocess mode that would
+# need the directory before `init_app` has made it.
+CANCELLED = Counter(
+    "taskexec_tasks_cancelled_total",
+    "Tasks cancelled through the API, by surface (tasks or task_apis)",
+    ["surface"],
+)
+RATE_LIMITED = Counter(
+    "taskexec_rate_limited_total", "Requests refused with 429, by route", ["endpoint"]
+)
+
+blp = Blueprint("metrics", __name__)
+
+
+# ------------------------------------------------------------------ counting
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    method = request.method if request.method in _METHODS else "OTHER"
+    status = response.status_code
+    started = g.pop("metrics_started", None)
+    if started is not None:
+        REQUEST_SECONDS.labels(method, endpoint, str(status)).observe(time.perf_counter() - started)
+    if status == 429:
+        RATE_LIMITED.labels(endpoint).inc()
+    try:
+        _count_outcomes(request.endpoint or "", status, response)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        pass  # a body not shaped as expected is a view's bug, never the client's 500
+    return response
+
+
+def _count_outcomes(endpoint: str, status: int, response: Response) -> None:
+    """Count submissions and cancels from the responses that report them."""
+    if status not in (200, 201):
+        return  # never re-read a refused body: an oversize or too-deep one raises here
+    body: Any = request.get_json(silent=True) if request.is_json else None
+    if endpoint == "tasks.submit_task" and status == 201:  # 200 is an idempotent replay
+        SUBMITTED.labels(body["taskDefinitionId"]).inc()
+    elif endpoint == "tasks.submit_bulk" and status == 201:
+        items = body["tasks"]
+        for item in (response.get_json(silent=True) or {}).get("items", []):
+            if "id" in item:
+                SUBMITTED.labels(items[item["index"]]["taskDefinitionId"]).inc()
+    elif endpoint == "task_apis.submit_job" and status == 200:
+        SUBMITTED.labels((request.view_args or {})["api_name"]).inc()
+    elif endpoint in ("tasks.cancel_task", "task_apis.stop_job", "task_apis.stop_job_by_query"):
+        if status == 200:
+            CANCELLED.labels(endpoint.partition(".")[0]).inc()
+    elif endpoint == "tasks.cancel_many" and status == 200:
+        items = (response.get_json(silent=True) or {}).get("items", [])
+        CANCELLED.labels("tasks").inc(sum(1 for item in items if "error" not in item))
+
+
+# ------------------------------------------------------------------ the ledger
+
+
+class LedgerCollector:
+    """Gauges read from Postgres at scrape time, at most once per LEDGER_CACHE_SECONDS."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._cached: list[Metric] = []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= LEDGER_CACHE_SECONDS:
+                self._cached = self._read()
+                self._read_at = time.monotonic()
+            yield from self._cached
+
+    def _read(self) -> list[Metric]:
+        up = GaugeMetricFamily("taskexec_ledger_up", "1 when the ledger gauges could be read")
+        try:
+            with self.svc.db.connection() as conn:
+                groups = store.active_groups(conn)
+                executors = store.definition_executors(conn)
+        except TaskexecError:
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        by_status = dict.fromkeys(sorted(s.value for s in ACTIVE), 0)
+        depth = dict.fromkeys(executors, 0)
+        oldest: dict[str, float] = {}
+        waiting = {s.value for s in CLAIMABLE}
+        for group in groups:
+            by_status[group.status] = by_status.get(group.status, 0) + group.count
+            if group.manual:
+                continue  # waits for a person, not for a worker
+            if group.status in waiting:
+                depth[group.executor] = depth.get(group.executor, 0) + group.count
+            if group.oldest_pending_seconds is not None:
+                oldest[group.executor] = max(
+                    oldest.get(group.executor, 0.0), group.oldest_pending_seconds
+                )
+        tasks = GaugeMetricFamily("taskexec_tasks", "Active tasks, by status", labels=["status"])
+        for status, count in by_status.items():
+            tasks.add_metric([status], count)
+        queue = GaugeMetricFamily(
+            "taskexec_queue_depth",
+            "Tasks waiting for a worker (PENDING or RETRYING), by executor",
+            labels=["executor"],
+        )
+        for executor, count in sorted(depth.items()):
+            queue.add_metric([executor], count)
+        age = GaugeMetricFamily(
+            "taskexec_queue_oldest_pending_seconds",
+            "Age of the oldest PENDING task, by executor (absent when none waits)",
+            labels=["executor"],
+        )
+        for executor, seconds in sorted(oldest.items()):
+            age.add_metric([executor], seconds)
+        return [up, tasks, queue, age]
+
+
+# ------------------------------------------------------------------ the endpoint
+
+
+def _check_token(token: str) -> None:
+    if not token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Bytes: compare_digest refuses non-ASCII text, and a header may carry any latin-1.
+    given_bytes, token_bytes = given.strip().encode(), token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token_bytes):
+        raise AuthenticationError("/metrics needs 'Authorization: Bearer <TASKEXEC_METRICS_TOKEN>'")
+
+
+@blp.route("/metrics", methods=["GET"])
+@public
+def scrape() -> Response:
+    """Prometheus text format; `Authorization: Bearer <TASKEXEC_METRICS_TOKEN>` when one is set.
+
+    Public to the API's own authentication (scrapers carry no API key) and to rate limits;
+    the optional token is checked here instead. Errors: 401 without the configured token.
+    """
+    svc = services()
+    _check_token(svc.settings.metrics_token)
+    if svc.settings.metrics_dir:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=svc.settings.metrics_dir)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    ledger = CollectorRegistry(auto_describe=False)
+    ledger.register(current_app.extensions["taskexec_ledger"])
+    body += generate_latest(ledger)
+    return Response(body, mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request (first hook in, last out), count outcomes, and serve /metrics."""
+    svc: Services = app.extensions["taskexec"]
+    if svc.settings.metrics_dir:
+        Path(svc.settings.metrics_dir).mkdir(parents=True, exist_ok=True)
+    app.extensions["taskexec_ledger"] = LedgerCollector(svc)
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
+    # after_request hooks run last-registered first: this one, registered first, sees the
+    # final status, after error handlers and the limiter's headers.
+    app.after_request_funcs.setdefault(None, []).insert(0, _observe)
+    app.register_blueprint(blp)

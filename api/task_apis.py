@@ -1,0 +1,308 @@
+"""The Cortex-compatible Task API surface under /api/v1/task-apis/{apiName} (seed 003)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Response, jsonify, request, url_for
+from marshmallow import RAISE, Schema, fields, validate
+
+from api import submission
+from api.auth import current_principal, requires
+from api.blueprint import Blueprint
+from api.resources import definition_json
+from api.services import services
+from api.tasks import cancel_one, owner_scope, parse_task_id
+from shared import store
+from shared.errors import DefinitionNotFound, ServiceUnavailable, TaskNotFound, ValidationError
+from shared.status import ACTIVE, TERMINAL, ErrorKind, Status
+
+blp = Blueprint(
+    "task_apis",
+    __name__,
+    url_prefix="/api/v1/task-apis",
+    description="Cortex-compatible Task APIs: every task definition is one, named by its id",
+)
+
+KIND = "TaskAPI"
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600  # the main API's longest attempt timeout
+IN_PROGRESS_SHOWN = 100
+RECENT_SHOWN = 20
+_ACTIVE = tuple(sorted(s.value for s in ACTIVE))
+_TERMINAL = tuple(sorted(s.value for s in TERMINAL))
+_JOB_ID = {"in": "query", "name": "jobID", "schema": {"type": "string"}}
+
+#: Terminal FAILED tasks map by their error kind; see docs/cortex.md.
+_FAILED_BY_KIND = {
+    ErrorKind.TASK_ERROR.value: "status_worker_error",
+    ErrorKind.OUT_OF_MEMORY.value: "status_worker_oom",
+    ErrorKind.WORKER_LOST.value: "status_unexpected_error",
+    ErrorKind.INTERNAL.value: "status_unexpected_error",
+}
+_BY_STATUS = {
+    Status.PENDING.value: "status_running",
+    Status.RUNNING.value: "status_running",
+    Status.RETRYING.value: "status_running",
+    Status.COMPLETED.value: "status_succeeded",
+    Status.TIMED_OUT.value: "status_timed_out",
+    Status.CANCELLED.value: "status_stopped",
+}
+
+
+def cortex_status(status: str, error: Any) -> str:
+    """Map a task's status (and, for FAILED, its error kind) to Cortex's job status."""
+    if status == Status.FAILED.value:
+        kind = error.get("kind") if isinstance(error, dict) else None
+        return _FAILED_BY_KIND.get(kind, "status_unknown")  # type: ignore[arg-type]
+    return _BY_STATUS.get(status, "status_unknown")
+
+
+def cortex_time(value: datetime | None) -> str | None:
+    """Format a time as Cortex does (RFC 3339 UTC, `Z`), to the microsecond Postgres keeps."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def api_id(definition_id: str, version: str) -> str:
+    """Name one version of a Task API: `<definition id>-<definition version>`."""
+    return f"{definition_id}-{version}"
+
+
+class SubmitJobSchema(Schema):
+    """The body of `POST /api/v1/task-apis/{apiName}` (both fields optional)."""
+
+    class Meta:
+        unknown = RAISE
+
+    timeout = fields.Integer(
+        strict=True,  # refuses 1.5, "60" and true
+        allow_none=True,
+        validate=validate.Range(min=1, max=MAX_TIMEOUT_SECONDS),
+        metadata={"description": "Seconds since submission before the job is terminated"},
+    )
+    config = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        metadata={"description": "Merged over the definition's default config: the task input"},
+    )
+
+
+def _endpoint(api_name: str) -> str:
+    return url_for("task_apis.get_api", api_name=api_name, _external=True)
+
+
+def _definition(api_name: str) -> store.DefinitionRow:
+    try:
+        return services().definitions.get(api_name)
+    except DefinitionNotFound as exc:
+        raise DefinitionNotFound(f"task API {api_name!r} not found", {"apiName": api_name}) from exc
+
+
+def api_spec(row: store.DefinitionRow) -> dict[str, Any]:
+    """Describe a definition as a Cortex Task API spec (name, kind, id, definition, compute)."""
+    resources = row.resource_requirements or {}
+    definition = definition_json(row)
+    definition["config"] = row.default_config  # Cortex's name for the API-level config
+    return {
+        "name": row.id,
+        "kind": KIND,
+        "id": api_id(row.id, row.version),
+        "definition": definition,
+        "compute": {"cpu": resources.get("cpu"), "gpu": 0, "mem": resources.get("memory")},
+        "networking": {"endpoint": url_for("task_apis.get_api", api_name=row.id)},
+    }
+
+
+def job_status(task: store.Task) -> dict[str, Any]:
+    """A task as Cortex's `job_status`; `end_time` only once it has finished."""
+    doc: dict[str, Any] = {
+        "job_id": str(task.id),
+        "api_name": task.task_definition_id,
+        "kind": KIND,
+        "workers": 1,
+        "config": task.input,
+        "api_id": api_id(task.task_definition_id, task.definition_version),
+        "status": cortex_status(task.status, task.error),
+        "created_time": cortex_time(task.created_at),
+        "start_time": cortex_time(task.start_time),
+    }
+    if task.status in _TERMINAL:
+        doc["end_time"] = cortex_time(task.end_time or task.updated_at)
+    return doc
+
+
+def _job(api_name: str, job_id: str) -> store.Task:
+    """Load a visible job of `api_name`; a task of another definition is not found here."""
+    tid = parse_task_id(job_id)
+    with services().db.connection() as conn:
+        task = store.get_task(conn, tid, owner_scope(current_principal()))
+    if task is None or task.task_definition_id != api_name:
+        raise TaskNotFound(f"job {job_id} of task API {api_name!r} not found", {"jobID": job_id})
+    return task
+
+
+def _job_id_query() -> str:
+    job_id = request.args.get("jobID")
+    if not job_id:
+        raise ValidationError("jobID is required", {"field": "jobID", "issue": "missing"})
+    return job_id
+
+
+# ------------------------------------------------------------------ submit
+
+
+@blp.route("/<api_name>", methods=["POST"])
+@requires("tasks:execute")
+@blp.arguments(SubmitJobSchema, required=False)
+def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, int]:
+    """Submit a job: `config` merged over the definition's default config becomes the input.
+
+    Request: {"timeout": 60, "config": {"seconds": 5}}
+    Response 200: {"job_id": "...", "api_name": "sleep", "kind": "TaskAPI", "workers": 1,
+                   "config": {"seconds": 5}, "api_id": "sleep-1.0.0", "timeout": 60,
+                   "created_time": "2020-07-16T14:56:10.276007Z"}
+    Errors: 400 malformed body, 404 unknown API, 422 config fails the input schema.
+    """
+    if request.get_data(cache=True).strip() and not request.is_json:
+        raise ValidationError("the body must be JSON (Content-Type: application/json)")
+    body = body or {}
+    svc = services()
+    principal = current_principal()
+    definition = _definition(api_name)
+    config = {**(definition.default_config or {}), **(body.get("config") or {})}
+    timeout = body.get("timeout")
+    task_body: dict[str, Any] = {"input": config}
+    deadline_at = None
+    if timeout is not None:
+        deadline_at = datetime.now(UTC) + timedelta(seconds=timeout)
+        # The attempt's own time limit also stops the job if the sweeper is not running.
+        task_body["executionConfig"] = {"timeout": min(definition.timeout_ms, timeout * 1000)}
+    row = submission.new_task(
+        principal, task_body, definition, deadline_at=deadline_at, source="task_apis"
+    )
+    task = submission.submit(svc, principal, [row])[0].task
+    if timeout is not None:
+        try:
+            with svc.db.connection() as conn:
+                store.anchor_deadline(conn, task.id, timeout)
+        except ServiceUnavailable:
+            pass  # the job is accepted; its deadline stays the API host's estimate
+    doc = {
+        "job_id": str(task.id),
+        "api_name": api_name,
+        "kind": KIND,
+        "workers": 1,
+        "config": task.input,
+        "api_id": api_id(definition.id, task.definition_version),
+        "timeout": timeout,
+        "created_time": cortex_time(task.created_at),
+    }
+    return jsonify(doc), 200
+
+
+# ------------------------------------------------------------------ read
+
+
+@blp.route("/<api_name>", methods=["GET"])
+@blp.doc(parameters=[_JOB_ID])
+def get_api(api_name: str) -> Response:
+    """With `?jobID=`, a job's status (tasks:read); without, the API and its jobs.
+
+    Response 200 (job): {"job_status": {"job_id", "api_name", "kind", "workers", "config",
+                         "api_id", "status", "created_time", "start_time", "end_time"?},
+                         "endpoint": "http://host/api/v1/task-apis/sleep", "api_spec": {...}}
+    Response 200 (API, needs tasks:definitions:read and tasks:list):
+        {"api_spec": {...}, "endpoint": "...", "task_job_statuses": [in progress, newest first],
+         "recent_job_statuses": [finished, newest first]}
+    Errors: 404 unknown API, or a job that is not this API's (or not yours).
+    """
+    current_principal()  # 401 before anything else
+    if "jobID" in request.args:
+        return requires("tasks:read")(_job_response)(api_name, _job_id_query())
+    return requires("tasks:definitions:read")(requires("tasks:list")(_api_response))(api_name)
+
+
+get_api.permission = "tasks:read"  # type: ignore[attr-defined]  # or the listing pair
+
+
+@blp.route("/<api_name>/<job_id>", methods=["GET"])
+@requires("tasks:read")
+def get_job(api_name: str, job_id: str) -> Response:
+    """A job's status, as `GET /api/v1/task-apis/{apiName}?jobID=<job_id>`.
+
+    Errors: 404 unknown API, or a job that is not this API's (or not yours).
+    """
+    return _job_response(api_name, job_id)
+
+
+def _job_response(api_name: str, job_id: str) -> Response:
+    definition = _definition(api_name)
+    task = _job(api_name, job_id)
+    return jsonify(
+        {
+            "job_status": job_status(task),
+            "endpoint": _endpoint(api_name),
+            "api_spec": api_spec(definition),
+        }
+    )
+
+
+def _api_response(api_name: str) -> Response:
+    definition = _definition(api_name)
+    owner = owner_scope(current_principal())
+    with services().db.connection() as conn:
+        running = store.list_tasks(
+            conn,
+            store.TaskFilter(owner=owner, statuses=_ACTIVE, task_definition_id=api_name),
+            limit=IN_PROGRESS_SHOWN,
+        )
+        recent = store.list_tasks(
+            conn,
+            store.TaskFilter(owner=owner, statuses=_TERMINAL, task_definition_id=api_name),
+            limit=RECENT_SHOWN,
+        )
+    return jsonify(
+        {
+            "api_spec": api_spec(definition),
+            "endpoint": _endpoint(api_name),
+            "task_job_statuses": [job_status(t) for t in running],
+            "recent_job_statuses": [job_status(t) for t in recent],
+        }
+    )
+
+
+# ------------------------------------------------------------------ stop
+
+
+@blp.route("/<api_name>", methods=["DELETE"])
+@requires("tasks:cancel")
+@blp.doc(parameters=[_JOB_ID])
+def stop_job_by_query(api_name: str) -> Response:
+    """Stop a job: `DELETE /api/v1/task-apis/{apiName}?jobID=<id>`.
+
+    Response 200: {"message": "stopped job <job_id>"}
+    Errors: 400 no jobID, 404 unknown API or job, 409 the job has already finished.
+    """
+    return _stop(api_name, _job_id_query())
+
+
+@blp.route("/<api_name>/<job_id>", methods=["DELETE"])
+@requires("tasks:cancel")
+def stop_job(api_name: str, job_id: str) -> Response:
+    """Stop a job: `DELETE /api/v1/task-apis/{apiName}/{jobId}`.
+
+    Response 200: {"message": "stopped job <job_id>"}
+    Errors: 404 unknown API or job, 409 the job has already finished.
+    """
+    return _stop(api_name, job_id)
+
+
+def _stop(api_name: str, job_id: str) -> Response:
+    _definition(api_name)
+    task = _job(api_name, job_id)
+    # A graceful cancel, like Cortex deleting the job's pod: the handler sees it at its next
+    # check and the worker escalates to a kill after TASKEXEC_CANCEL_GRACE.
+    cancel_one(task.id, current_principal(), "stopped through the Task API", False)
+    return jsonify({"message": f"stopped job {task.id}"})

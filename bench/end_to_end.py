@@ -1,0 +1,243 @@
+"""Figure 2: end-to-end throughput, N no-op tasks until all are done, against raw Celery."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+
+from bench import baseline_celery
+from bench.load import Client, FanOut
+from bench.memory import Memory
+from bench.report import Report, at_least
+from bench.stack import BASELINE_QUEUE, SERVICE_QUEUE, Stack, queue_keys
+
+ECHO = {"taskDefinitionId": "echo", "input": {"message": "hello", "n": 1}}
+COMPLETED_TASKS = "SELECT count(*) FROM tasks WHERE status = 'COMPLETED'"
+COMPLETED_BASELINE = "SELECT count(*) FROM bench_tasks WHERE status = 'COMPLETED'"
+
+
+@dataclass
+class EndToEndSettings:
+    tasks: int = 1000
+    clients: int = 4
+    batch: int = 100
+    concurrency: int = 4
+    timeout: float = 60.0
+
+
+# ------------------------------------------------------------ producers (run in forked processes)
+
+
+def single_submits(url: str, key: str, count: int) -> Callable[[], int]:
+    """POST /api/v1/tasks `count` times on one keep-alive connection."""
+    client = Client(url, {"X-API-Key": key})
+    client.request("GET", "/healthz")
+
+    def run() -> int:
+        for _ in range(count):
+            status, body = client.request("POST", "/api/v1/tasks", ECHO)
+            if status != 201:
+                raise RuntimeError(f"submit answered {status}: {body}")
+        return count
+
+    return run
+
+
+def bulk_submits(url: str, key: str, count: int, batch: int) -> Callable[[], int]:
+    """POST /api/v1/tasks/bulk with `batch` tasks per request until `count` are in."""
+    client = Client(url, {"X-API-Key": key})
+    client.request("GET", "/healthz")
+
+    def run() -> int:
+        left = count
+        while left > 0:
+            n = min(batch, left)
+            status, body = client.request("POST", "/api/v1/tasks/bulk", {"tasks": [ECHO] * n})
+            if status != 201 or any("error" in item for item in body["items"]):
+                raise RuntimeError(f"bulk submit answered {status}: {str(body)[:300]}")
+            left -= n
+        return count
+
+    return run
+
+
+def raw_publishes(database_url: str, count: int, with_pg: bool) -> Callable[[], int]:
+    """Publish raw Celery tasks; with `with_pg`, INSERT each task's row first."""
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    app = baseline_celery.app
+    with app.producer_or_acquire():
+        pass  # connect before the clock starts, as the HTTP clients do
+
+    def run() -> int:
+        with conn.cursor() as cur:
+            for _ in range(count):
+                task_id = str(uuid.uuid4())
+                if with_pg:
+                    cur.execute(
+                        "INSERT INTO bench_tasks (id, status, input) VALUES (%s, 'PENDING', %s)",
+                        (task_id, '{"message": "hello", "n": 1}'),
+                    )
+                    app.send_task("bench.pg_noop", args=[task_id], task_id=task_id)
+                else:
+                    app.send_task("bench.noop", args=[task_id], task_id=task_id)
+        return count
+
+    return run
+
+
+# ------------------------------------------------------------ completion probes
+
+
+def rows_done(stack: Stack, sql: str) -> Callable[[], int]:
+    """A counter of finished rows, on one connection kept for the whole measurement."""
+    conn = stack.connect()
+
+    def count() -> int:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return int(cur.fetchone()[0])  # type: ignore[index]
+
+    return count
+
+
+def queue_drained(stack: Stack, queue: str) -> Callable[[], bool]:
+    """True once no message is queued or unacknowledged (acks late: unacked until done)."""
+    r = stack.redis()
+    keys = queue_keys(queue)
+
+    def drained() -> bool:
+        pipe = r.pipeline()
+        for key in keys:
+            pipe.llen(key)
+        pipe.hlen("unacked")
+        return sum(pipe.execute()) == 0
+
+    return drained
+
+
+def measure(
+    target: Any,
+    args: list[tuple[Any, ...]],
+    done: Callable[[bool], int],
+    n: int,
+    timeout: float,
+) -> tuple[float, float, int]:
+    """Run producers until `done(all_published)` reaches `n` or `timeout` passes.
+
+    Returns (seconds, seconds until every producer returned, tasks done).
+    """
+    fan = FanOut(target, args)
+    published: list[float] = []
+    error: list[BaseException] = []
+
+    def collect() -> None:
+        try:
+            fan.collect(timeout + 60)
+            published.append(time.time())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            error.append(exc)
+
+    started = fan.start()
+    waiter = threading.Thread(target=collect, daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + timeout
+    while (count := done(bool(published))) < n and time.monotonic() < deadline:
+        if error:
+            raise RuntimeError(f"producers failed: {error[0]}")
+        time.sleep(0.02)
+    elapsed = time.time() - started
+    waiter.join(timeout + 60)
+    return elapsed, (published[0] - started) if published else math.nan, count
+
+
+# ------------------------------------------------------------ the figure
+
+
+def run(stack: Stack, report: Report, api_url: str, cfg: EndToEndSettings, memory: Memory) -> None:
+    """Measure the four variants, each with a worker of the same settings."""
+    n, p = cfg.tasks, cfg.clients
+    split = [n // p + (i < n % p) for i in range(p)]
+    rates: dict[str, float] = {}
+
+    def record(name: str, seconds: float, submitted: float, count: int) -> None:
+        rates[name] = count / seconds if count else math.nan
+        partial = "" if count >= n else f" -- PARTIAL: stopped at {cfg.timeout:.0f}s"
+        report.info(
+            f"{name}: {count} of {n} tasks done in {seconds:.2f}s"
+            f" (all submitted at {submitted:.2f}s){partial}"
+        )
+
+    stack.reset()
+    worker = stack.start_worker(
+        "baseline-worker", "bench.baseline_celery", BASELINE_QUEUE, cfg.concurrency
+    )
+    try:
+        drained = queue_drained(stack, BASELINE_QUEUE)
+        args = [(stack.database_url, c, False) for c in split]
+        all_done = lambda pub: n if pub and drained() else 0  # noqa: E731
+        record("raw-noop", *measure(raw_publishes, args, all_done, n, cfg.timeout))
+        stack.reset()
+        rows = rows_done(stack, COMPLETED_BASELINE)
+        args = [(stack.database_url, c, True) for c in split]
+        record("raw-pg", *measure(raw_publishes, args, lambda _: rows(), n, cfg.timeout))
+        memory.child("raw Celery pool child", worker.pid)
+    finally:
+        stack.stop(worker)
+        stack.reset()
+
+    worker = stack.start_worker("worker", "workers.celery_app", SERVICE_QUEUE, cfg.concurrency)
+    sweeper = stack.start_sweeper()
+    try:
+        completed = rows_done(stack, COMPLETED_TASKS)
+        args = [(api_url, stack.api_key, c) for c in split]
+        record("single", *measure(single_submits, args, lambda _: completed(), n, cfg.timeout))
+        _check_statuses(stack, report)
+        stack.reset()
+        args = [(api_url, stack.api_key, c, cfg.batch) for c in split]
+        record("bulk", *measure(bulk_submits, args, lambda _: completed(), n, cfg.timeout))
+        _check_statuses(stack, report)
+        memory.child("service worker pool child", worker.pid)
+    finally:
+        stack.stop(sweeper)
+        stack.stop(worker)
+        stack.reset()
+
+    report.info(
+        f"end-to-end: {n} echo tasks, {p} producers, worker --concurrency {cfg.concurrency}"
+    )
+    report.figure("baseline.raw-celery-noop.tasks_per_s", rates["raw-noop"], "tasks/s")
+    report.figure("baseline.raw-celery-pg.tasks_per_s", rates["raw-pg"], "tasks/s")
+    report.figure(
+        "e2e.single.tasks_per_s",
+        rates["single"],
+        "tasks/s",
+        baselines=[("raw celery+pg", rates["raw-pg"]), ("raw celery noop", rates["raw-noop"])],
+        target=">= 0.8x raw celery+pg",
+        met=at_least(rates["single"], 0.8 * rates["raw-pg"]),
+    )
+    report.figure(
+        "e2e.bulk.tasks_per_s",
+        rates["bulk"],
+        "tasks/s",
+        baselines=[("raw celery noop", rates["raw-noop"]), ("raw celery+pg", rates["raw-pg"])],
+        target=">= 1.0x raw celery noop",
+        met=at_least(rates["bulk"], rates["raw-noop"]),
+    )
+
+
+def _check_statuses(stack: Stack, report: Report) -> None:
+    with contextlib.closing(stack.connect()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, count(*) FROM tasks GROUP BY status ORDER BY status")
+        rows = cur.fetchall()
+    others = [f"{s}={c}" for s, c in rows if s != "COMPLETED"]
+    if others:
+        report.info("unexpected statuses: " + ", ".join(others))

@@ -1,0 +1,105 @@
+"""No accepted task is lost: what never reached Redis is published later by the sweeper."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.servers import RedisServer, free_port
+from config.settings import Settings
+from shared import db, store
+from tests.conftest import SEED_ORDER, wait_for_status
+
+pytestmark = pytest.mark.integration
+SEED_OUTPUT = {"subtotal": 46.97, "tax": 3.76, "total": 50.73}
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, on a fixed port, not started yet."""
+    server = RedisServer(tmp_path / "redis", port=free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(base_settings: Settings, private_redis: RedisServer) -> Settings:
+    """The app, workers and sweeper of these tests all use the private Redis."""
+    return base_settings.with_overrides(redis_url=private_redis.url)
+
+
+def read_row(settings: Settings, task_id: str) -> store.Task:
+    conn = db.connect(settings.database_url)
+    try:
+        with conn:
+            task = store.get_task(conn, uuid.UUID(task_id))
+    finally:
+        conn.close()
+    assert task is not None
+    return task
+
+
+def test_a_task_submitted_while_redis_is_down_completes_once_it_is_back(
+    client: Any, auth: Any, processes: Any, private_redis: RedisServer, settings: Settings
+) -> None:
+    assert not private_redis.is_running()
+    headers = auth.key("*")
+    response = client.post("/api/v1/tasks", json=SEED_ORDER, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    task_id = response.get_json()["id"]
+    row = read_row(settings, task_id)
+    assert (row.status, row.published_at) == ("PENDING", None)
+
+    private_redis.start()
+    processes.worker()
+    processes.sweeper()
+    task = wait_for_status(client, headers, task_id, {"COMPLETED", "FAILED"}, timeout=45)
+    assert task["status"] == "COMPLETED", task
+    assert task["output"] == SEED_OUTPUT
+    assert task["executionMetadata"]["attempts"] == 1
+    assert read_row(settings, task_id).published_at is not None
+
+
+def test_a_row_committed_but_never_published_is_published_by_the_sweeper(
+    client: Any, auth: Any, processes: Any, private_redis: RedisServer, settings: Settings
+) -> None:
+    # As if the API process died between its commit and its publish.
+    private_redis.start()
+    headers = auth.key("*", owner="alice")
+    task_id = uuid.uuid4()
+    conn = db.connect(settings.database_url)
+    with conn:
+        store.insert_tasks(
+            conn,
+            [
+                store.NewTask(
+                    id=task_id,
+                    owner="alice",
+                    task_definition_id="calculate-order-total",
+                    definition_version="1.2.0",
+                    workflow_instance_id="order-workflow-789",
+                    type="AUTOMATED",
+                    priority=1,
+                    executor="standard-executor",
+                    input=SEED_ORDER["input"],
+                    timeout_ms=60_000,
+                    retry_policy={"maxRetries": 0, "retryInterval": 1000, "backoffMultiplier": 2},
+                    published=False,
+                )
+            ],
+        )
+    conn.close()
+
+    processes.worker()
+    time.sleep(1.0)  # a worker alone has no message to run
+    assert read_row(settings, str(task_id)).status == "PENDING"
+
+    processes.sweeper()
+    task = wait_for_status(client, headers, str(task_id), {"COMPLETED", "FAILED"}, timeout=45)
+    assert task["status"] == "COMPLETED", task
+    assert task["output"] == SEED_OUTPUT

@@ -1,0 +1,94 @@
+"""Fixtures of the fault suite: private servers it may kill, and one cluster per scenario."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from config.settings import Settings
+from shared import store
+from shared.credentials import mint_token
+from tests.conftest import JWT_SECRET
+from tests.reliability import ledger as ledger_module
+from tests.reliability import poison
+from tests.reliability.cluster import DEFINITION_MODULE, Cluster, Servers
+from tests.reliability.ledger import Ledger
+
+#: TASKEXEC_SOAK=1 multiplies task counts and fault rounds by 5; TASKEXEC_SOAK=N by N.
+_SOAK = int(os.environ.get("TASKEXEC_SOAK") or 0)
+FACTOR = 1 if _SOAK <= 0 else (5 if _SOAK == 1 else _SOAK)
+
+
+def scaled(count: int) -> int:
+    """Scale a task count or a number of fault rounds for soak mode."""
+    return count * FACTOR
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """Postgres and Redis of the suite's own, on free ports: never the shared ones."""
+    found = Servers(tmp_path_factory.mktemp("reliability-servers"))
+    try:
+        found.start()
+        with contextlib.closing(psycopg2.connect(found.database_url)) as conn, conn:
+            store.publish_definitions(conn, poison.DEFINITIONS)
+    except Exception as exc:  # noqa: BLE001 - any failure to provide the servers
+        found.stop()
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot start private Postgres/Redis: {exc}")
+        pytest.skip(f"cannot start private Postgres/Redis: {exc}")
+    yield found
+    found.stop()
+
+
+@dataclass
+class Scenario:
+    """One scenario's system: servers, settings, the API app, the worker processes."""
+
+    servers: Servers
+    settings: Settings
+    app: Any
+    cluster: Cluster
+    headers: dict[str, str]
+
+    def ledger(self, name: str) -> Ledger:
+        return Ledger(name, self.app, self.headers, self.settings)
+
+
+@pytest.fixture
+def scenario(servers: Servers, tmp_path: Path) -> Iterator[Scenario]:
+    """A fresh ledger and broker, the API in-process, and a cluster stopped afterwards."""
+    from api.app import create_app
+
+    servers.reset()
+    settings = servers.settings()
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    extra_env = {
+        "TASKEXEC_MAX_WORKER_LOST": str(settings.max_worker_lost),
+        "TASKEXEC_DEFINITION_MODULES": DEFINITION_MODULE,
+        "TASKEXEC_DB_CONNECT_TIMEOUT": str(settings.db_connect_timeout),
+    }
+    cluster = Cluster(settings, tmp_path, extra_env)
+    headers = {"Authorization": "Bearer " + mint_token(JWT_SECRET, "reliability", ["*"])}
+    try:
+        yield Scenario(servers, settings, app, cluster, headers)
+    finally:
+        cluster.stop_all()
+        app.extensions["taskexec"].db.close()
+        servers.ensure_running()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Repeat each scenario's one-line summary at the end of the run."""
+    if ledger_module.SUMMARIES:
+        terminalreporter.section("reliability figures")
+        for line in ledger_module.SUMMARIES:
+            terminalreporter.write_line(line)

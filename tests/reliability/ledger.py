@@ -1,0 +1,412 @@
+"""Jepsen-style accounting: what the test did to every task, checked against the final ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extras
+
+from tests.reliability.cluster import connect
+
+#: Where one JSON line per scenario is appended (docs/guarantees.md quotes these figures).
+REPORT_ENV = "TASKEXEC_RELIABILITY_REPORT"
+#: Summary lines of this session, printed again in pytest's terminal summary.
+SUMMARIES: list[str] = []
+TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
+#: Clock slack when matching an attempt to a fault (same host, same clock; commit latency).
+SLACK = 0.3
+#: How long after an outage ends an attempt still counts as touched by it (stale
+#: connections are found and replaced on first use after a server comes back).
+AFTERMATH = 6.0
+#: A policy that retries an attempt lost to a fault; the worker-lost cap still applies.
+RETRY_POLICY = {"maxRetries": 5, "retryInterval": 100, "backoffMultiplier": 1}
+
+
+@dataclass
+class Fault:
+    """One injected fault: a process killed (pids) or a server out (no pids: everyone)."""
+
+    kind: str
+    started: float
+    ended: float
+    pids: frozenset[int] = frozenset()
+
+    def touches(self, attempt: dict[str, Any]) -> bool:
+        """Say whether an attempt was running when (or where) the fault struck."""
+        begin = attempt["started_at"].timestamp()
+        end = attempt["ended_at"].timestamp() if attempt["ended_at"] else float("inf")
+        if self.pids:
+            return (
+                attempt["worker_pid"] in self.pids
+                and begin <= self.ended + SLACK
+                and end >= self.started - SLACK
+            )
+        return begin <= self.ended + AFTERMATH and end >= self.started - SLACK
+
+
+@dataclass
+class Tracked:
+    """A task that got a 201, and everything the test did to it since."""
+
+    id: str
+    definition: str
+    input: dict[str, Any]
+    submitted: float
+    cancels: list[int] = field(default_factory=list)  # response codes; -1: the call raised
+
+
+@dataclass
+class Verdict:
+    """The outcome of a scenario: lost and unexpected must be empty."""
+
+    scenario: str
+    tasks: int
+    faults: int
+    lost: list[str]
+    unexpected: list[str]
+    duplicated_tasks: int
+    extra_attempts: int
+    refused: int
+    recovery: list[float]  # per fault that hit an attempt: until that attempt was closed
+    probes: list[float]  # per outage: from the server's return to a fresh task's completion
+    drain: float
+    counts: dict[str, int]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        rec = (
+            f"recovery max={max(self.recovery):.1f}s median={statistics.median(self.recovery):.1f}s"
+            if self.recovery
+            else "recovery n/a"
+        )
+        if self.probes:
+            rec += f" probe max={max(self.probes):.1f}s"
+        extra = "".join(f" {k}={v}" for k, v in self.notes.items())
+        return (
+            f"reliability {self.scenario}: tasks={self.tasks} faults={self.faults} "
+            f"lost={len(self.lost)} unexpected={len(self.unexpected)} "
+            f"duplicates={self.duplicated_tasks} (extra attempts {self.extra_attempts}) "
+            f"refused={self.refused} hit={len(self.recovery)} {rec} drain={self.drain:.1f}s "
+            f"outcomes={dict(sorted(self.counts.items()))}{extra}"
+        )
+
+    def explain(self) -> str:
+        shown = [*(f"lost: {t}" for t in self.lost[:10]), *self.unexpected[:20]]
+        return self.line() + "\n  " + "\n  ".join(shown)
+
+
+class Ledger:
+    """Tracks submissions, cancels and faults of one scenario and judges the final state."""
+
+    def __init__(self, scenario: str, app: Any, headers: dict[str, str], settings: Any) -> None:
+        self.scenario = scenario
+        self.app = app
+        self.headers = headers
+        self.settings = settings
+        self.tasks: dict[str, Tracked] = {}
+        self.faults: list[Fault] = []
+        self.responses: Counter[int] = Counter()
+        self.problems: list[str] = []  # API misbehaviour seen while submitting or cancelling
+        self.probes: list[float] = []  # seconds from a server's return to a probe's completion
+        self.notes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._settled_at = 0.0
+
+    def client(self) -> Any:
+        """One Flask test client per thread (the nemesis submits probes too)."""
+        if not hasattr(self._local, "client"):
+            self._local.client = self.app.test_client()
+        return self._local.client
+
+    # ------------------------------------------------------------ what the test does
+
+    def submit(self, definition: str, data: dict[str, Any], **extra: Any) -> str | None:
+        """POST one task; track it on 201; note a 500 (or a crash) as a problem."""
+        body = {"taskDefinitionId": definition, "input": data, **extra}
+        body.setdefault("executionConfig", {"retryPolicy": RETRY_POLICY})
+        try:
+            response = self.client().post("/api/v1/tasks", json=body, headers=self.headers)
+        except Exception as exc:  # noqa: BLE001 - the API must answer, whatever happens
+            with self._lock:
+                self.responses[-1] += 1
+                self.problems.append(f"submit raised {type(exc).__name__}: {exc}")
+            return None
+        with self._lock:
+            self.responses[response.status_code] += 1
+            if response.status_code == 201:
+                task_id = response.get_json()["id"]
+                self.tasks[task_id] = Tracked(task_id, definition, data, time.time())
+                return str(task_id)
+            if response.status_code != 503:
+                self.problems.append(
+                    f"submit answered {response.status_code}: {response.get_data(as_text=True)}"
+                )
+            elif response.get_json()["error"]["code"] != "SERVICE_UNAVAILABLE":
+                self.problems.append(f"503 without SERVICE_UNAVAILABLE: {response.get_json()}")
+        return None
+
+    def cancel(self, task_id: str, force: bool = False) -> int:
+        """POST a cancel; record its response code against the task."""
+        try:
+            response = self.client().post(
+                f"/api/v1/tasks/{task_id}/cancel",
+                json={"reason": "reliability suite", "force": force},
+                headers=self.headers,
+            )
+            code = response.status_code
+        except Exception as exc:  # noqa: BLE001
+            code = -1
+            self.problems.append(f"cancel raised {type(exc).__name__}: {exc}")
+        with self._lock:
+            self.tasks[task_id].cancels.append(code)
+            if code == 200 and response.get_json()["status"] != "CANCELLED":
+                self.problems.append(f"cancel 200 without CANCELLED: {response.get_json()}")
+            if code not in (200, 409, 503):
+                self.problems.append(f"cancel of {task_id} answered {code}")
+        return code
+
+    def fault(
+        self, kind: str, started: float, ended: float | None = None, pids: Any = ()
+    ) -> Fault:
+        """Record a fault the nemesis injected (wall-clock times, as Postgres records them)."""
+        fault = Fault(kind, started, ended if ended is not None else started, frozenset(pids))
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def probe(self, since: float, timeout: float = 60) -> float | None:
+        """Submit an echo and time how long after `since` it completes (service restored)."""
+        deadline = time.monotonic() + timeout
+        task_id = None
+        while task_id is None and time.monotonic() < deadline:
+            task_id = self.submit("echo", {"probe": True})
+            if task_id is None:
+                time.sleep(0.2)
+        if task_id is None:
+            return None
+        with contextlib.closing(connect(self.settings.database_url)) as conn, conn.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute("SELECT status FROM tasks WHERE id = %s", (task_id,))
+                row = cur.fetchone()
+                if row and row[0] in TERMINAL:
+                    took = time.time() - since
+                    with self._lock:
+                        self.probes.append(took)
+                    return took
+                time.sleep(0.1)
+        return None
+
+    # ------------------------------------------------------------ the end of a run
+
+    def settle(self, timeout: float = 90) -> float:
+        """Wait until every tracked task is terminal (or `timeout`); return how long it took."""
+        started = time.monotonic()
+        ids = [uuid.UUID(t) for t in self.tasks]
+        conn = connect(self.settings.database_url)
+        try:
+            while True:
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(
+                            "SELECT count(*) FROM tasks WHERE id = ANY(%s) AND status = ANY(%s)",
+                            (ids, list(TERMINAL)),
+                        )
+                        row = cur.fetchone()
+                        done = row[0] if row else 0
+                except psycopg2.OperationalError:
+                    conn = connect(self.settings.database_url)
+                    continue
+                if done == len(ids) or time.monotonic() - started > timeout:
+                    break
+                time.sleep(0.2)
+            # Quiet for a moment more: a late duplicate must have the chance to show itself.
+            time.sleep(self.settings.sweep_interval * 3)
+        finally:
+            conn.close()
+        self._settled_at = time.monotonic() - started
+        return self._settled_at
+
+    def verdict(self) -> Verdict:
+        """Judge every tracked task against the final ledger."""
+        rows, attempts = self._final_state()
+        lost: list[str] = []
+        unexpected = list(self.problems)
+        counts: Counter[str] = Counter()
+        duplicated = extra = 0
+        recovery: dict[int, float] = {}
+        for task_id, tracked in self.tasks.items():
+            row = rows.get(task_id)
+            if row is None or row["status"] not in TERMINAL:
+                lost.append(f"{task_id} ({tracked.definition}) is {row and row['status']}")
+                continue
+            history = attempts.get(task_id, [])
+            counts[_outcome(row)] += 1
+            if len(history) > 1:
+                duplicated += 1
+                extra += len(history) - 1
+            unexpected += [f"{task_id}: {p}" for p in self._judge(tracked, row, history)]
+            for attempt in history:
+                if attempt["ended_at"] is None or attempt["status"] == "COMPLETED":
+                    continue
+                for number, fault in enumerate(self.faults):
+                    if fault.touches(attempt):
+                        # Until the lost attempt was closed and its task handed back
+                        # (retried or failed): what the service controls, without queueing.
+                        took = attempt["ended_at"].timestamp() - fault.ended
+                        recovery[number] = max(recovery.get(number, 0.0), took)
+        refused = sum(n for code, n in self.responses.items() if code != 201)
+        notes = dict(self.notes)
+        return Verdict(
+            scenario=self.scenario,
+            tasks=len(self.tasks),
+            faults=len(self.faults),
+            lost=lost,
+            unexpected=unexpected,
+            duplicated_tasks=duplicated,
+            extra_attempts=extra,
+            refused=refused,
+            recovery=sorted(recovery.values()),
+            probes=sorted(self.probes),
+            drain=self._settled_at,
+            counts=dict(counts),
+            notes=notes,
+        )
+
+    def _judge(
+        self, tracked: Tracked, row: dict[str, Any], history: list[dict[str, Any]]
+    ) -> list[str]:
+        """Return what contradicts the test's own history for one task."""
+        problems: list[str] = []
+        status = row["status"]
+        kind = (row["error"] or {}).get("kind")
+        if row["attempts"] != len(history):
+            problems.append(f"attempts={row['attempts']} but {len(history)} attempt rows")
+        completed = [a for a in history if a["status"] == "COMPLETED"]
+        if len(completed) > 1:
+            problems.append(f"{len(completed)} attempts COMPLETED")
+        if status == "COMPLETED" and (not completed or completed[-1] is not history[-1]):
+            problems.append("COMPLETED, but not by its last attempt")
+        if status != "COMPLETED" and completed:
+            problems.append(f"{status}, yet attempt {completed[0]['attempt']} COMPLETED")
+        if any(a["ended_at"] is None for a in history):
+            problems.append("an attempt row was left open")
+        # Every attempt that did not finish the task must have met a fault.
+        poison = tracked.definition == "poison"
+        for attempt in history:
+            ended_task = attempt is history[-1] and attempt["status"] == status
+            if ended_task and status != "FAILED":
+                continue
+            if not poison and not any(f.touches(attempt) for f in self.faults):
+                problems.append(
+                    f"attempt {attempt['attempt']} ended {attempt['status']} with no fault near it"
+                )
+        # The terminal status must agree with what the test did.
+        cancels = tracked.cancels
+        if 200 in cancels and status != "CANCELLED":
+            problems.append(f"cancel answered 200 but the task ended {status}")
+        if status == "CANCELLED" and not cancels:
+            problems.append("CANCELLED but never cancelled")
+        if status == "CANCELLED" and cancels and set(cancels) == {409}:
+            problems.append("CANCELLED although every cancel answered 409")
+        if status == "COMPLETED":
+            problems += _check_output(tracked, row["output"])
+        if status == "TIMED_OUT":
+            problems.append(f"TIMED_OUT: {row['error']}")
+        if status == "FAILED":
+            policy_attempts = int(row["retry_policy"].get("maxRetries", 0)) + 1
+            capped = (
+                row["worker_lost_count"] >= self.settings.max_worker_lost
+                or row["attempts"] >= policy_attempts
+            )
+            if kind != "WORKER_LOST":
+                problems.append(f"FAILED {kind}: {row['error']}")
+            elif not capped:
+                problems.append(
+                    f"FAILED WORKER_LOST after {row['worker_lost_count']} losses (cap not reached)"
+                )
+        if poison:
+            if status != "FAILED" or kind != "WORKER_LOST":
+                problems.append(f"the poison task ended {status} {kind}")
+            if row["attempts"] > self.settings.max_worker_lost:
+                problems.append(f"the poison task ran {row['attempts']} times (cap exceeded)")
+        return problems
+
+    def _final_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        ids = [uuid.UUID(t) for t in self.tasks]
+        with contextlib.closing(connect(self.settings.database_url)) as conn:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute("SELECT * FROM tasks WHERE id = ANY(%s)", (ids,))
+                rows = {str(r["id"]): dict(r) for r in cur.fetchall()}
+                cur.execute(
+                    "SELECT * FROM task_attempts WHERE task_id = ANY(%s) ORDER BY task_id, attempt",
+                    (ids,),
+                )
+                attempts: dict[str, list[dict[str, Any]]] = {}
+                for r in cur.fetchall():
+                    attempts.setdefault(str(r["task_id"]), []).append(dict(r))
+                cur.execute(
+                    "SELECT count(*) AS n FROM tasks WHERE NOT (id = ANY(%s))"
+                    " AND NOT (input ? 'probe')",
+                    (ids,),
+                )
+                phantoms = cur.fetchone()["n"]
+        if phantoms:
+            # A task stored although its submission was not answered 201.
+            self.notes["phantoms"] = phantoms
+        return rows, attempts
+
+    def report(self, verdict: Verdict) -> None:
+        """Print the one-line summary and append the figures to the report file, if asked."""
+        line = verdict.line()
+        print("\n" + line)
+        SUMMARIES.append(line)
+        path = os.environ.get(REPORT_ENV)
+        if path:
+            doc = {
+                "scenario": verdict.scenario,
+                "tasks": verdict.tasks,
+                "faults": verdict.faults,
+                "lost": len(verdict.lost),
+                "unexpected": len(verdict.unexpected),
+                "duplicated_tasks": verdict.duplicated_tasks,
+                "extra_attempts": verdict.extra_attempts,
+                "refused": verdict.refused,
+                "recovery_max": max(verdict.recovery) if verdict.recovery else None,
+                "recovery_median": statistics.median(verdict.recovery)
+                if verdict.recovery
+                else None,
+                "hit": len(verdict.recovery),
+                "probe_max": max(verdict.probes) if verdict.probes else None,
+                "drain": round(verdict.drain, 2),
+                "outcomes": verdict.counts,
+                "notes": verdict.notes,
+                "at": datetime.now().isoformat(timespec="seconds"),
+            }
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(doc, default=str) + "\n")
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    kind = (row["error"] or {}).get("kind")
+    return f"{row['status']}/{kind}" if kind and row["status"] == "FAILED" else row["status"]
+
+
+def _check_output(tracked: Tracked, output: Any) -> list[str]:
+    if tracked.definition == "echo" and output != tracked.input:
+        return [f"echo returned {output!r} for {tracked.input!r}"]
+    if tracked.definition == "sleep" and not (
+        isinstance(output, dict) and output.get("slept", -1) >= 0
+    ):
+        return [f"sleep returned {output!r}"]
+    return []
