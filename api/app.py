@@ -8,11 +8,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import flask_smorest
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import definitions, errors, health, metrics, task_apis, task_logs, tasks
+from api import definitions, errors, health, metrics, openapi, task_apis, task_logs, tasks
 from api.auth import TokenVerifier, load_principal, public
 from api.blueprint import JSONProvider
 from api.limits import init_limiter
@@ -66,7 +65,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     init_limiter(app, settings)
     app.before_request(lambda: check_body(settings))
 
-    api = flask_smorest.Api(app, spec_kwargs=_spec_kwargs())
+    api = openapi.Api(app, spec_kwargs=_spec_kwargs())
     for blueprint in (definitions.blp, tasks.blp, task_logs.blp, task_apis.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, jsonify
 from marshmallow import RAISE
 
+from api import openapi
 from api.auth import requires
 from api.blueprint import Blueprint
 from api.resources import definition_json, definition_summary
@@ -27,6 +28,12 @@ blp = Blueprint(
 @blp.route("", methods=["GET"], strict_slashes=False)
 @requires("tasks:definitions:list")
 @blp.arguments(ListDefinitionsQuery, location="query", unknown=RAISE)
+@blp.doc(
+    operationId="listDefinitions",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.DefinitionListSchema, "A page of definitions")}
+    ),
+)
 def list_definitions(query: dict[str, Any]) -> Response:
     """List task definitions in id order, filtered by `type` and a text `search`.
 
@@ -63,6 +70,12 @@ def list_definitions(query: dict[str, Any]) -> Response:
 
 @blp.route("/<definition_id>", methods=["GET"])
 @requires("tasks:definitions:read")
+@blp.doc(
+    operationId="getDefinition",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.DefinitionSchema, "The definition's newest version")}, 404
+    ),
+)
 def get_definition(definition_id: str) -> Response:
     """Get the newest version of one definition in full, as in the seed.
 

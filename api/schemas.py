@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
@@ -118,6 +119,17 @@ class StatusList(fields.String):
         return tuple(dict.fromkeys(names))
 
 
+class UtcDateTime(fields.AwareDateTime):
+    """An RFC 3339 time, in UTC: Postgres refuses offsets that Python accepts (+17:38)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise FieldError("out of range") from exc
+
+
 class ListTasksQuery(Schema):
     """The query of `GET /api/v1/tasks`; an unknown parameter is an error, not ignored."""
 
@@ -128,10 +140,10 @@ class ListTasksQuery(Schema):
     type = fields.String(validate=validate.OneOf(TYPES))
     workflowInstanceId = fields.String(validate=_ID)
     taskDefinitionId = fields.String(validate=_ID)
-    createdAfter = fields.AwareDateTime(
+    createdAfter = UtcDateTime(
         format="iso", metadata={"description": "RFC 3339; tasks created at or after it"}
     )
-    createdBefore = fields.AwareDateTime(
+    createdBefore = UtcDateTime(
         format="iso", metadata={"description": "RFC 3339; tasks created before it"}
     )
     page = fields.Integer(

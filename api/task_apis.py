@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, jsonify, request, url_for
 from marshmallow import RAISE, Schema, fields, validate
 
-from api import submission
+from api import openapi, submission
 from api.auth import current_principal, requires
 from api.blueprint import Blueprint
 from api.resources import definition_json
@@ -32,6 +32,7 @@ RECENT_SHOWN = 20
 _ACTIVE = tuple(sorted(s.value for s in ACTIVE))
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL))
 _JOB_ID = {"in": "query", "name": "jobID", "schema": {"type": "string"}}
+_JOB_ID_REQUIRED = {**_JOB_ID, "required": True}
 
 #: Terminal FAILED tasks map by their error kind; see docs/cortex.md.
 _FAILED_BY_KIND = {
@@ -155,7 +156,16 @@ def _job_id_query() -> str:
 
 @blp.route("/<api_name>", methods=["POST"])
 @requires("tasks:execute")
-@blp.arguments(SubmitJobSchema, required=False)
+@blp.arguments(SubmitJobSchema, required=False, example=openapi.SUBMIT_JOB_EXAMPLE)
+@blp.doc(
+    operationId="submitJob",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.JobSubmittedSchema, "Submitted", (), openapi.JOB_LINKS)},
+        404,
+        413,
+        422,
+    ),
+)
 def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, int]:
     """Submit a job: `config` merged over the definition's default config becomes the input.
 
@@ -206,7 +216,19 @@ def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, in
 
 
 @blp.route("/<api_name>", methods=["GET"])
-@blp.doc(parameters=[_JOB_ID])
+@blp.doc(
+    parameters=[_JOB_ID],
+    operationId="getTaskApi",
+    responses=openapi.responses(
+        {
+            200: openapi.ok(
+                openapi.one_of("JobResponse", "TaskApi"),
+                "With jobID, the job (JobResponse); without, the API and its jobs (TaskApi)",
+            )
+        },
+        404,
+    ),
+)
 def get_api(api_name: str) -> Response:
     """With `?jobID=`, a job's status (tasks:read); without, the API and its jobs.
 
@@ -229,6 +251,10 @@ get_api.permission = "tasks:read"  # type: ignore[attr-defined]  # or the listin
 
 @blp.route("/<api_name>/<job_id>", methods=["GET"])
 @requires("tasks:read")
+@blp.doc(
+    operationId="getJob",
+    responses=openapi.responses({200: openapi.ok(openapi.JobResponseSchema, "The job")}, 404),
+)
 def get_job(api_name: str, job_id: str) -> Response:
     """A job's status, as `GET /api/v1/task-apis/{apiName}?jobID=<job_id>`.
 
@@ -278,7 +304,13 @@ def _api_response(api_name: str) -> Response:
 
 @blp.route("/<api_name>", methods=["DELETE"])
 @requires("tasks:cancel")
-@blp.doc(parameters=[_JOB_ID])
+@blp.doc(
+    parameters=[_JOB_ID_REQUIRED],
+    operationId="stopJobByQuery",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.StoppedSchema, "The job is stopping")}, 404, 409
+    ),
+)
 def stop_job_by_query(api_name: str) -> Response:
     """Stop a job: `DELETE /api/v1/task-apis/{apiName}?jobID=<id>`.
 
@@ -290,6 +322,12 @@ def stop_job_by_query(api_name: str) -> Response:
 
 @blp.route("/<api_name>/<job_id>", methods=["DELETE"])
 @requires("tasks:cancel")
+@blp.doc(
+    operationId="stopJob",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.StoppedSchema, "The job is stopping")}, 404, 409
+    ),
+)
 def stop_job(api_name: str, job_id: str) -> Response:
     """Stop a job: `DELETE /api/v1/task-apis/{apiName}/{jobId}`.
 

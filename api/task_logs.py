@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from api import openapi
 from api.auth import current_principal, requires
 from api.blueprint import Blueprint
 from api.resources import rfc3339
@@ -63,6 +64,10 @@ class LogPageSchema(Schema):
 @requires("tasks:read")
 @blp.arguments(LogQuerySchema, location="query")
 @blp.response(200, LogPageSchema)
+@blp.doc(
+    operationId="getTaskLogs",
+    responses=openapi.responses({200: openapi.ok(LogPageSchema, "A page of log lines")}, 404),
+)
 def task_logs(query: dict[str, Any], task_id: str) -> dict[str, Any]:
     """Read a task's log lines, oldest first.
 

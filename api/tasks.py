@@ -9,7 +9,7 @@ from typing import Any
 from flask import Response, jsonify, request, url_for
 from marshmallow import RAISE
 
-from api import submission
+from api import openapi, submission
 from api.auth import current_principal, requires
 from api.blueprint import Blueprint
 from api.limits import bulk_limit
@@ -62,7 +62,28 @@ def owner_scope(principal: Principal) -> str | None:
 
 @blp.route("", methods=["POST"], strict_slashes=False)
 @requires("tasks:execute")
-@blp.arguments(SubmitTaskSchema)
+@blp.arguments(SubmitTaskSchema, example=openapi.SUBMIT_TASK_EXAMPLE)
+@blp.doc(
+    operationId="submitTask",
+    parameters=[openapi.IDEMPOTENCY_KEY],
+    responses=openapi.responses(
+        {
+            201: openapi.ok(
+                openapi.TaskCreatedSchema, "Accepted", ("Location",), openapi.TASK_LINKS
+            ),
+            200: openapi.ok(
+                openapi.TaskCreatedSchema,
+                "An idempotent replay: the task this key already created",
+                ("Location", "Idempotent-Replayed"),
+                openapi.TASK_LINKS,
+            ),
+        },
+        404,
+        409,
+        413,
+        422,
+    ),
+)
 def submit_task(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
     """Submit a task.
 
@@ -115,7 +136,13 @@ def _idempotency_key(body: dict[str, Any]) -> str | None:
 @blp.route("/bulk", methods=["POST"])
 @bulk_limit
 @requires("tasks:execute")
-@blp.arguments(BulkSubmitSchema)
+@blp.arguments(BulkSubmitSchema, example=openapi.SUBMIT_TASKS_EXAMPLE)
+@blp.doc(
+    operationId="submitTasks",
+    responses=openapi.responses(
+        {201: openapi.ok(openapi.BulkResultSchema, "One outcome per item, in order")}, 413
+    ),
+)
 def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
     """Submit up to TASKEXEC_BULK_MAX_TASKS (100) tasks; each item is accepted or refused alone.
 
@@ -189,6 +216,10 @@ def _error_doc(exc: TaskexecError) -> dict[str, Any]:
 
 @blp.route("/<task_id>", methods=["GET"])
 @requires("tasks:read")
+@blp.doc(
+    operationId="getTask",
+    responses=openapi.responses({200: openapi.ok(openapi.TaskSchema, "The task")}, 404),
+)
 def get_task(task_id: str) -> Response:
     """Get a task with its execution metadata and attempt history.
 
@@ -208,6 +239,10 @@ def get_task(task_id: str) -> Response:
 @blp.route("", methods=["GET"], strict_slashes=False)
 @requires("tasks:list")
 @blp.arguments(ListTasksQuery, location="query", unknown=RAISE)
+@blp.doc(
+    operationId="listTasks",
+    responses=openapi.responses({200: openapi.ok(openapi.TaskListSchema, "A page of tasks")}),
+)
 def list_tasks(query: dict[str, Any]) -> Response:
     """List tasks, newest first (createdAt, then id), with filters and pagination.
 
@@ -300,12 +335,20 @@ def cancel_one(tid: uuid.UUID, principal: Principal, reason: str | None, force: 
 @blp.route("/<task_id>/cancel", methods=["POST"])
 @requires("tasks:cancel")
 @blp.arguments(CancelTaskSchema, required=False)
+@blp.doc(
+    operationId="cancelTask",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.CancelResultSchema, "Cancelled")}, 404, 409, 413
+    ),
+)
 def cancel_task(body: dict[str, Any], task_id: str) -> Response:
-    """Cancel a pending, retrying or running task.
+    """Cancel a pending, retrying or running task (docs/lifecycle.md has the semantics).
 
-    Request: {"reason": "User requested cancellation", "force": false}
+    Request (optional): {"reason": "User requested cancellation", "force": false}
     Response 200: {"id": "...", "status": "CANCELLED", "updatedAt": "..."}
-    Errors: 404 unknown task, 409 already finished.
+    A running handler is asked to stop, then SIGTERM/SIGKILLed after TASKEXEC_CANCEL_GRACE;
+    `force: true` kills it at once.
+    Errors: 400 malformed body, 404 unknown task, 409 already finished.
     """
     body = body or {}
     task = cancel_one(
@@ -320,11 +363,20 @@ def cancel_task(body: dict[str, Any], task_id: str) -> Response:
 @bulk_limit
 @requires("tasks:cancel")
 @blp.arguments(BulkCancelSchema)
+@blp.doc(
+    operationId="cancelTasks",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.BulkCancelResultSchema, "One outcome per task")}, 413
+    ),
+)
 def cancel_many(body: dict[str, Any]) -> Response:
     """Cancel tasks by `ids` or by `workflowInstanceId`; one outcome per task.
 
-    Response 200: {"items": [{"id": "...", "status": "CANCELLED"},
+    Request: {"workflowInstanceId": "wf-1", "reason": "workflow stopped", "force": false}
+             or {"ids": ["...", "..."]} (duplicates are cancelled once)
+    Response 200: {"items": [{"id": "...", "status": "CANCELLED", "updatedAt": "..."},
                              {"id": "...", "error": {"code": "CONFLICT", ...}}]}
+    Errors: 400 neither or both of ids and workflowInstanceId, or a malformed body.
     """
     principal = current_principal()
     if ("ids" in body) == ("workflowInstanceId" in body):
@@ -336,7 +388,7 @@ def cancel_many(body: dict[str, Any]) -> Response:
             targets = store.task_ids_of_workflow(
                 conn, body["workflowInstanceId"], owner_scope(principal)
             )
-    items = []
+    items: list[dict[str, Any]] = []
     for raw in targets:
         try:
             task = cancel_one(
@@ -353,6 +405,12 @@ def cancel_many(body: dict[str, Any]) -> Response:
 @blp.route("/<task_id>/complete", methods=["POST"])
 @requires("tasks:complete")
 @blp.arguments(CompleteTaskSchema)
+@blp.doc(
+    operationId="completeTask",
+    responses=openapi.responses(
+        {200: openapi.ok(openapi.TaskSchema, "The task, now COMPLETED")}, 404, 409, 413, 422
+    ),
+)
 def complete_task(body: dict[str, Any], task_id: str) -> Response:
     """Complete a PENDING manual (type MANUAL) task with its output.
 

@@ -15,9 +15,9 @@ import psycopg2
 
 from bench import baseline_celery
 from bench.load import Client, FanOut
-from bench.memory import Memory
 from bench.report import Report, at_least
-from bench.stack import BASELINE_QUEUE, SERVICE_QUEUE, Stack, queue_keys
+from bench.stack import BASELINE_QUEUE, SERVICE_QUEUE, Proc, Stack, queue_keys
+from bench.usage import Memory, cpu_seconds
 
 ECHO = {"taskDefinitionId": "echo", "input": {"message": "hello", "n": 1}}
 COMPLETED_TASKS = "SELECT count(*) FROM tasks WHERE status = 'COMPLETED'"
@@ -162,13 +162,21 @@ def measure(
 # ------------------------------------------------------------ the figure
 
 
-def run(stack: Stack, report: Report, api_url: str, cfg: EndToEndSettings, memory: Memory) -> None:
+def run(
+    stack: Stack, report: Report, api: Proc, api_url: str, cfg: EndToEndSettings, memory: Memory
+) -> None:
     """Measure the four variants, each with a worker of the same settings."""
     n, p = cfg.tasks, cfg.clients
     split = [n // p + (i < n % p) for i in range(p)]
     rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # "<variant>.<process>" -> CPU ms per task
 
-    def record(name: str, seconds: float, submitted: float, count: int) -> None:
+    def timed(name: str, target: Any, args: Any, done: Any, pids: dict[str, int]) -> None:
+        before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        seconds, submitted, count = measure(target, args, done, n, cfg.timeout)
+        for k, pid in pids.items():
+            used = cpu_seconds(pid) - before[k]
+            cpu[f"{name}.{k}"] = used * 1000 / count if count else math.nan
         rates[name] = count / seconds if count else math.nan
         partial = "" if count >= n else f" -- PARTIAL: stopped at {cfg.timeout:.0f}s"
         report.info(
@@ -184,11 +192,11 @@ def run(stack: Stack, report: Report, api_url: str, cfg: EndToEndSettings, memor
         drained = queue_drained(stack, BASELINE_QUEUE)
         args = [(stack.database_url, c, False) for c in split]
         all_done = lambda pub: n if pub and drained() else 0  # noqa: E731
-        record("raw-noop", *measure(raw_publishes, args, all_done, n, cfg.timeout))
+        timed("raw-noop", raw_publishes, args, all_done, {"worker": worker.pid})
         stack.reset()
         rows = rows_done(stack, COMPLETED_BASELINE)
         args = [(stack.database_url, c, True) for c in split]
-        record("raw-pg", *measure(raw_publishes, args, lambda _: rows(), n, cfg.timeout))
+        timed("raw-pg", raw_publishes, args, lambda _: rows(), {"worker": worker.pid})
         memory.child("raw Celery pool child", worker.pid)
     finally:
         stack.stop(worker)
@@ -196,14 +204,15 @@ def run(stack: Stack, report: Report, api_url: str, cfg: EndToEndSettings, memor
 
     worker = stack.start_worker("worker", "workers.celery_app", SERVICE_QUEUE, cfg.concurrency)
     sweeper = stack.start_sweeper()
+    pids = {"worker": worker.pid, "api": api.pid}
     try:
         completed = rows_done(stack, COMPLETED_TASKS)
         args = [(api_url, stack.api_key, c) for c in split]
-        record("single", *measure(single_submits, args, lambda _: completed(), n, cfg.timeout))
+        timed("single", single_submits, args, lambda _: completed(), pids)
         _check_statuses(stack, report)
         stack.reset()
         args = [(api_url, stack.api_key, c, cfg.batch) for c in split]
-        record("bulk", *measure(bulk_submits, args, lambda _: completed(), n, cfg.timeout))
+        timed("bulk", bulk_submits, args, lambda _: completed(), pids)
         _check_statuses(stack, report)
         memory.child("service worker pool child", worker.pid)
     finally:
@@ -214,8 +223,10 @@ def run(stack: Stack, report: Report, api_url: str, cfg: EndToEndSettings, memor
     report.info(
         f"end-to-end: {n} echo tasks, {p} producers, worker --concurrency {cfg.concurrency}"
     )
-    report.figure("baseline.raw-celery-noop.tasks_per_s", rates["raw-noop"], "tasks/s")
-    report.figure("baseline.raw-celery-pg.tasks_per_s", rates["raw-pg"], "tasks/s")
+    for name in ("raw-noop", "raw-pg"):
+        label = name.replace("raw-", "raw-celery-")
+        report.figure(f"baseline.{label}.tasks_per_s", rates[name], "tasks/s")
+        report.figure(f"baseline.{label}.worker_cpu_per_task", cpu[f"{name}.worker"], "ms")
     report.figure(
         "e2e.single.tasks_per_s",
         rates["single"],
@@ -231,6 +242,23 @@ def run(stack: Stack, report: Report, api_url: str, cfg: EndToEndSettings, memor
         baselines=[("raw celery noop", rates["raw-noop"]), ("raw celery+pg", rates["raw-pg"])],
         target=">= 1.0x raw celery noop",
         met=at_least(rates["bulk"], rates["raw-noop"]),
+    )
+    for name in ("single", "bulk"):
+        report.figure(
+            f"e2e.{name}.worker_cpu_per_task",
+            cpu[f"{name}.worker"],
+            "ms",
+            baselines=[
+                ("raw celery+pg", cpu["raw-pg.worker"]),
+                ("raw celery noop", cpu["raw-noop.worker"]),
+            ],
+        )
+    report.figure("e2e.single.api_cpu_per_task", cpu["single.api"], "ms")
+    report.figure(
+        "e2e.bulk.api_cpu_per_task",
+        cpu["bulk.api"],
+        "ms",
+        baselines=[("single submits", cpu["single.api"])],
     )
 
 

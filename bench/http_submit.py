@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from bench.load import LoadResult, http_load
-from bench.memory import Memory
 from bench.report import Report, at_least
-from bench.stack import Stack
+from bench.stack import Proc, Stack
+from bench.usage import Memory, cpu_seconds
 
 SERVICE_BODY = {"taskDefinitionId": "echo", "input": {"message": "hello", "n": 1}}
 
@@ -17,15 +18,46 @@ SERVICE_BODY = {"taskDefinitionId": "echo", "input": {"message": "hello", "n": 1
 @dataclass
 class SubmitSettings:
     connections: int = 32
-    seconds: float = 10.0
+    seconds: float = 10.0  # per target, split over `rounds`
     warmup: float = 2.0
     use_wrk: bool = True
+    rounds: int = 2  # targets take turns, so drifting machine load hits each alike
 
 
-def _measure(url: str, body: object, key: str, cfg: SubmitSettings) -> LoadResult:
-    if cfg.warmup:
-        http_load(url, body, key, cfg.connections, max(cfg.warmup, 1), cfg.use_wrk)
-    return http_load(url, body, key, cfg.connections, cfg.seconds, cfg.use_wrk)
+@dataclass(frozen=True)
+class Measured:
+    """A load run and the CPU time the server spent per request during it."""
+
+    load: LoadResult
+    cpu_ms: float
+
+
+def _measure(
+    server: Proc, url: str, body: object, key: str, seconds: float, cfg: SubmitSettings
+) -> Measured:
+    before = cpu_seconds(server.pid)
+    load = http_load(url, body, key, cfg.connections, seconds, cfg.use_wrk)
+    used = cpu_seconds(server.pid) - before
+    return Measured(load, used * 1000 / load.requests if load.requests else float("nan"))
+
+
+def _combine(parts: list[Measured]) -> Measured:
+    """Sum the rounds; percentiles become request-weighted means of the rounds' values."""
+    total = sum(m.load.requests for m in parts) or 1
+
+    def mean(get: Any) -> float:
+        return sum(get(m) * m.load.requests for m in parts) / total
+
+    load = LoadResult(
+        requests=sum(m.load.requests for m in parts),
+        errors=sum(m.load.errors for m in parts),
+        seconds=sum(m.load.seconds for m in parts),
+        p50_ms=mean(lambda m: m.load.p50_ms),
+        p90_ms=mean(lambda m: m.load.p90_ms),
+        p99_ms=mean(lambda m: m.load.p99_ms),
+        tool=parts[0].load.tool,
+    )
+    return Measured(load, mean(lambda m: m.cpu_ms))
 
 
 def _stored(stack: Stack, table: str) -> int:
@@ -34,57 +66,82 @@ def _stored(stack: Stack, table: str) -> int:
         return int(cur.fetchone()[0])  # type: ignore[index]
 
 
-def run(stack: Stack, report: Report, api_url: str, cfg: SubmitSettings, memory: Memory) -> None:
+def run(
+    stack: Stack, report: Report, api: Proc, api_url: str, cfg: SubmitSettings, memory: Memory
+) -> None:
     """Measure POST /api/v1/tasks, Flower's async-apply and the Flask baseline; no workers run."""
     flower, flower_url = stack.start_flower()
     flask, flask_url = stack.start_gunicorn("baseline-api", "bench.baseline_api:app")
+    targets: dict[str, tuple[Proc, str, object, str, str]] = {
+        "service": (api, api_url + "/api/v1/tasks", SERVICE_BODY, stack.api_key, "tasks"),
+        "flower": (
+            flower,
+            flower_url + "/api/task/async-apply/taskexec.echo",
+            {"args": [str(uuid.uuid4())]},
+            "",
+            "",
+        ),
+        "flask": (flask, flask_url + "/tasks", SERVICE_BODY, "", "bench_tasks"),
+    }
+    rounds: dict[str, list[Measured]] = {name: [] for name in targets}
+    stored = dict.fromkeys(targets, 0)
+    seconds = max(cfg.seconds / cfg.rounds, 1)
     try:
-        stack.reset()
-        ours = _measure(api_url + "/api/v1/tasks", SERVICE_BODY, stack.api_key, cfg)
-        stored = _stored(stack, "tasks")
-        report.info(f"service: {ours.requests} responses, {ours.errors} errors, {stored} rows")
-        stack.reset()
-        flower_body = {"args": [str(uuid.uuid4())]}
-        theirs = _measure(flower_url + "/api/task/async-apply/taskexec.echo", flower_body, "", cfg)
-        report.info(f"flower: {theirs.requests} responses, {theirs.errors} errors")
-        stack.reset()
-        plain = _measure(flask_url + "/tasks", SERVICE_BODY, "", cfg)
-        stored = _stored(stack, "bench_tasks")
-        report.info(
-            f"flask baseline: {plain.requests} responses, {plain.errors} errors, {stored} rows"
-        )
+        for _server, url, body, key, _table in targets.values():
+            if cfg.warmup:
+                http_load(url, body, key, cfg.connections, max(cfg.warmup, 1), cfg.use_wrk)
+        for _ in range(cfg.rounds):
+            for name, (server, url, body, key, table) in targets.items():
+                stack.reset()
+                rounds[name].append(_measure(server, url, body, key, seconds, cfg))
+                stored[name] += _stored(stack, table) if table else 0
         memory.child("flask baseline gunicorn worker", flask.pid)
         memory.process("flower", flower.pid)
     finally:
         stack.stop(flask)
         stack.stop(flower)
         stack.reset()
+    ours, theirs, plain = (_combine(rounds[name]) for name in targets)
+    for name, m in zip(targets, (ours, theirs, plain), strict=True):
+        rows = f", {stored[name]} rows stored" if targets[name][4] else ""
+        report.info(f"{name}: {m.load.requests} responses, {m.load.errors} errors{rows}")
 
-    report.info(f"load: {ours.tool}, {cfg.connections} connections, {cfg.seconds:.0f}s per target")
-    for label, res in (("flower", theirs), ("flask", plain)):
-        report.figure(f"baseline.{label}.submit.rps", res.rps, "req/s")
-        report.figure(f"baseline.{label}.submit.p50", res.p50_ms, "ms")
-        report.figure(f"baseline.{label}.submit.p99", res.p99_ms, "ms")
-    bases = lambda a, b: [("flower", a), ("flask insert+publish", b)]  # noqa: E731
+    report.info(
+        f"load: {ours.load.tool}, {cfg.connections} connections, {cfg.rounds} rounds of"
+        f" {seconds:.0f}s per target, taking turns"
+    )
+    for label, m in (("flower", theirs), ("flask", plain)):
+        report.figure(f"baseline.{label}.submit.rps", m.load.rps, "req/s")
+        report.figure(f"baseline.{label}.submit.p50", m.load.p50_ms, "ms")
+        report.figure(f"baseline.{label}.submit.p99", m.load.p99_ms, "ms")
+        report.figure(f"baseline.{label}.submit.cpu_per_request", m.cpu_ms, "ms")
+
+    def bases(a: float, b: float) -> list[tuple[str, float]]:
+        return [("flower", a), ("flask insert+publish", b)]
+
+    o, t, p = ours.load, theirs.load, plain.load
     report.figure(
         "submit.rps",
-        ours.rps,
+        o.rps,
         "req/s",
-        baselines=bases(theirs.rps, plain.rps),
+        baselines=bases(t.rps, p.rps),
         target=">= 1.5x flower",
-        met=at_least(ours.rps, 1.5 * theirs.rps),
-        note=_errors(ours),
+        met=at_least(o.rps, 1.5 * t.rps),
+        note=f"{o.errors} errors of {o.requests} responses" if o.errors else "",
     )
-    report.figure("submit.p50", ours.p50_ms, "ms", baselines=bases(theirs.p50_ms, plain.p50_ms))
+    report.figure("submit.p50", o.p50_ms, "ms", baselines=bases(t.p50_ms, p.p50_ms))
     report.figure(
         "submit.p99",
-        ours.p99_ms,
+        o.p99_ms,
         "ms",
-        baselines=bases(theirs.p99_ms, plain.p99_ms),
+        baselines=bases(t.p99_ms, p.p99_ms),
         target="< flower p99",
-        met=ours.p99_ms < theirs.p99_ms,
+        met=o.p99_ms < t.p99_ms,
     )
-
-
-def _errors(res: LoadResult) -> str:
-    return f"{res.errors} errors of {res.requests} responses" if res.errors else ""
+    report.figure(
+        "submit.cpu_per_request",
+        ours.cpu_ms,
+        "ms",
+        baselines=bases(theirs.cpu_ms, plain.cpu_ms),
+        note="CPU time of the server's processes per request",
+    )

@@ -296,6 +296,10 @@ def cursor_walk(runner: Runner, headers: dict[str, str], name: str, start: str) 
     runner.report(name, samples, body)
 
 
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -319,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             conn.close()
             took = seed(url, args.rows)
             print(f"# seeded {args.rows} tasks in {took:.1f}s (database {name})", flush=True)
+        print(f"# load average before: {_load()}", flush=True)
         run(url, args)
+        print(f"# load average after: {_load()}", flush=True)
     finally:
         if not (args.keep or args.reuse):
             drop_database(server, name)

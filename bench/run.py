@@ -13,9 +13,9 @@ from pathlib import Path
 
 from bench import http_submit, listing, profiler
 from bench.http_submit import SubmitSettings
-from bench.memory import Memory
 from bench.report import Report
 from bench.stack import SERVICE_QUEUE, Stack
+from bench.usage import Memory
 
 FIGURES = ("submit", "e2e", "latency", "listing", "memory")
 
@@ -30,12 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget", type=float, default=570.0, help="seconds; the listing gets what is left"
     )
     p.add_argument("--quick", action="store_true", help="small counts, for trying the suite")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per target")
+    p.add_argument("--duration", type=float, default=12.0, help="seconds of load per target")
+    p.add_argument("--rounds", type=int, default=3, help="turns the submit targets take")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--python-load", action="store_true", help="use the Python load generator")
     p.add_argument("--tasks", type=int, default=1000, help="tasks per end-to-end variant")
-    p.add_argument("--clients", type=int, default=4, help="producer processes end to end")
+    p.add_argument("--clients", type=int, default=8, help="producer processes end to end")
     p.add_argument("--e2e-timeout", type=float, default=60.0, help="cap per end-to-end variant")
     p.add_argument("--concurrency", type=int, default=2 * cores, help="worker pool children")
     p.add_argument("--repetitions", type=int, default=50, help="samples per latency")
@@ -48,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep logs and profiles after the run")
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.tasks, args.repetitions = 3.0, 1.0, 300, 10
+        args.duration, args.warmup, args.tasks, args.repetitions = 4.0, 1.0, 300, 10
+        args.rounds = 2
         args.profile_seconds = 3.0
     return args
 
@@ -109,25 +111,39 @@ def main(argv: list[str] | None = None) -> int:
             f"worker: prefork --concurrency {args.concurrency}"
         )
         api, api_url = stack.start_gunicorn("api", "api.wsgi:app")
+        mark = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            report.info(f"{name} took {time.monotonic() - mark:.0f}s; load average: {_load()}")
+            mark = time.monotonic()
+
         if "submit" in selected:
-            cfg = SubmitSettings(args.connections, args.duration, args.warmup, not args.python_load)
-            http_submit.run(stack, report, api_url, cfg, memory)
+            cfg = SubmitSettings(
+                args.connections, args.duration, args.warmup, not args.python_load, args.rounds
+            )
+            http_submit.run(stack, report, api, api_url, cfg, memory)
+            phase("submit")
         if "e2e" in selected:
             e2e = end_to_end.EndToEndSettings(
                 args.tasks, args.clients, 100, args.concurrency, args.e2e_timeout
             )
-            end_to_end.run(stack, report, api_url, e2e, memory)
+            end_to_end.run(stack, report, api, api_url, e2e, memory)
+            phase("end-to-end")
         if "latency" in selected:
             lat = latency.LatencySettings(args.repetitions, args.concurrency)
             latency.run(stack, report, api_url, lat)
+            phase("latency")
         if "memory" in selected:
             memory.child("service gunicorn worker", api.pid)
             _memory_figures(report, memory)
         if args.profile and profiler.available():
             _profile(stack, report, api.pid, api_url, args, workdir)
+            phase("profile")
         if "listing" in selected:
             left = args.budget - (time.monotonic() - began)
             listing.run(stack, report, left, args.listing_requests)
+            phase("listing")
         report.meta["load_after"] = _load()
         report.meta["seconds"] = round(time.monotonic() - began, 1)
         report.info(f"done in {report.meta['seconds']:.0f}s; load average after: {_load()}")
@@ -173,49 +189,46 @@ def _profile(
     args: argparse.Namespace,
     workdir: Path,
 ) -> None:
-    """Sample the API workers under submit load and the worker under a bulk run (py-spy)."""
+    """Sample the API workers under submit load and the worker under a bulk run (py-spy).
+
+    Wall-clock samples (idle included) of the stacks inside a request or a task: on a shared
+    2-core machine py-spy's on-CPU mode mistakes runnable-but-waiting threads for busy ones.
+    """
     from bench import end_to_end
 
     seconds = args.profile_seconds
-    lines: list[str] = []
-    for mode in ("cpu", "wall"):
-        out = workdir / f"api-{mode}.txt"
-        spy = profiler.start(api_pid, seconds, out, idle=mode == "wall", subprocesses=True)
-        time.sleep(0.5)
-        http_submit.http_load(
-            api_url + "/api/v1/tasks",
-            http_submit.SERVICE_BODY,
-            stack.api_key,
-            args.connections,
-            seconds,
-            not args.python_load,
-        )
-        spy.wait(seconds + 30)
-        focus = ("full_dispatch_request",)
-        lines += profiler.render(
-            f"API workers under submit load, {mode}", profiler.Profile.load(out, focus)
-        )
+    out = workdir / "api-wall.txt"
+    spy = profiler.start(api_pid, seconds, out, idle=True, subprocesses=True)
+    time.sleep(0.5)
+    http_submit.http_load(
+        api_url + "/api/v1/tasks",
+        http_submit.SERVICE_BODY,
+        stack.api_key,
+        args.connections,
+        seconds,
+        not args.python_load,
+    )
+    spy.wait(seconds + 30)
+    lines = profiler.render(
+        "API workers under submit load (wall time inside requests)",
+        profiler.Profile.load(out, ("full_dispatch_request",)),
+    )
     stack.reset()
     worker = stack.start_worker("worker", "workers.celery_app", SERVICE_QUEUE, args.concurrency)
     try:
-        for mode in ("cpu", "wall"):
-            out = workdir / f"worker-{mode}.txt"
-            n = args.tasks
-            split = [n // args.clients + (i < n % args.clients) for i in range(args.clients)]
-            spy = profiler.start(worker.pid, seconds, out, idle=mode == "wall", subprocesses=True)
-            time.sleep(0.5)
-            count = end_to_end.rows_done(stack, end_to_end.COMPLETED_TASKS)
-            fan_args = [(api_url, stack.api_key, c, 100) for c in split]
-            end_to_end.measure(
-                end_to_end.bulk_submits, fan_args, lambda _, f=count: f(), n, seconds + 0.5
-            )
-            spy.wait(seconds + 30)
-            stack.reset()
-            focus = ("trace_task",) if mode == "wall" else ()
-            lines += profiler.render(
-                f"Celery worker (all processes) during bulk end-to-end, {mode}",
-                profiler.Profile.load(out, focus),
-            )
+        out = workdir / "worker-wall.txt"
+        n = args.tasks
+        split = [n // args.clients + (i < n % args.clients) for i in range(args.clients)]
+        spy = profiler.start(worker.pid, seconds, out, idle=True, subprocesses=True)
+        time.sleep(0.5)
+        count = end_to_end.rows_done(stack, end_to_end.COMPLETED_TASKS)
+        fan_args = [(api_url, stack.api_key, c, 100) for c in split]
+        end_to_end.measure(end_to_end.bulk_submits, fan_args, lambda _: count(), n, seconds + 0.5)
+        spy.wait(seconds + 30)
+        lines += profiler.render(
+            "Celery pool children during bulk end-to-end (wall time inside tasks)",
+            profiler.Profile.load(out, ("trace_task",)),
+        )
     finally:
         stack.stop(worker)
         stack.reset()

@@ -142,7 +142,7 @@ def dev(port: int, data_dir: str, concurrency: int, flower: bool) -> None:
             "--loglevel",
             "INFO",
             "-Q",
-            ",".join(default_executors()),
+            ",".join(default_executors(settings.definition_modules)),
             "--concurrency",
             str(concurrency),
             "-n",

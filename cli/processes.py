@@ -91,11 +91,11 @@ def check_basic_auth(value: str) -> str:
     return value
 
 
-def default_executors() -> list[str]:
-    """Every executor queue of the built-in definitions (manual ones never reach a worker)."""
-    from workers.definitions import builtin_registry
+def default_executors(definition_modules: str = "") -> list[str]:
+    """Every executor queue of the worker's definitions (manual ones never reach a worker)."""
+    from workers.definitions import load_registry
 
-    return sorted({d.executor for d in builtin_registry() if d.handler is not None})
+    return sorted({d.executor for d in load_registry(definition_modules) if d.handler is not None})
 
 
 @click.command()
@@ -116,7 +116,7 @@ def worker(executors: tuple[str, ...], concurrency: int | None, name: str | None
     """Run a Celery worker for one or more executor pools."""
     settings = load_settings()
     cmd = worker_command(
-        list(executors) or default_executors(),
+        list(executors) or default_executors(settings.definition_modules),
         concurrency or settings.worker_concurrency or None,
         name,
     )

@@ -137,7 +137,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "cancel_grace": ("TASKEXEC_CANCEL_GRACE", _positive_float, "10"),
     "max_worker_lost": ("TASKEXEC_MAX_WORKER_LOST", _positive_int, "3"),
     "definition_modules": ("TASKEXEC_DEFINITION_MODULES", _text, ""),
-    "visibility_timeout": ("TASKEXEC_VISIBILITY_TIMEOUT", _positive_int, "3600"),
+    # Above the longest attempt the API accepts (a week) plus its hard-limit grace.
+    "visibility_timeout": ("TASKEXEC_VISIBILITY_TIMEOUT", _positive_int, "691200"),
     "worker_events": ("TASKEXEC_WORKER_EVENTS", _bool, "true"),
     "worker_concurrency": ("TASKEXEC_WORKER_CONCURRENCY", _non_negative_int, "0"),
     "log_format": ("TASKEXEC_LOG_FORMAT", _choice("text", "json"), "text"),
@@ -183,7 +184,7 @@ class Settings:
     cancel_grace: float = 10.0
     max_worker_lost: int = 3
     definition_modules: str = ""  # comma-separated modules exposing DEFINITIONS
-    visibility_timeout: int = 3600
+    visibility_timeout: int = 691_200  # 8 days
     worker_events: bool = True
     worker_concurrency: int = 0
     log_format: str = "text"
@@ -242,6 +243,10 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         and (values["heartbeat_seconds"] * 2 > values["lease_seconds"])
     ):
         problems.append("TASKEXEC_HEARTBEAT_SECONDS must be at most half of TASKEXEC_LEASE_SECONDS")
+    countdown, visibility = values.get("retry_countdown_max"), values.get("visibility_timeout")
+    if countdown is not None and visibility is not None and countdown >= visibility:
+        # A retry held by a worker past the visibility timeout would be delivered twice.
+        problems.append("TASKEXEC_RETRY_COUNTDOWN_MAX must be below TASKEXEC_VISIBILITY_TIMEOUT")
     return problems
 
 

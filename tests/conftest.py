@@ -193,13 +193,20 @@ class Auth:
         conn = db.connect(self.database_url)
         with conn:
             store.insert_api_key(
-                conn, key_id=new.key_id, name=f"test-{owner}", owner=owner,
-                permissions=perms, key_hash=new.key_hash, rate_limit=rate_limit,
+                conn,
+                key_id=new.key_id,
+                name=f"test-{owner}",
+                owner=owner,
+                permissions=perms,
+                key_hash=new.key_hash,
+                rate_limit=rate_limit,
             )
         conn.close()
         return {"X-API-Key": new.secret}
 
-    def token(self, permissions: list[str] | str = "*", subject: str = "alice", **kw: Any) -> dict[str, str]:
+    def token(
+        self, permissions: list[str] | str = "*", subject: str = "alice", **kw: Any
+    ) -> dict[str, str]:
         perms = [permissions] if isinstance(permissions, str) else permissions
         return {"Authorization": "Bearer " + mint_token(JWT_SECRET, subject, perms, **kw)}
 
@@ -233,12 +240,15 @@ class Processes:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def _spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, cmd: list[str], extra_env: dict[str, str] | None
+    ) -> subprocess.Popen[bytes]:
         env = settings_env(self.settings)
         env.update(extra_env or {})
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -252,9 +262,24 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         """Start a real Celery worker (prefork) and wait until it consumes."""
         name = f"w{len(self.procs)}-{uuid.uuid4().hex[:6]}@%h"
-        cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-               "--loglevel", "INFO", "-Q", queues, "--concurrency", str(concurrency),
-               "-n", name, "--without-mingle", "--without-gossip"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "-Q",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "-n",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+        ]
         proc = self._spawn("worker", cmd, extra_env)
         if wait:
             self.wait_ready(proc)
@@ -264,7 +289,7 @@ class Processes:
         """Start the sweeper process."""
         return self._spawn("beat", [sys.executable, "-m", "cli", "beat"], extra_env)
 
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         path = proc.log_path  # type: ignore[attr-defined]
         while time.monotonic() < deadline:
@@ -310,8 +335,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float 
         time.sleep(interval)
 
 
-def wait_for_status(client: Any, headers: dict[str, str], task_id: str, statuses: set[str],
-                    timeout: float = 20) -> dict[str, Any]:
+def wait_for_status(
+    client: Any, headers: dict[str, str], task_id: str, statuses: set[str], timeout: float = 20
+) -> dict[str, Any]:
     """Poll GET /api/v1/tasks/{id} until its status is one of `statuses`; return the task."""
     last: dict[str, Any] = {}
 
@@ -323,4 +349,6 @@ def wait_for_status(client: Any, headers: dict[str, str], task_id: str, statuses
     try:
         return wait_for(done, timeout)
     except AssertionError:
-        raise AssertionError(f"task {task_id} never reached {statuses}; last seen: {last}") from None
+        raise AssertionError(
+            f"task {task_id} never reached {statuses}; last seen: {last}"
+        ) from None

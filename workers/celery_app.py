@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -20,7 +19,7 @@ from shared.broker import Broker, make_celery
 from shared.definitions import Registry, TaskDefinition
 from workers import log_context, transport
 from workers import metrics as worker_metrics
-from workers.definitions import builtin_registry
+from workers.definitions import load_registry
 from workers.executor import Runtime, wait_for_database
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ class TaskPool(PreforkPool):  # type: ignore[misc]
     Pool = _ChildPool
 
 
-
 class AttemptRequest(Request):  # type: ignore[misc]
     """One delivery as the worker parent sees it: it records what a killed child cannot.
 
@@ -65,6 +63,7 @@ class AttemptRequest(Request):  # type: ignore[misc]
         return self.task.runtime  # type: ignore[no-any-return]
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
+        """Record a hard time limit before Celery acknowledges the message."""
         if not soft:
             try:
                 self._runtime.record_hard_timeout(self.id, self.worker_pid)
@@ -75,6 +74,7 @@ class AttemptRequest(Request):  # type: ignore[misc]
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> None:
+        """Record a child that died (signal, OOM killer, revoke) before Celery settles it."""
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
@@ -87,6 +87,7 @@ class AttemptRequest(Request):  # type: ignore[misc]
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def reject(self, requeue: bool = False) -> None:
+        """Requeue only a message the ledger still needs."""
         super().reject(requeue=requeue and not self._settled)
 
 
@@ -98,20 +99,10 @@ class DefinitionTask(Task):  # type: ignore[misc]
     definition: TaskDefinition
 
 
-def worker_registry(settings: Settings) -> Registry:
-    """The built-in definitions plus those of `TASKEXEC_DEFINITION_MODULES`."""
-    registry = builtin_registry()
-    for name in filter(None, (n.strip() for n in settings.definition_modules.split(","))):
-        module = importlib.import_module(name)
-        for definition in module.DEFINITIONS:
-            registry.add(definition)
-    return registry
-
-
 def create_worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
     """Build the worker's Celery app with a task for each definition in `registry`."""
     settings = settings or Settings.from_env()
-    registry = registry or worker_registry(settings)
+    registry = registry or load_registry(settings.definition_modules)
     app = make_celery(settings, "taskexec")
     app.conf.worker_lost_wait = WORKER_LOST_WAIT
     app.conf.worker_pool = f"{__name__}:TaskPool"

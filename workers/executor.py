@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -29,7 +27,15 @@ from shared.errors import (
 from shared.status import CLAIMABLE, ErrorKind, Status
 from shared.validation import schema_errors
 from workers.context import AttemptContext
+from workers.failures import (
+    Failure,
+    error_doc,
+    retry_delay_ms,
+    timeout_failure,
+    worker_lost_failure,
+)
 from workers.limits import memory_limit
+from workers.log_context import task_log_context
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -39,63 +45,6 @@ MIN_REQUEUE_SECONDS = 0.05
 #: Past it the attempt is left to the lease sweeper, and may run again.
 LEDGER_RETRY_SECONDS = 60.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """How an attempt failed: the error to record and what may follow it."""
-
-    error: dict[str, Any]
-    status: Status = Status.FAILED
-    retryable: bool = True
-    worker_lost: bool = False
-
-
-def error_doc(code: str, message: str, kind: ErrorKind, details: Any = None) -> dict[str, Any]:
-    """Build the `error` object stored on a task."""
-    doc: dict[str, Any] = {"code": code, "message": message, "kind": kind.value}
-    if details:
-        doc["details"] = details
-    return doc
-
-
-def timeout_failure(task: store.Task, killed: bool) -> Failure:
-    """The failure of an attempt that ran out of time; retried only if the policy says so."""
-    message = f"the attempt exceeded its timeout of {task.timeout_ms} ms"
-    if killed:
-        message += " and was killed"
-    return Failure(
-        error_doc("TIMEOUT", message, ErrorKind.TASK_ERROR),
-        status=Status.TIMED_OUT,
-        retryable=RetryPolicy.from_json(task.retry_policy).retry_on_timeout,
-    )
-
-
-def worker_lost_failure(task: store.Task, why: str) -> Failure:
-    """The failure of an attempt whose process died under it."""
-    where = f"{task.worker_host}:{task.worker_pid}"
-    return Failure(
-        error_doc(
-            "WORKER_LOST",
-            f"the worker process running attempt {task.attempts} ({where}) {why}",
-            ErrorKind.WORKER_LOST,
-        ),
-        worker_lost=True,
-    )
-
-
-def retry_delay_ms(
-    policy: RetryPolicy, failed_attempt: int, rand: Callable[[], float] = random.random
-) -> int:
-    """Milliseconds before the attempt after `failed_attempt`, jitter included.
-
-    The base is `retryInterval * backoffMultiplier^(n-1)`; jitter only ever adds to it (up to
-    `jitter` times the base), so a retry never starts before the documented delay.
-    """
-    delay = policy.delay_ms(failed_attempt)
-    if policy.jitter:
-        delay += int(delay * policy.jitter * rand())
-    return delay
 
 
 def process_alive(pid: int) -> bool:
@@ -125,7 +74,13 @@ class Runtime:
         task = self._while_unavailable(self._claim, tid)
         if task is None:
             return self._not_claimed(tid)
-        attempt = task.attempts
+        # Every line logged during the attempt carries its number (task id and definition
+        # are set by the Celery signal hooks in workers/log_context.py).
+        with task_log_context(attempt=task.attempts):
+            return self._attempt(definition, task)
+
+    def _attempt(self, definition: TaskDefinition, task: store.Task) -> str:
+        tid, task_id, attempt = task.id, str(task.id), task.attempts
         log.info("attempt %d of %s (%s) started", attempt, task_id, definition.id)
         try:
             context = AttemptContext(self.db, self.settings, tid, attempt)

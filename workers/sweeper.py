@@ -18,7 +18,8 @@ from shared.broker import BROKER_ERRORS, Broker
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.status import ErrorKind, Status
 from workers.context import KILL_AFTER_TERM_SECONDS
-from workers.executor import Runtime, error_doc, worker_lost_failure
+from workers.executor import Runtime
+from workers.failures import error_doc, worker_lost_failure
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300

@@ -21,7 +21,8 @@ FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 def broker_is_empty(client_: redis.Redis) -> bool:
     """No message anywhere in Redis: not queued, not held unacknowledged by a worker."""
     queued = sum(
-        client_.llen(key) for key in client_.scan_iter("standard-executor*")
+        client_.llen(key)
+        for key in client_.scan_iter("standard-executor*")
         if client_.type(key) == b"list"
     )
     return queued == 0 and client_.hlen("unacked") == 0
@@ -61,8 +62,10 @@ def test_duplicate_messages_run_the_handler_once(client, auth, processes, settin
 
     # A copy arriving after the end changes nothing either.
     broker.publish(dispatch)
-    wait_for(lambda: Path(worker.log_path).read_text().count(f"nothing to claim for {task_id}")
-             == 5, timeout=15)
+    wait_for(
+        lambda: Path(worker.log_path).read_text().count(f"nothing to claim for {task_id}") == 5,
+        timeout=15,
+    )
     task = client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()
     assert task["status"] == "COMPLETED" and task["output"] == done["output"]
     assert task["executionMetadata"]["attempts"] == 1 and len(task["attempts"]) == 1

@@ -1,4 +1,4 @@
-"""`taskexec dev` on a machine with nothing configured: embedded servers, a task end to end, Ctrl-C."""
+"""`taskexec dev` with nothing configured: embedded servers, a task end to end, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from tests.conftest import ROOT, SEED_ORDER
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _http(method: str, url: str, key: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+def _http(
+    method: str, url: str, key: str | None = None, body: dict | None = None
+) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
@@ -53,15 +55,32 @@ def _descendants(pid: int) -> set[int]:
 
 def test_dev_runs_everything_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("TASKEXEC_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("TASKEXEC_")
+    }
     env["PYTHONUNBUFFERED"] = "1"
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "dev", "--port", str(port), "--data-dir",
-             str(tmp_path / "data"), "--concurrency", "1"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "dev",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--concurrency",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 120
@@ -97,6 +116,10 @@ def test_dev_runs_everything_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         proc.wait(60)
     time.sleep(1)
-    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
-             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    alive = [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}").exists()
+        and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    ]
     assert not alive, f"processes left running after Ctrl-C: {alive}"

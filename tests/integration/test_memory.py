@@ -31,6 +31,7 @@ def pid_of(task: dict) -> int:
 
 def running_attempt(client, headers, task_id: str, attempt: int) -> dict:
     """Wait until the task runs its `attempt`-th attempt; return the task."""
+
     def check() -> dict | None:
         task = get(client, headers, task_id)
         ok = task["status"] == "RUNNING" and task["executionMetadata"]["attempts"] == attempt
@@ -46,7 +47,10 @@ def test_memory_limit_fails_the_attempt_out_of_memory_and_the_worker_goes_on(
     headers = auth.key("*")
     # allocate-memory requires 128Mi; 256 MiB is over it. OOM is not retried: it would recur.
     hog = submit(
-        client, headers, "allocate-memory", {"megabytes": 256},
+        client,
+        headers,
+        "allocate-memory",
+        {"megabytes": 256},
         executionConfig={"retryPolicy": {"maxRetries": 2, "retryInterval": 100}},
     )
     task = wait_for_status(client, headers, hog, FINAL)
@@ -64,9 +68,7 @@ def test_memory_limit_fails_the_attempt_out_of_memory_and_the_worker_goes_on(
         assert pid_of(task) == hog_pid
 
 
-def test_a_killed_child_ends_its_attempt_worker_lost_retried_up_to_the_cap(
-    client, auth, processes
-):
+def test_a_killed_child_ends_its_attempt_worker_lost_retried_up_to_the_cap(client, auth, processes):
     # No sweeper: the worker's parent process records the loss itself, without a lease expiry.
     processes.worker(
         concurrency=1,
@@ -74,7 +76,10 @@ def test_a_killed_child_ends_its_attempt_worker_lost_retried_up_to_the_cap(
     )
     headers = auth.key("*")
     victim = submit(
-        client, headers, "sleep", {"seconds": 2},
+        client,
+        headers,
+        "sleep",
+        {"seconds": 2},
         executionConfig={"retryPolicy": {"maxRetries": 5, "retryInterval": 100}},
     )
     first = pid_of(running_attempt(client, headers, victim, 1))
@@ -103,7 +108,10 @@ def test_a_dead_worker_is_found_by_its_expired_lease(client, auth, processes, se
     doomed = processes.worker(concurrency=1)
     headers = auth.key("*")
     task_id = submit(
-        client, headers, "sleep", {"seconds": 1},
+        client,
+        headers,
+        "sleep",
+        {"seconds": 2},
         executionConfig={"retryPolicy": {"maxRetries": 1, "retryInterval": 100}},
     )
     running_attempt(client, headers, task_id, 1)

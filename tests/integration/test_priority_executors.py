@@ -38,29 +38,32 @@ def parent_of(pid: int) -> int:
 def test_queued_higher_priorities_start_first_on_a_busy_worker(client, auth, processes):
     processes.worker(concurrency=1)
     headers = auth.key("*")
-    blocker = submit(client, headers, "sleep", {"seconds": 1.5})
+    blocker = submit(client, headers, "sleep", {"seconds": 60})
     wait_for_status(client, headers, blocker, {"RUNNING"})
 
     # Queued while the only slot is busy, lowest first: the order of arrival is the worst case.
     queued = {
-        priority: [submit(client, headers, "echo", {"p": priority}, priority=priority)
-                   for _ in range(2)]
+        priority: [
+            submit(client, headers, "echo", {"p": priority}, priority=priority) for _ in range(2)
+        ]
         for priority in ("LOW", "MEDIUM", "HIGH", "CRITICAL")
     }
     assert get(client, headers, queued["CRITICAL"][0])["status"] == "PENDING"
+    # Free the slot only once everything is queued (a cancel frees it within a moment).
+    cancelled = client.post(f"/api/v1/tasks/{blocker}/cancel", headers=headers)
+    assert cancelled.status_code == 200
 
     tasks = {
         task_id: wait_for_status(client, headers, task_id, FINAL)
-        for ids in queued.values() for task_id in ids
+        for ids in queued.values()
+        for task_id in ids
     }
     assert all(t["status"] == "COMPLETED" for t in tasks.values())
     order = [t["priority"] for t in sorted(tasks.values(), key=started)]
     assert order == ["CRITICAL"] * 2 + ["HIGH"] * 2 + ["MEDIUM"] * 2 + ["LOW"] * 2, order
 
 
-def test_each_executor_is_its_own_pool_and_tasks_wait_for_theirs(
-    client, auth, processes, settings
-):
+def test_each_executor_is_its_own_pool_and_tasks_wait_for_theirs(client, auth, processes, settings):
     # The standard pool's worker also publishes the test definitions, the remote one's included.
     processes.worker(concurrency=1, extra_env=EXTRA)
     headers = auth.key("*")
@@ -79,8 +82,16 @@ def test_each_executor_is_its_own_pool_and_tasks_wait_for_theirs(
     # `taskexec worker --executor NAME` starts a pool for that executor only.
     pool = processes._spawn(
         "remote",
-        [sys.executable, "-m", "cli", "worker", "--executor", REMOTE_EXECUTOR,
-         "--concurrency", "1"],
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "worker",
+            "--executor",
+            REMOTE_EXECUTOR,
+            "--concurrency",
+            "1",
+        ],
         EXTRA,
     )
     processes.wait_ready(pool)

@@ -45,8 +45,9 @@ def republish(settings, task_id: str) -> None:
     conn.close()
     broker = Broker(settings)
     broker.publish(
-        store.Dispatch(task.id, task.task_definition_id, task.executor, task.priority,
-                       task.timeout_ms)
+        store.Dispatch(
+            task.id, task.task_definition_id, task.executor, task.priority, task.timeout_ms
+        )
     )
 
 
@@ -58,7 +59,10 @@ def test_backoff_spacing_history_and_the_last_error(client, auth, processes, set
         client, headers, "flaky", {"failTimes": 5}, executionConfig={"retryPolicy": policy}
     )
     recovering = submit(
-        client, headers, "flaky", {"failTimes": 2},
+        client,
+        headers,
+        "flaky",
+        {"failTimes": 2},
         executionConfig={"retryPolicy": {**policy, "maxRetries": 3}},
     )
 
@@ -84,8 +88,9 @@ def test_backoff_spacing_history_and_the_last_error(client, auth, processes, set
     assert [a["error"]["message"] for a in history] == [
         f"flaky failure on attempt {n}" for n in (1, 2, 3)
     ]
-    assert all(a["startTime"] and a["endTime"] and ":" in a["executionEnvironment"]
-               for a in history)
+    assert all(
+        a["startTime"] and a["endTime"] and ":" in a["executionEnvironment"] for a in history
+    )
     # Attempt n+1 starts no earlier than retryInterval * backoffMultiplier^(n-1) after n failed.
     gaps = gaps_ms(task)
     assert gaps[0] >= 400 - 2 and gaps[1] >= 800 - 2, gaps
@@ -103,7 +108,9 @@ def test_permanent_errors_are_not_retried(client, auth, processes):
     headers = auth.key("*")
     # The gateway rejects the currency: retrying cannot help, whatever the policy allows.
     rejected = submit(
-        client, headers, "process-payment",
+        client,
+        headers,
+        "process-payment",
         {"orderId": "o-1", "amount": 5, "currency": "XXX", "latencyMs": 0},
         executionConfig={"retryPolicy": {"maxRetries": 3, "retryInterval": 100}},
     )
@@ -116,7 +123,8 @@ def test_permanent_errors_are_not_retried(client, auth, processes):
 def broker_is_empty(client_: redis.Redis) -> bool:
     """No message anywhere in Redis: not queued, not held unacknowledged by a worker."""
     queued = sum(
-        client_.llen(key) for key in client_.scan_iter("standard-executor*")
+        client_.llen(key)
+        for key in client_.scan_iter("standard-executor*")
         if client_.type(key) == b"list"
     )
     return queued == 0 and client_.hlen("unacked") == 0
@@ -130,7 +138,10 @@ def test_long_delays_wait_in_postgres_until_the_sweeper_releases_them(
     processes.worker(concurrency=1, extra_env=long_delays)
     headers = auth.key("*")
     flaky = submit(
-        client, headers, "flaky", {"failTimes": 1},
+        client,
+        headers,
+        "flaky",
+        {"failTimes": 1},
         executionConfig={"retryPolicy": {"maxRetries": 1, "retryInterval": 1500}},
     )
     assert wait_for_status(client, headers, flaky, {"RETRYING"} | FINAL)["status"] == "RETRYING"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from shared import db
 from tests.conftest import wait_for, wait_for_status
 from tests.integration.extra_definitions import MODULE
 
@@ -32,27 +31,28 @@ def alive(pid: int) -> bool:
         return False
 
 
-def task_log(database_url: str, task_id: str) -> list[str]:
-    conn = db.connect(database_url)
-    with conn, conn.cursor() as cur:
-        cur.execute("SELECT message FROM task_logs WHERE task_id = %s ORDER BY seq", (task_id,))
-        lines = [row[0] for row in cur.fetchall()]
-    conn.close()
-    return lines
+def task_log(client, headers, task_id: str) -> list[str]:
+    response = client.get(f"/api/v1/tasks/{task_id}/logs", headers=headers)
+    assert response.status_code == 200
+    return [line["message"] for line in response.get_json()["items"]]
 
 
-def test_soft_limit_times_out_and_retries_only_when_the_policy_says_so(
-    client, auth, processes, settings
-):
+def test_soft_limit_times_out_and_retries_only_when_the_policy_says_so(client, auth, processes):
     processes.worker(concurrency=2, extra_env={"TASKEXEC_DEFINITION_MODULES": MODULE})
     headers = auth.key("*")
     policy = {"maxRetries": 2, "retryInterval": 100, "backoffMultiplier": 1}
     plain = submit(
-        client, headers, "sleep", {"seconds": 30},
+        client,
+        headers,
+        "sleep",
+        {"seconds": 30},
         executionConfig={"timeout": 600, "retryPolicy": policy},
     )
     retried = submit(
-        client, headers, "sleep", {"seconds": 30},
+        client,
+        headers,
+        "sleep",
+        {"seconds": 30},
         executionConfig={"timeout": 600, "retryPolicy": {**policy, "retryOnTimeout": True}},
     )
 
@@ -65,7 +65,7 @@ def test_soft_limit_times_out_and_retries_only_when_the_policy_says_so(
     assert task["executionMetadata"]["attempts"] == 1
     assert [a["status"] for a in task["attempts"]] == ["TIMED_OUT"]
     # The handler was interrupted, not killed: it had the chance to clean up (it logged).
-    assert any("SoftTimeLimitExceeded" in line for line in task_log(settings.database_url, plain))
+    assert any("SoftTimeLimitExceeded" in line for line in task_log(client, headers, plain))
 
     task = wait_for_status(client, headers, retried, FINAL, timeout=30)
     assert task["status"] == "TIMED_OUT", task
@@ -82,7 +82,10 @@ def test_handler_ignoring_the_soft_limit_is_killed_at_the_hard_limit(client, aut
     processes.worker(concurrency=1)  # no sweeper: the worker itself must record the kill
     headers = auth.key("*")
     stuck = submit(
-        client, headers, "sleep", {"seconds": 60, "ignoreSoftLimit": True},
+        client,
+        headers,
+        "sleep",
+        {"seconds": 60, "ignoreSoftLimit": True},
         executionConfig={"timeout": 500, "retryPolicy": {"maxRetries": 0}},
     )
     running = wait_for_status(client, headers, stuck, {"RUNNING"} | FINAL)

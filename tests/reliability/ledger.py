@@ -176,9 +176,7 @@ class Ledger:
                 self.problems.append(f"cancel of {task_id} answered {code}")
         return code
 
-    def fault(
-        self, kind: str, started: float, ended: float | None = None, pids: Any = ()
-    ) -> Fault:
+    def fault(self, kind: str, started: float, ended: float | None = None, pids: Any = ()) -> Fault:
         """Record a fault the nemesis injected (wall-clock times, as Postgres records them)."""
         fault = Fault(kind, started, ended if ended is not None else started, frozenset(pids))
         with self._lock:
@@ -325,22 +323,29 @@ class Ledger:
             problems.append(f"TIMED_OUT: {row['error']}")
         if status == "FAILED":
             policy_attempts = int(row["retry_policy"].get("maxRetries", 0)) + 1
-            capped = (
-                row["worker_lost_count"] >= self.settings.max_worker_lost
-                or row["attempts"] >= policy_attempts
-            )
+            # Count losses in the attempt history: the ground truth, whichever path wrote it.
+            losses = sum((a["error"] or {}).get("kind") == "WORKER_LOST" for a in history)
+            capped = losses >= self.settings.max_worker_lost or len(history) >= policy_attempts
             if kind != "WORKER_LOST":
                 problems.append(f"FAILED {kind}: {row['error']}")
             elif not capped:
-                problems.append(
-                    f"FAILED WORKER_LOST after {row['worker_lost_count']} losses (cap not reached)"
-                )
+                problems.append(f"FAILED WORKER_LOST after {losses} losses (cap not reached)")
         if poison:
             if status != "FAILED" or kind != "WORKER_LOST":
                 problems.append(f"the poison task ended {status} {kind}")
             if row["attempts"] > self.settings.max_worker_lost:
                 problems.append(f"the poison task ran {row['attempts']} times (cap exceeded)")
         return problems
+
+    def last_end(self, task_ids: list[str]) -> float:
+        """Return when the last of these tasks reached its terminal status (epoch seconds)."""
+        with contextlib.closing(connect(self.settings.database_url)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT extract(epoch FROM max(end_time)) FROM tasks WHERE id = ANY(%s)",
+                ([uuid.UUID(t) for t in task_ids],),
+            )
+            row = cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else float("nan")
 
     def _final_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         ids = [uuid.UUID(t) for t in self.tasks]

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -31,48 +32,55 @@ def attempt_counts(ledger: Ledger, task_ids: list[str]) -> dict[str, int]:
 
 
 class BoundaryCanceller(threading.Thread):
-    """Cancels each target when its attempt should be finishing, give or take `spread`."""
+    """Cancels each target when its attempt should be finishing, give or take 100 ms."""
 
-    def __init__(self, ledger: Ledger, targets: dict[str, float], rng: random.Random) -> None:
+    def __init__(self, ledger: Ledger, rng: random.Random) -> None:
         super().__init__(name="canceller", daemon=True)
         self.ledger = ledger
-        self.targets = dict(targets)  # task id -> seconds its handler sleeps
         self.rng = rng
+        self.waiting: dict[str, float] = {}  # task id -> seconds its handler sleeps
+        self.lock = threading.Lock()
+        self.closed = threading.Event()  # no more targets will come
         self.responses: list[int] = []
         self.error: BaseException | None = None
-        self.done = threading.Event()
+
+    def add(self, task_id: str, seconds: float) -> None:
+        with self.lock:
+            self.waiting[task_id] = seconds
 
     def run(self) -> None:
         try:
-            self._run()
+            with contextlib.closing(connect(self.ledger.settings.database_url)) as conn:
+                self._run(conn)
         except BaseException as exc:  # noqa: BLE001 - reported to the test thread
             self.error = exc
-        finally:
-            self.done.set()
 
-    def _run(self) -> None:
-        waiting = dict(self.targets)
+    def _run(self, conn: Any) -> None:
         due: list[tuple[float, str, bool]] = []
-        deadline = time.monotonic() + 120
-        with contextlib.closing(connect(self.ledger.settings.database_url)) as conn:
-            while (waiting or due) and time.monotonic() < deadline:
-                if waiting:
-                    with conn.cursor() as cur:
-                        cur.execute(
-                            "SELECT id, extract(epoch FROM start_time) FROM tasks"
-                            " WHERE id = ANY(%s) AND start_time IS NOT NULL",
-                            ([uuid.UUID(t) for t in waiting],),
-                        )
-                        for task_id, started in cur.fetchall():
-                            seconds = waiting.pop(str(task_id))
-                            at = float(started) + seconds + self.rng.uniform(-0.1, 0.1)
-                            force = self.rng.random() < 0.5
-                            heapq.heappush(due, (at, str(task_id), force))
-                now = time.time()
-                while due and due[0][0] <= now:
-                    _, task_id, force = heapq.heappop(due)
-                    self.responses.append(self.ledger.cancel(task_id, force=force))
-                time.sleep(0.005)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            with self.lock:
+                waiting = dict(self.waiting)
+            if not (waiting or due) and self.closed.is_set():
+                return
+            if waiting:
+                with conn.cursor() as cur:
+                    # start_time is when the claim committed: the attempt ends `seconds` later.
+                    cur.execute(
+                        "SELECT id, extract(epoch FROM start_time) FROM tasks"
+                        " WHERE id = ANY(%s) AND start_time IS NOT NULL",
+                        ([uuid.UUID(t) for t in waiting],),
+                    )
+                    for task_id, started in cur.fetchall():
+                        seconds = waiting[str(task_id)]
+                        with self.lock:
+                            del self.waiting[str(task_id)]
+                        at = float(started) + seconds + self.rng.uniform(-0.1, 0.1)
+                        heapq.heappush(due, (at, str(task_id), self.rng.random() < 0.5))
+            while due and due[0][0] <= time.time():
+                _, task_id, force = heapq.heappop(due)
+                self.responses.append(self.ledger.cancel(task_id, force=force))
+            time.sleep(0.005)
 
 
 def test_cancel_at_the_completion_boundary_ends_one_way_only(scenario: Scenario) -> None:
@@ -81,20 +89,19 @@ def test_cancel_at_the_completion_boundary_ends_one_way_only(scenario: Scenario)
     cluster.start_sweeper()
     ledger = scenario.ledger("cancel-boundary")
     rng = random.Random(6)
-    targets: dict[str, float] = {}
-    canceller: BoundaryCanceller | None = None
-    for number in range(scaled(240)):
-        if number % 3 == 0:
-            # Bystanders: a cancel that killed the wrong process would show up on these.
-            ledger.submit("sleep", {"seconds": round(rng.uniform(0.05, 0.3), 3)})
-        else:
-            seconds = round(rng.uniform(0.1, 0.3), 3)
-            task_id = ledger.submit("sleep", {"seconds": seconds})
-            assert task_id is not None
-            targets[task_id] = seconds
-        time.sleep(0.03)
-    canceller = BoundaryCanceller(ledger, targets, rng)
+    canceller = BoundaryCanceller(ledger, random.Random(60))
     canceller.start()
+    targets = 0
+    for number in range(scaled(240)):
+        seconds = round(rng.uniform(0.1, 0.3), 3)
+        task_id = ledger.submit("sleep", {"seconds": seconds})
+        assert task_id is not None
+        # One in three is a bystander: a cancel that killed the wrong process would show there.
+        if number % 3:
+            canceller.add(task_id, seconds)
+            targets += 1
+        time.sleep(0.04)
+    canceller.closed.set()
     canceller.join(150)
     assert not canceller.is_alive() and canceller.error is None, canceller.error
     ledger.settle(timeout=60)
@@ -104,7 +111,7 @@ def test_cancel_at_the_completion_boundary_ends_one_way_only(scenario: Scenario)
     ledger.report(verdict)
 
     assert not verdict.lost and not verdict.unexpected, verdict.explain()
-    assert len(canceller.responses) == len(targets), "some cancels were never sent"
+    assert len(canceller.responses) == targets, "some cancels were never sent"
     # The race was real: some cancels won (200), some came just too late (409).
     assert canceller.responses.count(200) >= 5 and canceller.responses.count(409) >= 5, codes
     # Every task ran once: a cancel never killed a bystander (that would be a second attempt).

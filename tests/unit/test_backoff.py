@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.definitions import RetryPolicy
-from workers.executor import retry_delay_ms
+from workers.failures import retry_delay_ms
 
 
 @pytest.mark.parametrize(

@@ -230,3 +230,20 @@ def test_env_example_comments_every_variable():
     for index, line in enumerate(lines):
         if line and not line.startswith("#"):
             assert index > 0 and lines[index - 1].startswith("# "), f"no comment above {line!r}"
+
+
+def test_retry_countdown_must_stay_below_the_visibility_timeout() -> None:
+    from config.settings import ConfigurationError, Settings
+
+    env = {
+        "DATABASE_URL": "postgresql://localhost/x",
+        "REDIS_URL": "redis://localhost/0",
+        "TASKEXEC_RETRY_COUNTDOWN_MAX": "3600",
+        "TASKEXEC_VISIBILITY_TIMEOUT": "3600",
+    }
+    try:
+        Settings.from_env(env)
+    except ConfigurationError as exc:
+        assert any("TASKEXEC_RETRY_COUNTDOWN_MAX" in p for p in exc.problems)
+    else:
+        raise AssertionError("a countdown as long as the visibility timeout was accepted")

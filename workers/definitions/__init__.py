@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from shared.definitions import Registry
 from workers.definitions import manual, orders, payments, testing
 
@@ -16,3 +18,15 @@ def builtin_registry() -> Registry:
             *testing.DEFINITIONS,
         ]
     )
+
+
+def load_registry(modules: str = "") -> Registry:
+    """The built-in definitions plus those of the comma-separated `modules`.
+
+    Each module exposes `DEFINITIONS`, an iterable of TaskDefinition (TASKEXEC_DEFINITION_MODULES).
+    """
+    registry = builtin_registry()
+    for name in filter(None, (n.strip() for n in modules.split(","))):
+        for definition in importlib.import_module(name).DEFINITIONS:
+            registry.add(definition)
+    return registry

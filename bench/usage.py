@@ -1,11 +1,14 @@
-"""Resident memory of processes under test, read from /proc."""
+"""Resource usage of the processes under test, read from /proc: resident memory and CPU time."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from bench.stack import children
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -22,6 +25,21 @@ def largest_child_rss(parent: int) -> float:
     values = [rss_mib(pid) for pid in children(parent)]
     values = [v for v in values if v == v]
     return max(values) if values else float("nan")
+
+
+def _cpu(pid: int, reaped: bool) -> float:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used = int(fields[11]) + int(fields[12])  # utime, stime
+        if reaped:
+            used += int(fields[13]) + int(fields[14])  # children it has waited for
+        return used / _TICK
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children, live or reaped (a gunicorn or Celery tree)."""
+    return _cpu(pid, reaped=True) + sum(_cpu(child, reaped=True) for child in children(pid))
 
 
 class Memory:

@@ -1,0 +1,73 @@
+"""A real gunicorn serving the API on a free port, for tests that talk HTTP to a live server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from cli.servers import free_port
+from config.settings import Settings
+from tests.conftest import ROOT, settings_env, wait_for
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def gunicorn(settings: Settings, log_dir: Path, workers: int = 2) -> Iterator[str]:
+    """Run `gunicorn api.wsgi:app` with `settings`; yield its base URL, stop it afterwards."""
+    port = free_port()
+    log_path = log_dir / "gunicorn.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "api.wsgi:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            "2",
+            "--worker-class",
+            "gthread",
+            "--timeout",
+            "60",
+        ],
+        env=settings_env(settings),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
+        return _healthy(url)
+
+    try:
+        wait_for(ready, timeout=60, interval=0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
