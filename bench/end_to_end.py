@@ -30,7 +30,8 @@ class EndToEndSettings:
     clients: int = 4
     batch: int = 100
     concurrency: int = 4
-    timeout: float = 60.0
+    timeout: float = 60.0  # per variant and round
+    rounds: int = 2  # variants take turns, so drifting machine load hits each alike
 
 
 # ------------------------------------------------------------ producers (run in forked processes)
@@ -165,63 +166,68 @@ def measure(
 def run(
     stack: Stack, report: Report, api: Proc, api_url: str, cfg: EndToEndSettings, memory: Memory
 ) -> None:
-    """Measure the four variants, each with a worker of the same settings."""
-    n, p = cfg.tasks, cfg.clients
+    """Measure the four variants in turns, both workers (same settings) running throughout."""
+    rounds = max(cfg.rounds, 1)
+    n, p = cfg.tasks // rounds, cfg.clients
     split = [n // p + (i < n % p) for i in range(p)]
-    rates: dict[str, float] = {}
-    cpu: dict[str, float] = {}  # "<variant>.<process>" -> CPU ms per task
+    seconds: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    cpu: dict[str, float] = {}  # "<variant>.<process>" -> CPU seconds
 
     def timed(name: str, target: Any, args: Any, done: Any, pids: dict[str, int]) -> None:
         before = {k: cpu_seconds(pid) for k, pid in pids.items()}
-        seconds, submitted, count = measure(target, args, done, n, cfg.timeout)
+        took, submitted, count = measure(target, args, done, n, cfg.timeout)
         for k, pid in pids.items():
-            used = cpu_seconds(pid) - before[k]
-            cpu[f"{name}.{k}"] = used * 1000 / count if count else math.nan
-        rates[name] = count / seconds if count else math.nan
+            cpu[f"{name}.{k}"] = cpu.get(f"{name}.{k}", 0.0) + cpu_seconds(pid) - before[k]
+        seconds[name] = seconds.get(name, 0.0) + took
+        counts[name] = counts.get(name, 0) + count
         partial = "" if count >= n else f" -- PARTIAL: stopped at {cfg.timeout:.0f}s"
         report.info(
-            f"{name}: {count} of {n} tasks done in {seconds:.2f}s"
+            f"{name}: {count} of {n} tasks done in {took:.2f}s"
             f" (all submitted at {submitted:.2f}s){partial}"
         )
 
     stack.reset()
-    worker = stack.start_worker(
+    raw = stack.start_worker(
         "baseline-worker", "bench.baseline_celery", BASELINE_QUEUE, cfg.concurrency
     )
-    try:
-        drained = queue_drained(stack, BASELINE_QUEUE)
-        args = [(stack.database_url, c, False) for c in split]
-        all_done = lambda pub: n if pub and drained() else 0  # noqa: E731
-        timed("raw-noop", raw_publishes, args, all_done, {"worker": worker.pid})
-        stack.reset()
-        rows = rows_done(stack, COMPLETED_BASELINE)
-        args = [(stack.database_url, c, True) for c in split]
-        timed("raw-pg", raw_publishes, args, lambda _: rows(), {"worker": worker.pid})
-        memory.child("raw Celery pool child", worker.pid)
-    finally:
-        stack.stop(worker)
-        stack.reset()
-
     worker = stack.start_worker("worker", "workers.celery_app", SERVICE_QUEUE, cfg.concurrency)
     sweeper = stack.start_sweeper()
-    pids = {"worker": worker.pid, "api": api.pid}
+    ours = {"worker": worker.pid, "api": api.pid}
     try:
+        drained = queue_drained(stack, BASELINE_QUEUE)
+        rows = rows_done(stack, COMPLETED_BASELINE)
         completed = rows_done(stack, COMPLETED_TASKS)
-        args = [(api_url, stack.api_key, c) for c in split]
-        timed("single", single_submits, args, lambda _: completed(), pids)
-        _check_statuses(stack, report)
-        stack.reset()
-        args = [(api_url, stack.api_key, c, cfg.batch) for c in split]
-        timed("bulk", bulk_submits, args, lambda _: completed(), pids)
-        _check_statuses(stack, report)
+        for _ in range(rounds):
+            stack.reset()
+            args = [(stack.database_url, c, False) for c in split]
+            all_done = lambda pub: n if pub and drained() else 0  # noqa: E731
+            timed("raw-noop", raw_publishes, args, all_done, {"worker": raw.pid})
+            stack.reset()
+            args = [(stack.database_url, c, True) for c in split]
+            timed("raw-pg", raw_publishes, args, lambda _: rows(), {"worker": raw.pid})
+            stack.reset()
+            args = [(api_url, stack.api_key, c) for c in split]
+            timed("single", single_submits, args, lambda _: completed(), ours)
+            _check_statuses(stack, report)
+            stack.reset()
+            args = [(api_url, stack.api_key, c, cfg.batch) for c in split]
+            timed("bulk", bulk_submits, args, lambda _: completed(), ours)
+            _check_statuses(stack, report)
+        memory.child("raw Celery pool child", raw.pid)
         memory.child("service worker pool child", worker.pid)
     finally:
         stack.stop(sweeper)
         stack.stop(worker)
+        stack.stop(raw)
         stack.reset()
+    rates = {k: counts[k] / seconds[k] if counts[k] else math.nan for k in counts}
+    cpu = {k: v * 1000 / counts[k.split(".")[0]] for k, v in cpu.items() if counts[k.split(".")[0]]}
+    n = n * rounds
 
     report.info(
-        f"end-to-end: {n} echo tasks, {p} producers, worker --concurrency {cfg.concurrency}"
+        f"end-to-end: {n} echo tasks per variant in {rounds} turns, {p} producers,"
+        f" worker --concurrency {cfg.concurrency}"
     )
     for name in ("raw-noop", "raw-pg"):
         label = name.replace("raw-", "raw-celery-")

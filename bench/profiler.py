@@ -51,16 +51,20 @@ def available() -> str | None:
 
 
 def start(
-    pid: int, seconds: float, out: Path, *, idle: bool, subprocesses: bool, rate: int = 200
+    pid: int, seconds: float, out: Path, *, mode: str, subprocesses: bool, rate: int = 200
 ) -> subprocess.Popen[bytes]:
-    """Start py-spy recording `pid` (and its children) into raw collapsed stacks."""
+    """Start py-spy recording `pid` (and its children) into raw collapsed stacks.
+
+    `mode` "wall" samples every thread, waiting or not; "gil" only threads holding the GIL,
+    which is Python's CPU time and, unlike py-spy's default, is not fooled by threads that
+    are runnable but waiting for a core on a busy machine.
+    """
     exe = available()
     if exe is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy)")
     cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate)]
     cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
-    if idle:
-        cmd.append("--idle")
+    cmd.append("--idle" if mode == "wall" else "--gil")
     if subprocesses:
         cmd.append("--subprocesses")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--python-load", action="store_true", help="use the Python load generator")
     p.add_argument("--tasks", type=int, default=1000, help="tasks per end-to-end variant")
     p.add_argument("--clients", type=int, default=8, help="producer processes end to end")
-    p.add_argument("--e2e-timeout", type=float, default=60.0, help="cap per end-to-end variant")
+    p.add_argument("--e2e-timeout", type=float, default=60.0, help="cap per variant and turn")
+    p.add_argument("--e2e-rounds", type=int, default=2, help="turns the end-to-end variants take")
     p.add_argument("--concurrency", type=int, default=2 * cores, help="worker pool children")
     p.add_argument("--repetitions", type=int, default=50, help="samples per latency")
     p.add_argument("--api-workers", type=int, default=2 * cores, help="GUNICORN_WORKERS")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             phase("submit")
         if "e2e" in selected:
             e2e = end_to_end.EndToEndSettings(
-                args.tasks, args.clients, 100, args.concurrency, args.e2e_timeout
+                args.tasks, args.clients, 100, args.concurrency, args.e2e_timeout, args.e2e_rounds
             )
             end_to_end.run(stack, report, api, api_url, e2e, memory)
             phase("end-to-end")
@@ -189,46 +190,52 @@ def _profile(
     args: argparse.Namespace,
     workdir: Path,
 ) -> None:
-    """Sample the API workers under submit load and the worker under a bulk run (py-spy).
+    """Sample the API workers under submit load and the pool children under a bulk run.
 
-    Wall-clock samples (idle included) of the stacks inside a request or a task: on a shared
-    2-core machine py-spy's on-CPU mode mistakes runnable-but-waiting threads for busy ones.
+    Two passes each with py-spy: wall time (waits included) and GIL-holding time (Python CPU),
+    both restricted to the stacks inside a request or a task.
     """
     from bench import end_to_end
 
     seconds = args.profile_seconds
-    out = workdir / "api-wall.txt"
-    spy = profiler.start(api_pid, seconds, out, idle=True, subprocesses=True)
-    time.sleep(0.5)
-    http_submit.http_load(
-        api_url + "/api/v1/tasks",
-        http_submit.SERVICE_BODY,
-        stack.api_key,
-        args.connections,
-        seconds,
-        not args.python_load,
-    )
-    spy.wait(seconds + 30)
-    lines = profiler.render(
-        "API workers under submit load (wall time inside requests)",
-        profiler.Profile.load(out, ("full_dispatch_request",)),
-    )
+    lines: list[str] = []
+    for mode in ("wall", "gil"):
+        out = workdir / f"api-{mode}.txt"
+        spy = profiler.start(api_pid, seconds, out, mode=mode, subprocesses=True)
+        time.sleep(0.5)
+        http_submit.http_load(
+            api_url + "/api/v1/tasks",
+            http_submit.SERVICE_BODY,
+            stack.api_key,
+            args.connections,
+            seconds,
+            not args.python_load,
+        )
+        spy.wait(seconds + 30)
+        lines += profiler.render(
+            f"API workers under submit load, {mode} time inside requests",
+            profiler.Profile.load(out, ("full_dispatch_request",)),
+        )
     stack.reset()
     worker = stack.start_worker("worker", "workers.celery_app", SERVICE_QUEUE, args.concurrency)
     try:
-        out = workdir / "worker-wall.txt"
         n = args.tasks
         split = [n // args.clients + (i < n % args.clients) for i in range(args.clients)]
-        spy = profiler.start(worker.pid, seconds, out, idle=True, subprocesses=True)
-        time.sleep(0.5)
         count = end_to_end.rows_done(stack, end_to_end.COMPLETED_TASKS)
         fan_args = [(api_url, stack.api_key, c, 100) for c in split]
-        end_to_end.measure(end_to_end.bulk_submits, fan_args, lambda _: count(), n, seconds + 0.5)
-        spy.wait(seconds + 30)
-        lines += profiler.render(
-            "Celery pool children during bulk end-to-end (wall time inside tasks)",
-            profiler.Profile.load(out, ("trace_task",)),
-        )
+        for mode in ("wall", "gil"):
+            out = workdir / f"worker-{mode}.txt"
+            spy = profiler.start(worker.pid, seconds, out, mode=mode, subprocesses=True)
+            time.sleep(0.5)
+            end_to_end.measure(
+                end_to_end.bulk_submits, fan_args, lambda _: count(), n, seconds + 0.5
+            )
+            spy.wait(seconds + 30)
+            stack.reset()
+            lines += profiler.render(
+                f"Celery pool children during bulk end-to-end, {mode} time inside tasks",
+                profiler.Profile.load(out, ("trace_task",)),
+            )
     finally:
         stack.stop(worker)
         stack.reset()

@@ -14,7 +14,13 @@ from typing import IO
 
 import click
 
-from cli.processes import api_command, default_executors, flower_command, flower_env
+from cli.processes import (
+    api_command,
+    default_executors,
+    flower_command,
+    flower_env,
+    worker_command,
+)
 
 COLOURS = {"api": 36, "worker": 33, "beat": 35, "flower": 32, "redis": 31, "postgres": 34}
 
@@ -132,22 +138,9 @@ def dev(port: int, data_dir: str, concurrency: int, flower: bool) -> None:
 
         supervisor = Supervisor(env)
         supervisor.start("api", api_command(port, workers=2))
-        worker_cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "-Q",
-            ",".join(default_executors(settings.definition_modules)),
-            "--concurrency",
-            str(concurrency),
-            "-n",
-            "dev@%h",
-        ]
+        worker_cmd = worker_command(
+            default_executors(settings.definition_modules), concurrency, "dev@%h"
+        )
         supervisor.start("worker", worker_cmd)
         supervisor.start("beat", [sys.executable, "-m", "cli", "beat"])
         flower_auth = None

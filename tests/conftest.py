@@ -176,6 +176,24 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
+@pytest.fixture
+def app_with(settings: Settings, clean_db: None) -> Iterator[Callable[..., Any]]:
+    """Build apps with overridden settings; close their pools afterwards."""
+    from api.app import create_app
+
+    made: list[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        application = create_app(settings.with_overrides(**overrides))
+        application.config["TESTING"] = True
+        made.append(application)
+        return application
+
+    yield make
+    for application in made:
+        application.extensions["taskexec"].db.close()
+
+
 class Auth:
     """Mints credentials for tests: API keys in the database, or signed JWTs."""
 
@@ -321,6 +339,23 @@ def processes(settings: Settings, clean_db: None, tmp_path: Path) -> Iterator[Pr
     procs = Processes(settings, tmp_path)
     yield procs
     procs.stop_all()
+
+
+#: The terminal statuses.
+FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
+
+
+def submit(client: Any, headers: dict[str, str], definition: str, data: dict, **body: Any) -> str:
+    """Submit a task through the API (asserting 201) and return its id."""
+    body = {"taskDefinitionId": definition, "input": data, **body}
+    response = client.post("/api/v1/tasks", json=body, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def get(client: Any, headers: dict[str, str], task_id: str) -> dict[str, Any]:
+    """Read a task through the API."""
+    return dict(client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json())
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:

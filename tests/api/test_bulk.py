@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -204,21 +203,3 @@ def test_the_header_is_refused_on_bulk(client, headers, backends):
 def test_bulk_needs_tasks_execute(client, auth):
     response = client.post(URL, json={"tasks": [echo(1)]}, headers=auth.key(["tasks:read"]))
     assert response.status_code == 403
-
-
-@pytest.fixture
-def app_with(settings: Any, clean_db: None) -> Iterator[Any]:
-    """Build apps with overridden settings; close their pools afterwards."""
-    from api.app import create_app
-
-    made = []
-
-    def make(**overrides: Any) -> Any:
-        application = create_app(settings.with_overrides(**overrides))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield make
-    for application in made:
-        application.extensions["taskexec"].db.close()

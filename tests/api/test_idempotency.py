@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -164,21 +163,3 @@ def test_concurrent_different_bodies_with_one_key_create_one_task(app, alice, ba
         r.get_json()["error"]["details"]["taskId"] for r in responses if r.status_code == 409
     } == {winner}
     assert task_count(backends.database_url) == 1
-
-
-@pytest.fixture
-def app_with(settings: Any, clean_db: None) -> Iterator[Any]:
-    """Build apps with overridden settings; close their pools afterwards."""
-    from api.app import create_app
-
-    made = []
-
-    def make(**overrides: Any) -> Any:
-        application = create_app(settings.with_overrides(**overrides))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield make
-    for application in made:
-        application.extensions["taskexec"].db.close()

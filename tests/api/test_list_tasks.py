@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -411,21 +410,3 @@ def test_listing_needs_tasks_list(client, auth):
     assert response.status_code == 403
     assert response.get_json()["error"]["details"] == {"required": "tasks:list"}
     assert client.get("/api/v1/tasks").status_code == 401
-
-
-@pytest.fixture
-def app_with(settings: Any, clean_db: None) -> Iterator[Any]:
-    """Build apps with overridden settings; close their pools afterwards."""
-    from api.app import create_app
-
-    made = []
-
-    def make(**overrides: Any) -> Any:
-        application = create_app(settings.with_overrides(**overrides))
-        application.config["TESTING"] = True
-        made.append(application)
-        return application
-
-    yield make
-    for application in made:
-        application.extensions["taskexec"].db.close()

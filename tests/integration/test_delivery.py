@@ -12,10 +12,9 @@ import redis
 
 from shared import db, store
 from shared.broker import Broker
-from tests.conftest import wait_for, wait_for_status
+from tests.conftest import FINAL, wait_for, wait_for_status
 
 pytestmark = pytest.mark.integration
-FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
 
 def broker_is_empty(client_: redis.Redis) -> bool:

@@ -7,23 +7,11 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import wait_for_status
+from tests.conftest import FINAL, get, submit, wait_for_status
 from tests.integration.extra_definitions import MODULE, REMOTE_EXECUTOR
 
 pytestmark = pytest.mark.integration
-FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 EXTRA = {"TASKEXEC_DEFINITION_MODULES": MODULE}
-
-
-def submit(client, headers, definition: str, data: dict, **body) -> str:
-    body = {"taskDefinitionId": definition, "input": data, **body}
-    response = client.post("/api/v1/tasks", json=body, headers=headers)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
-
-
-def get(client, headers, task_id: str) -> dict:
-    return client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()
 
 
 def started(task: dict) -> datetime:

@@ -11,17 +11,9 @@ import redis
 
 from shared import db, store
 from shared.broker import Broker
-from tests.conftest import wait_for, wait_for_status
+from tests.conftest import FINAL, submit, wait_for, wait_for_status
 
 pytestmark = pytest.mark.integration
-FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
-
-
-def submit(client, headers, definition: str, data: dict, **body) -> str:
-    body = {"taskDefinitionId": definition, "input": data, **body}
-    response = client.post("/api/v1/tasks", json=body, headers=headers)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 def at(text: str) -> datetime:

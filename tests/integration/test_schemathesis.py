@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from config.settings import Settings
-from tests.conftest import ROOT, wait_for
+from tests.conftest import wait_for
 from tests.integration.live_api import gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,7 +110,7 @@ def schemathesis_config(resources: dict[str, list[str]]) -> str:
         "path.api_name": "definitions",
         "path.definition_id": "definitions",
     }
-    lines = []
+    lines = ["[cache]", "enabled = false", ""]  # each run starts afresh, and writes nothing
     for name, values in dictionaries.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
     lines.append("[parameters]")
@@ -156,7 +156,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
                 "none",
                 "--no-color",
             ],
-            cwd=ROOT,
+            cwd=tmp_path,  # schemathesis keeps a cache (.schemathesis/) in its directory
             capture_output=True,
             text=True,
             timeout=RUN_SECONDS,

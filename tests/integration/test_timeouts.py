@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import wait_for, wait_for_status
+from tests.conftest import FINAL, submit, wait_for, wait_for_status
 from tests.integration.extra_definitions import MODULE
 
 pytestmark = pytest.mark.integration
-FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
-
-
-def submit(client, headers, definition: str, data: dict, **body) -> str:
-    body = {"taskDefinitionId": definition, "input": data, **body}
-    response = client.post("/api/v1/tasks", json=body, headers=headers)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 def pid_of(environment: str) -> int:

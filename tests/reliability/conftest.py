@@ -86,6 +86,14 @@ def scenario(servers: Servers, tmp_path: Path) -> Iterator[Scenario]:
         servers.ensure_running()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give soak runs a per-test time limit as many times longer as they are."""
+    if FACTOR > 1:
+        for item in items:
+            if item.get_closest_marker("reliability"):
+                item.add_marker(pytest.mark.timeout(300 * FACTOR))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Repeat each scenario's one-line summary at the end of the run."""
     if ledger_module.SUMMARIES:

@@ -49,7 +49,7 @@ class Nemesis(threading.Thread):
         except Exception:  # noqa: BLE001 - reported to the test thread
             self.error = traceback.format_exc()
 
-    def finish(self, timeout: float = 120) -> int:
+    def finish(self, timeout: float = 300) -> int:
         """Wait for the last round; raise if a strike failed; return how many struck."""
         self.join(timeout)
         if self.is_alive():

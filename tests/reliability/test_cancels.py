@@ -139,7 +139,7 @@ def test_cancelled_queued_tasks_never_run_across_worker_restarts(scenario: Scena
                 cluster.kill_main(worker)
                 cluster.reap(worker)
             else:
-                cluster.terminate(worker, timeout=30)
+                cluster.terminate(worker, timeout=50)  # see WARM_SHUTDOWN_BOUND
             ledger.fault("restart", at, time.time(), pids=worker.incarnations)
             cluster.restart_worker(worker)
     ledger.settle(timeout=90)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -9,10 +10,17 @@ import time
 
 import pytest
 
+from tests.reliability.cluster import connect
 from tests.reliability.conftest import Scenario, scaled
+from tests.reliability.ledger import Ledger
 from tests.reliability.nemesis import Nemesis, running_pids, submit_mix
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+#: A warm shutdown waits for running tasks (here under a second), and each pool child then
+#: waits up to 30 s for the parent to read its last result (billiard's handshake); that wait
+#: is occasionally spent in full (see docs/guarantees.md), so this is the honest bound.
+WARM_SHUTDOWN_BOUND = 35.0
 
 
 def test_sigkill_of_random_pool_children_loses_nothing(scenario: Scenario) -> None:
@@ -95,7 +103,7 @@ def test_sigterm_lets_running_tasks_finish_and_hands_back_the_rest(scenario: Sce
         if not victim.running():
             cluster.restart_worker(victim)
         at = time.time()
-        shutdowns.append(cluster.terminate(victim, timeout=30))
+        shutdowns.append(cluster.terminate(victim, timeout=WARM_SHUTDOWN_BOUND + 15))
         ledger.fault("sigterm", at, time.time(), pids=[victim.pid])
         cluster.restart_worker(victim)
 
@@ -112,4 +120,42 @@ def test_sigterm_lets_running_tasks_finish_and_hands_back_the_rest(scenario: Sce
     assert not verdict.lost and not verdict.unexpected, verdict.explain()
     # A warm shutdown finishes what runs and returns what it had reserved: nothing twice.
     assert verdict.extra_attempts == 0, verdict.explain()
-    assert max(shutdowns) < 10, f"a warm shutdown took {max(shutdowns):.1f}s"
+    assert max(shutdowns) < WARM_SHUTDOWN_BOUND, f"a warm shutdown took {max(shutdowns):.1f}s"
+
+
+def test_sigterm_then_sigkill_hands_a_long_task_back(scenario: Scenario) -> None:
+    cluster = scenario.cluster
+    victim = cluster.start_worker(concurrency=1)
+    cluster.start_sweeper()
+    ledger = scenario.ledger("sigterm-then-kill")
+    task_id = ledger.submit("sleep", {"seconds": 6})
+    assert task_id is not None
+    wait_until_running(ledger, task_id)
+    steady = cluster.start_worker(concurrency=1)
+    # The orchestrator's stop: SIGTERM, a grace window shorter than the task, then SIGKILL.
+    at = time.time()
+    victim.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    pids = [victim.pid, *victim.children()]
+    cluster.reap(victim)
+    ledger.fault("sigterm-then-kill", at, time.time(), pids=pids)
+    ledger.settle(timeout=60)
+    verdict = ledger.verdict()
+    ledger.report(verdict)
+
+    assert not verdict.lost and not verdict.unexpected, verdict.explain()
+    assert verdict.counts == {"COMPLETED": 1} and verdict.extra_attempts == 1
+    assert verdict.recovery and max(verdict.recovery) < scenario.settings.lease_seconds + 3
+    assert steady.running()
+
+
+def wait_until_running(ledger: Ledger, task_id: str, timeout: float = 30) -> None:
+    """Wait until the task's first attempt has started."""
+    deadline = time.monotonic() + timeout
+    with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute("SELECT status FROM tasks WHERE id = %s", (task_id,))
+            if cur.fetchone()[0] == "RUNNING":
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{task_id} never started")
