@@ -1,8 +1,9 @@
 """The OpenAPI document: response schemas, error envelope, headers, and the `Api` serving it.
 
-Views keep returning their own JSON; the schemas here only describe it. A view documents its
-responses with `@blp.doc(responses=responses({200: ok(TaskSchema)}, 404))`, which adds the
-errors every authenticated operation can answer (400, 401, 403, 429, 500, 503).
+Views keep returning their own JSON; the schemas here only describe it (no serializing on the
+hot path). A view documents itself with
+`@blp.doc(operationId=..., responses=responses({200: ok(TaskSchema, "The task")}, 404))`, which
+adds the errors every authenticated operation can answer (400, 401, 403, 429, 500, 503).
 """
 
 from __future__ import annotations
