@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from shared.credentials import Principal, hash_key, key_id_of, key_matches
 from shared.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+TOUCH_EVERY = timedelta(seconds=60)
 F = TypeVar("F", bound=Callable[..., Any])
 PUBLIC = "public"
 MAX_SUBJECT = 200  # the subject becomes the owner of tasks and a rate-limit key
@@ -179,7 +181,11 @@ def authenticate_api_key(secret: str) -> Principal:
         matches = key_matches(secret, key.key_hash if key is not None else _NO_SUCH_KEY)
         if key is None or not matches or key.revoked_at is not None:
             raise AuthenticationError("invalid API key")
-        store.touch_api_key(conn, key_id)
+        # Record the use at most once a minute; skipping the write spares most requests a
+        # round trip (the first profile showed auth at a fifth of a submit's time).
+        last = key.last_used_at
+        if last is None or datetime.now(UTC) - last > TOUCH_EVERY:
+            store.touch_api_key(conn, key_id, int(TOUCH_EVERY.total_seconds()))
     return Principal(
         subject=key.owner,
         permissions=frozenset(key.permissions),

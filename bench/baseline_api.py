@@ -42,6 +42,7 @@ def connection() -> Iterator[psycopg2.extensions.connection]:
 
 @app.get("/healthz")
 def healthz() -> Any:
+    """Readiness probe for the benchmark runner."""
     return jsonify({"status": "ok"})
 
 

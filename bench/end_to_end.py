@@ -26,6 +26,8 @@ COMPLETED_BASELINE = "SELECT count(*) FROM bench_tasks WHERE status = 'COMPLETED
 
 @dataclass
 class EndToEndSettings:
+    """How many tasks, producers and turns; the workers' concurrency."""
+
     tasks: int = 1000
     clients: int = 4
     batch: int = 100

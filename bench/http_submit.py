@@ -17,6 +17,8 @@ SERVICE_BODY = {"taskDefinitionId": "echo", "input": {"message": "hello", "n": 1
 
 @dataclass
 class SubmitSettings:
+    """The load each submit target gets."""
+
     connections: int = 32
     seconds: float = 10.0  # per target, split over `rounds`
     warmup: float = 2.0

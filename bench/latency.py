@@ -22,6 +22,8 @@ WARMUP = 2  # first runs in a fresh pool child pay for lazy set-up (connections)
 
 @dataclass
 class LatencySettings:
+    """Repetitions per latency and the worker's concurrency for pickup."""
+
     repetitions: int = 50
     concurrency: int = 4
     gap: float = 0.05  # idle time between repetitions, so each one meets an idle system

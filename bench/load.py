@@ -37,6 +37,7 @@ class LoadResult:
 
     @property
     def rps(self) -> float:
+        """Responses per second."""
         return self.requests / self.seconds if self.seconds else 0.0
 
 
@@ -69,6 +70,7 @@ class Client:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Close the connection."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -15,6 +15,8 @@ POLL = 0.005  # seconds between looks at a row, a stamp or a pid: the resolution
 
 @dataclass(frozen=True)
 class Row:
+    """The columns of a task the latencies need (times as epoch seconds)."""
+
     status: str
     start: float | None
     end: float | None
@@ -28,6 +30,7 @@ class Ledger:
         self.conn = stack.connect()
 
     def row(self, task_id: str) -> Row:
+        """Read one task now."""
         with self.conn.cursor() as cur:
             cur.execute(
                 "SELECT status, extract(epoch FROM start_time), extract(epoch FROM end_time),"
@@ -56,6 +59,7 @@ class Stamps:
         self.redis = stack.redis()
 
     def get(self, key: str) -> tuple[float, float, int] | None:
+        """The stamp of probe `key` as (start, end or 0, pid), or None before it starts."""
         raw = self.redis.hget(baseline_celery.STAMPS, key)
         if raw is None:
             return None
@@ -63,6 +67,7 @@ class Stamps:
         return float(start), float(end), int(pid)
 
     def wait(self, key: str, ended: bool = False, timeout: float = 30) -> tuple[float, float, int]:
+        """Poll until probe `key` has started (or, with `ended`, ended); return its stamp."""
         deadline = time.monotonic() + timeout
         while True:
             stamp = self.get(key)

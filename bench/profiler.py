@@ -92,6 +92,7 @@ class Profile:
 
     @property
     def total(self) -> int:
+        """Samples in the profile."""
         return sum(n for _, n in self.stacks)
 
     def by_resource(self) -> list[tuple[str, float]]:

@@ -45,9 +45,11 @@ class Figure:
     note: str = ""
 
     def ratios(self) -> list[tuple[str, float]]:
+        """(baseline label, value / baseline) for each known baseline."""
         return [(label, self.value / b) for label, b in self.baselines if b and not math.isnan(b)]
 
     def line(self) -> str:
+        """The figure as `name: value unit (ratios) [target: verdict]`."""
         text = f"{self.name}: {_fmt(self.value)} {self.unit}"
         ratios = self.ratios()
         if ratios:
@@ -71,11 +73,13 @@ class Report:
         self.meta: dict[str, Any] = {}
 
     def add(self, figure: Figure) -> Figure:
+        """Record a figure and print its line."""
         self.figures.append(figure)
         print(figure.line(), file=self.out, flush=True)
         return figure
 
     def figure(self, name: str, value: float, unit: str, **kw: Any) -> Figure:
+        """Record and print a new figure."""
         return self.add(Figure(name, value, unit, **kw))
 
     def raw(self, line: str) -> None:
@@ -84,22 +88,27 @@ class Report:
         print(line, file=self.out, flush=True)
 
     def info(self, text: str) -> None:
+        """Print a context line (starting with #)."""
         print(f"# {text}", file=self.out, flush=True)
 
     def get(self, name: str) -> float:
+        """The value of a recorded figure, NaN if none."""
         for figure in self.figures:
             if figure.name == name:
                 return figure.value
         return math.nan
 
     def save(self, path: Path) -> None:
+        """Write the figures and the run's metadata as JSON."""
         doc = {"meta": self.meta, "figures": [asdict(f) for f in self.figures]}
         path.write_text(json.dumps(doc, indent=2, default=str))
 
 
 def at_least(value: float, bound: float) -> bool | None:
+    """Whether value >= bound; None when either is unknown."""
     return None if math.isnan(value) or math.isnan(bound) else value >= bound
 
 
 def at_most(value: float, bound: float) -> bool | None:
+    """Whether value <= bound; None when either is unknown."""
     return None if math.isnan(value) or math.isnan(bound) else value <= bound

@@ -21,6 +21,7 @@ FIGURES = ("submit", "e2e", "latency", "listing", "memory")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --quick shrinks every count."""
     cores = os.cpu_count() or 1
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--only", action="append", choices=FIGURES, help="run only these figures")
@@ -77,6 +78,7 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Start everything, measure each selected figure, stop everything."""
     args = parse_args(argv)
     selected = set(args.only or FIGURES)
     if args.skip_listing:

@@ -51,9 +51,11 @@ class Proc:
 
     @property
     def pid(self) -> int:
+        """The process id (also its process group id)."""
         return self.popen.pid
 
     def log_text(self) -> str:
+        """Everything the process has written so far."""
         return self.log_path.read_text(errors="replace")
 
 
@@ -159,6 +161,7 @@ class Stack:
         return conn
 
     def redis(self) -> redis.Redis:
+        """A client for the private Redis."""
         return redis.Redis.from_url(self.redis_url)
 
     def reset(self) -> None:
@@ -222,6 +225,7 @@ class Stack:
         return proc
 
     def start_sweeper(self) -> Proc:
+        """Start the service's sweeper (`python -m cli beat`)."""
         return self.spawn("sweeper", ["-m", "cli", "beat"])
 
     def stop(self, proc: Proc, timeout: float = 8.0) -> None:
@@ -289,6 +293,7 @@ def children(pid: int) -> list[int]:
 
 
 def gunicorn_workers(master: int) -> list[int]:
+    """The worker processes of a gunicorn master."""
     return children(master)
 
 

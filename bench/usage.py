@@ -49,10 +49,13 @@ class Memory:
         self.samples: dict[str, float] = {}
 
     def child(self, name: str, parent: int) -> None:
+        """Sample the largest child of `parent`."""
         self.samples[name] = largest_child_rss(parent)
 
     def process(self, name: str, pid: int) -> None:
+        """Sample one process."""
         self.samples[name] = rss_mib(pid)
 
     def get(self, name: str) -> float:
+        """A sample in MiB, NaN if it was not taken."""
         return self.samples.get(name, float("nan"))
