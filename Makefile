@@ -34,6 +34,7 @@ unit: $(STAMP)
 
 ## The benchmark suite (several minutes; see docs/benchmarks.md).
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
