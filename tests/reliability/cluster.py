@@ -73,7 +73,9 @@ class Servers:
         self.ensure_running()
         with contextlib.closing(psycopg2.connect(self.database_url)) as conn, conn:
             with conn.cursor() as cur:
-                cur.execute("TRUNCATE tasks, task_attempts, task_logs, idempotency_keys, api_keys")
+                cur.execute(
+                    "TRUNCATE tasks, task_attempts, task_logs, idempotency_keys, api_keys CASCADE"
+                )
         redis_lib.Redis.from_url(self.redis.url).flushall()
 
     def stop(self) -> None:

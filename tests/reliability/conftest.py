@@ -16,8 +16,8 @@ from config.settings import Settings
 from shared import store
 from shared.credentials import mint_token
 from tests.conftest import JWT_SECRET
-from tests.reliability import ledger as ledger_module
-from tests.reliability import poison
+from tests.reliability import nemesis, poison
+from tests.reliability import verdict as verdict_module
 from tests.reliability.cluster import DEFINITION_MODULE, Cluster, Servers
 from tests.reliability.ledger import Ledger
 
@@ -81,6 +81,8 @@ def scenario(servers: Servers, tmp_path: Path) -> Iterator[Scenario]:
     try:
         yield Scenario(servers, settings, app, cluster, headers)
     finally:
+        while nemesis.RUNNING:  # a failed test may leave its nemesis striking
+            nemesis.RUNNING.pop().stop()
         cluster.stop_all()
         app.extensions["taskexec"].db.close()
         servers.ensure_running()
@@ -96,7 +98,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Repeat each scenario's one-line summary at the end of the run."""
-    if ledger_module.SUMMARIES:
+    if verdict_module.SUMMARIES:
         terminalreporter.section("reliability figures")
-        for line in ledger_module.SUMMARIES:
+        for line in verdict_module.SUMMARIES:
             terminalreporter.write_line(line)

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import statistics
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import psycopg2.extras
 
+from tests.reliability import verdict as verdicts
 from tests.reliability.cluster import connect
+from tests.reliability.verdict import Verdict, judge_task, outcome
 
-#: Where one JSON line per scenario is appended (docs/guarantees.md quotes these figures).
-REPORT_ENV = "TASKEXEC_RELIABILITY_REPORT"
-#: Summary lines of this session, printed again in pytest's terminal summary.
-SUMMARIES: list[str] = []
 TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 #: Clock slack when matching an attempt to a fault (same host, same clock; commit latency).
 SLACK = 0.3
@@ -63,46 +57,6 @@ class Tracked:
     input: dict[str, Any]
     submitted: float
     cancels: list[int] = field(default_factory=list)  # response codes; -1: the call raised
-
-
-@dataclass
-class Verdict:
-    """The outcome of a scenario: lost and unexpected must be empty."""
-
-    scenario: str
-    tasks: int
-    faults: int
-    lost: list[str]
-    unexpected: list[str]
-    duplicated_tasks: int
-    extra_attempts: int
-    refused: int
-    recovery: list[float]  # per fault that hit an attempt: until that attempt was closed
-    probes: list[float]  # per outage: from the server's return to a fresh task's completion
-    drain: float
-    counts: dict[str, int]
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def line(self) -> str:
-        rec = (
-            f"recovery max={max(self.recovery):.1f}s median={statistics.median(self.recovery):.1f}s"
-            if self.recovery
-            else "recovery n/a"
-        )
-        if self.probes:
-            rec += f" probe max={max(self.probes):.1f}s"
-        extra = "".join(f" {k}={v}" for k, v in self.notes.items())
-        return (
-            f"reliability {self.scenario}: tasks={self.tasks} faults={self.faults} "
-            f"lost={len(self.lost)} unexpected={len(self.unexpected)} "
-            f"duplicates={self.duplicated_tasks} (extra attempts {self.extra_attempts}) "
-            f"refused={self.refused} hit={len(self.recovery)} {rec} drain={self.drain:.1f}s "
-            f"outcomes={dict(sorted(self.counts.items()))}{extra}"
-        )
-
-    def explain(self) -> str:
-        shown = [*(f"lost: {t}" for t in self.lost[:10]), *self.unexpected[:20]]
-        return self.line() + "\n  " + "\n  ".join(shown)
 
 
 class Ledger:
@@ -209,6 +163,8 @@ class Ledger:
 
     def settle(self, timeout: float = 90) -> float:
         """Wait until every tracked task is terminal (or `timeout`); return how long it took."""
+        # A backlog drains at some tens of tasks a second here: never call a queued task lost.
+        timeout = max(timeout, 0.1 * len(self.tasks))
         started = time.monotonic()
         ids = [uuid.UUID(t) for t in self.tasks]
         conn = connect(self.settings.database_url)
@@ -249,11 +205,12 @@ class Ledger:
                 lost.append(f"{task_id} ({tracked.definition}) is {row and row['status']}")
                 continue
             history = attempts.get(task_id, [])
-            counts[_outcome(row)] += 1
+            counts[outcome(row)] += 1
             if len(history) > 1:
                 duplicated += 1
                 extra += len(history) - 1
-            unexpected += [f"{task_id}: {p}" for p in self._judge(tracked, row, history)]
+            problems = judge_task(tracked, row, history, self.faults, self.settings.max_worker_lost)
+            unexpected += [f"{task_id}: {p}" for p in problems]
             for attempt in history:
                 if attempt["ended_at"] is None or attempt["status"] == "COMPLETED":
                     continue
@@ -280,62 +237,6 @@ class Ledger:
             counts=dict(counts),
             notes=notes,
         )
-
-    def _judge(
-        self, tracked: Tracked, row: dict[str, Any], history: list[dict[str, Any]]
-    ) -> list[str]:
-        """Return what contradicts the test's own history for one task."""
-        problems: list[str] = []
-        status = row["status"]
-        kind = (row["error"] or {}).get("kind")
-        if row["attempts"] != len(history):
-            problems.append(f"attempts={row['attempts']} but {len(history)} attempt rows")
-        completed = [a for a in history if a["status"] == "COMPLETED"]
-        if len(completed) > 1:
-            problems.append(f"{len(completed)} attempts COMPLETED")
-        if status == "COMPLETED" and (not completed or completed[-1] is not history[-1]):
-            problems.append("COMPLETED, but not by its last attempt")
-        if status != "COMPLETED" and completed:
-            problems.append(f"{status}, yet attempt {completed[0]['attempt']} COMPLETED")
-        if any(a["ended_at"] is None for a in history):
-            problems.append("an attempt row was left open")
-        # Every attempt that did not finish the task must have met a fault.
-        poison = tracked.definition == "poison"
-        for attempt in history:
-            ended_task = attempt is history[-1] and attempt["status"] == status
-            if ended_task and status != "FAILED":
-                continue
-            if not poison and not any(f.touches(attempt) for f in self.faults):
-                problems.append(
-                    f"attempt {attempt['attempt']} ended {attempt['status']} with no fault near it"
-                )
-        # The terminal status must agree with what the test did.
-        cancels = tracked.cancels
-        if 200 in cancels and status != "CANCELLED":
-            problems.append(f"cancel answered 200 but the task ended {status}")
-        if status == "CANCELLED" and not cancels:
-            problems.append("CANCELLED but never cancelled")
-        if status == "CANCELLED" and cancels and set(cancels) == {409}:
-            problems.append("CANCELLED although every cancel answered 409")
-        if status == "COMPLETED":
-            problems += _check_output(tracked, row["output"])
-        if status == "TIMED_OUT":
-            problems.append(f"TIMED_OUT: {row['error']}")
-        if status == "FAILED":
-            policy_attempts = int(row["retry_policy"].get("maxRetries", 0)) + 1
-            # Count losses in the attempt history: the ground truth, whichever path wrote it.
-            losses = sum((a["error"] or {}).get("kind") == "WORKER_LOST" for a in history)
-            capped = losses >= self.settings.max_worker_lost or len(history) >= policy_attempts
-            if kind != "WORKER_LOST":
-                problems.append(f"FAILED {kind}: {row['error']}")
-            elif not capped:
-                problems.append(f"FAILED WORKER_LOST after {losses} losses (cap not reached)")
-        if poison:
-            if status != "FAILED" or kind != "WORKER_LOST":
-                problems.append(f"the poison task ended {status} {kind}")
-            if row["attempts"] > self.settings.max_worker_lost:
-                problems.append(f"the poison task ran {row['attempts']} times (cap exceeded)")
-        return problems
 
     def last_end(self, task_ids: list[str]) -> float:
         """Return when the last of these tasks reached its terminal status (epoch seconds)."""
@@ -372,46 +273,5 @@ class Ledger:
         return rows, attempts
 
     def report(self, verdict: Verdict) -> None:
-        """Print the one-line summary and append the figures to the report file, if asked."""
-        line = verdict.line()
-        print("\n" + line)
-        SUMMARIES.append(line)
-        path = os.environ.get(REPORT_ENV)
-        if path:
-            doc = {
-                "scenario": verdict.scenario,
-                "tasks": verdict.tasks,
-                "faults": verdict.faults,
-                "lost": len(verdict.lost),
-                "unexpected": len(verdict.unexpected),
-                "duplicated_tasks": verdict.duplicated_tasks,
-                "extra_attempts": verdict.extra_attempts,
-                "refused": verdict.refused,
-                "recovery_max": max(verdict.recovery) if verdict.recovery else None,
-                "recovery_median": statistics.median(verdict.recovery)
-                if verdict.recovery
-                else None,
-                "hit": len(verdict.recovery),
-                "probe_max": max(verdict.probes) if verdict.probes else None,
-                "drain": round(verdict.drain, 2),
-                "outcomes": verdict.counts,
-                "notes": verdict.notes,
-                "at": datetime.now().isoformat(timespec="seconds"),
-            }
-            with open(path, "a", encoding="utf-8") as out:
-                out.write(json.dumps(doc, default=str) + "\n")
-
-
-def _outcome(row: dict[str, Any]) -> str:
-    kind = (row["error"] or {}).get("kind")
-    return f"{row['status']}/{kind}" if kind and row["status"] == "FAILED" else row["status"]
-
-
-def _check_output(tracked: Tracked, output: Any) -> list[str]:
-    if tracked.definition == "echo" and output != tracked.input:
-        return [f"echo returned {output!r} for {tracked.input!r}"]
-    if tracked.definition == "sleep" and not (
-        isinstance(output, dict) and output.get("slept", -1) >= 0
-    ):
-        return [f"sleep returned {output!r}"]
-    return []
+        """Print the scenario's one-line summary and record its figures."""
+        verdicts.report(verdict)

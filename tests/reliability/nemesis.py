@@ -14,6 +14,9 @@ import psycopg2
 from tests.reliability.cluster import connect
 from tests.reliability.ledger import Ledger
 
+#: Nemeses started and not yet finished; the scenario fixture stops any a failed test left.
+RUNNING: list[Nemesis] = []
+
 
 class Nemesis(threading.Thread):
     """Calls `strike` `rounds` times, a random pause apart; re-raises its errors on `join`."""
@@ -35,6 +38,15 @@ class Nemesis(threading.Thread):
         self.struck = 0
         self.stopped = threading.Event()
         self.error: str | None = None
+
+    def start(self) -> None:
+        RUNNING.append(self)
+        super().start()
+
+    def stop(self) -> None:
+        """Strike no more (teardown of a failed test)."""
+        self.stopped.set()
+        self.join(60)
 
     def run(self) -> None:
         try:

@@ -62,7 +62,6 @@ def test_the_api_ceiling_on_attempt_timeouts_is_the_one_assumed_here() -> None:
 def test_task_events_follow_the_setting(enabled: bool) -> None:
     conf = celery_settings(_settings(worker_events=enabled))
     assert conf["worker_send_task_events"] is enabled
-    assert conf["task_send_sent_event"] is enabled
 
 
 @pytest.mark.parametrize("key", [*REQUIRED, "visibility_timeout", "worker_send_task_events"])

@@ -29,7 +29,7 @@ def test_poison_task_fails_worker_lost_after_a_capped_number_of_attempts(
         task_id = ledger.submit("poison", {})  # its definition allows ten attempts
         assert task_id is not None
         poisons.append(task_id)
-        submit_mix(ledger, scaled(70), rng, spread=1.5)
+        submit_mix(ledger, 70, rng, spread=1.5)
     ledger.settle(timeout=90)
     ledger.notes["poison_done_in"] = f"{ledger.last_end(poisons) - started:.1f}s"
     verdict = ledger.verdict()
