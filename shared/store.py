@@ -609,7 +609,8 @@ def finish_attempt(
         cur.execute(
             """
             UPDATE tasks SET status = %(status)s, output = %(output)s, error = %(error)s,
-                end_time = now(), lease_expires_at = NULL, updated_at = now()
+                end_time = now(), lease_expires_at = NULL, updated_at = now(),
+                worker_lost_count = worker_lost_count + %(lost)s
             WHERE id = %(id)s AND status = 'RUNNING' AND attempts = %(attempt)s
             RETURNING *
             """,
@@ -619,6 +620,8 @@ def finish_attempt(
                 "status": status.value,
                 "output": Json(output) if output is not None else None,
                 "error": Json(error) if error is not None else None,
+                # Count every lost worker, the final one too, as schedule_retry and fail_task do.
+                "lost": 1 if error is not None and error.get("kind") == "WORKER_LOST" else 0,
             },
         )
         task = _build(Task, cur.fetchone())
