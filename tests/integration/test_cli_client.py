@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, SEED_ORDER, settings_env, wait_for
+from tests.conftest import ROOT, SEED_ORDER, wait_for
+from tests.integration.live_api import gunicorn
 from workers.definitions import builtin_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,46 +66,8 @@ class Service:
 @pytest.fixture
 def service(settings, auth, tmp_path: Path):
     """gunicorn serving api.wsgi:app on a free port, with the test settings."""
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "api.wsgi:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-        ],
-        env=settings_env(settings),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError((tmp_path / "gunicorn.log").read_text()[-3000:])
-        try:
-            return requests.get(url + "/healthz", timeout=3).status_code == 200
-        except requests.RequestException:  # not listening yet, or still importing the app
-            return False
-
-    try:
-        wait_for(up, 60, interval=0.2)
+    with gunicorn(settings, tmp_path, workers=1) as url:
         yield Service(url, auth.key("*")["X-API-Key"])
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(5)
-        log.close()
 
 
 def run_in_pty(args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
