@@ -326,9 +326,12 @@ def cancel_one(tid: uuid.UUID, principal: Principal, reason: str | None, force: 
         )
     if outcome.previous_status == Status.RUNNING.value and force:
         try:
-            svc.broker.revoke(str(tid), terminate=True)
+            # Interrupt the handler (Celery's soft time-limit signal) rather than kill its
+            # child: the slot is free at once instead of after the pool replaces the child.
+            # The attempt's watcher kills the child if the handler ignores the interrupt.
+            svc.broker.revoke(str(tid), terminate=True, signal="SIGUSR1")
         except BROKER_ERRORS:
-            pass  # the attempt's own watcher sees the forced cancel and ends itself
+            pass  # the attempt's own watcher sees the forced cancel and interrupts itself
     return outcome.task
 
 

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2
 #: After SIGTERM, how long a handler has before SIGKILL (SIGTERM can be ignored).
 KILL_AFTER_TERM_SECONDS = 2.0
+#: After a forced cancel's interrupt, how long a handler has before SIGKILL.
+KILL_AFTER_INTERRUPT_SECONDS = 1.0
+#: Celery's soft time-limit signal: the child's handler raises SoftTimeLimitExceeded.
+INTERRUPT = signal.SIGUSR1
 MAX_LOG_LINES = 1000
 MAX_LOG_LINE = 4000
 
@@ -30,8 +34,11 @@ class AttemptContext:
     The watcher is a thread of the worker child that runs the handler. A cancel sets a flag the
     handler may poll (`check_cancelled`); a handler that does not stop within
     `TASKEXEC_CANCEL_GRACE` seconds gets SIGTERM, and SIGKILL `KILL_AFTER_TERM_SECONDS` later.
-    A forced cancel skips the grace. The signal goes to this child only, which runs nothing but
-    this attempt; the pool starts a fresh child in its place.
+    A forced cancel skips the grace: it interrupts the handler at once with Celery's soft
+    time-limit signal (the child lives on and its slot is free in milliseconds, where a killed
+    child waits for the pool to replace it), and kills the child if the handler is still running
+    `KILL_AFTER_INTERRUPT_SECONDS` later. Signals go to this child only, which runs nothing but
+    this attempt.
     """
 
     def __init__(self, db: Database, settings: Settings, task_id: uuid.UUID, attempt: int) -> None:
@@ -43,6 +50,7 @@ class AttemptContext:
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._cancel_seen_at: float | None = None
+        self._interrupted = False
         self._lines = 0
         self._thread = threading.Thread(
             target=self._watch, name=f"attempt-{self.task_id[:8]}", daemon=True
@@ -115,9 +123,17 @@ class AttemptContext:
         grace = self.settings.cancel_grace
         if self._done.is_set():
             return  # the handler returned meanwhile; never signal a process that moved on
+        if force and not self._interrupted:
+            # The API's revoke sends the same signal; this covers a revoke that was lost.
+            self._interrupted = True
+            log.warning("interrupting the handler of %s (forced cancel)", self.task_id)
+            os.kill(os.getpid(), INTERRUPT)
+            return
         # The handler ignored the flag: stop its code by ending this child process; the pool
         # replaces it and the parent closes the attempt.
-        if force or waited >= grace + KILL_AFTER_TERM_SECONDS:
+        if (force and waited >= KILL_AFTER_INTERRUPT_SECONDS) or (
+            waited >= grace + KILL_AFTER_TERM_SECONDS
+        ):
             log.warning("killing the process of %s (SIGKILL)", self.task_id)
             os.kill(os.getpid(), signal.SIGKILL)
         elif waited >= grace:

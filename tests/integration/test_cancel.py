@@ -157,11 +157,33 @@ def test_handlers_ignoring_the_cancel_get_sigterm_then_sigkill(client, auth, pro
     assert all(wait_for_status(client, headers, e, FINAL)["status"] == "COMPLETED" for e in echoes)
 
 
-def test_force_cancel_kills_that_task_at_once_and_no_other(client, auth, processes):
+def test_force_cancel_interrupts_the_handler_and_frees_its_slot_at_once(client, auth, processes):
+    # A grace of a minute: only the forced path can stop a handler that ignores the flag.
+    processes.worker(concurrency=1, extra_env={"TASKEXEC_CANCEL_GRACE": "60"})
+    headers = auth.key("*")
+    doomed = submit(client, headers, "sleep", {"seconds": 60, "ignoreCancel": True})
+    (running_task,) = running(client, headers, doomed)
+    response = cancel(client, headers, doomed, reason="stop now", force=True)
+    assert response.status_code == 200 and response.get_json()["status"] == "CANCELLED"
+    task = wait_for(lambda: attempt_closed(client, headers, doomed), timeout=10)
+    assert task["attempts"][0]["status"] == "CANCELLED"
+    # The same child, interrupted rather than killed, takes the next task.
+    quick = submit(client, headers, "echo", {})
+    quick_done = wait_for_status(client, headers, quick, FINAL, timeout=10)
+    assert quick_done["status"] == "COMPLETED"
+    assert pid_of(quick_done) == pid_of(running_task) and alive(pid_of(running_task))
+    assert get(client, headers, doomed)["status"] == "CANCELLED"
+
+
+def test_force_cancel_kills_a_handler_that_ignores_the_interrupt_and_no_other(
+    client, auth, processes
+):
     # A grace of a minute: only the forced path can stop a handler that ignores the flag.
     processes.worker(concurrency=2, extra_env={"TASKEXEC_CANCEL_GRACE": "60"})
     headers = auth.key("*")
-    doomed = submit(client, headers, "sleep", {"seconds": 60, "ignoreCancel": True})
+    doomed = submit(
+        client, headers, "sleep", {"seconds": 60, "ignoreCancel": True, "ignoreSoftLimit": True}
+    )
     neighbour = submit(client, headers, "sleep", {"seconds": 6})
     doomed_pid, neighbour_pid = (pid_of(t) for t in running(client, headers, doomed, neighbour))
     assert doomed_pid != neighbour_pid
@@ -272,7 +294,9 @@ def test_bulk_cancel_by_workflow_and_by_ids(client, auth, processes):
     assert [item["id"] for item in items] == [target, unknown, "junk"]
     assert items[0]["status"] == "CANCELLED"
     assert items[1]["error"]["code"] == items[2]["error"]["code"] == "NOT_FOUND"
-    wait_for(lambda: not alive(pid_of(task)), timeout=10)
+    closed = wait_for(lambda: attempt_closed(client, headers, target), timeout=10)
+    assert closed["attempts"][0]["status"] == "CANCELLED" and closed["cancellation"]["force"]
+    assert alive(pid_of(task))  # interrupted, not killed: the child serves on
     assert get(client, headers, other)["status"] == "COMPLETED"
 
     for body in ({}, {"ids": [target], **flow}, {"ids": []}):
