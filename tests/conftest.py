@@ -16,6 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from cli.processes import worker_command
 from cli.servers import PostgresServer, RedisServer
 from config.settings import Settings
 from shared import db, schema, store
@@ -280,21 +281,10 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         """Start a real Celery worker (prefork) and wait until it consumes."""
         name = f"w{len(self.procs)}-{uuid.uuid4().hex[:6]}@%h"
+        # The same command line as `taskexec worker`, without the start-up chatter between
+        # nodes that only slows a test's worker down.
         cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "-Q",
-            queues,
-            "--concurrency",
-            str(concurrency),
-            "-n",
-            name,
+            *worker_command(queues.split(","), concurrency, name),
             "--without-mingle",
             "--without-gossip",
         ]

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,8 +25,13 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def gunicorn(settings: Settings, log_dir: Path, workers: int = 2) -> Iterator[str]:
-    """Run `gunicorn api.wsgi:app` with `settings`; yield its base URL, stop it afterwards."""
+def gunicorn(
+    settings: Settings, log_dir: Path, workers: int = 2, extra_args: Sequence[str] = ()
+) -> Iterator[str]:
+    """Run `gunicorn api.wsgi:app` with `settings`; yield its base URL, stop it afterwards.
+
+    It is ready once every worker has booted and the API answers.
+    """
     port = free_port()
     log_path = log_dir / "gunicorn.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
@@ -46,6 +51,7 @@ def gunicorn(settings: Settings, log_dir: Path, workers: int = 2) -> Iterator[st
             "gthread",
             "--timeout",
             "60",
+            *extra_args,
         ],
         env=settings_env(settings),
         cwd=ROOT,
@@ -58,7 +64,8 @@ def gunicorn(settings: Settings, log_dir: Path, workers: int = 2) -> Iterator[st
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
-        return _healthy(url)
+        booted = log_path.read_text(errors="replace").count("Booting worker")
+        return booted >= workers and _healthy(url)
 
     try:
         wait_for(ready, timeout=60, interval=0.2)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from cli.servers import free_port
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.integration import live_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,63 +29,16 @@ def server(base_settings, tmp_path_factory) -> Iterator[dict[str, Any]]:
     # The real default, 100/minute: the 101st request is refused, not the 401st.
     settings = base_settings.with_overrides(ratelimit_enabled=True, ratelimit_default="100/minute")
     tmp_path = tmp_path_factory.mktemp("gunicorn")
-    port = free_port()
     access_log = tmp_path / "access.log"
-    env = settings_env(settings)
-    env.update(GUNICORN_WORKERS=str(WORKERS), GUNICORN_THREADS="2")
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "config/gunicorn.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            str(access_log),
-            "--access-logformat",
-            "%(p)s %(s)s %(U)s",
-            "api.wsgi:app",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def booted() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError((tmp_path / "gunicorn.log").read_text()[-3000:])
-        text = (tmp_path / "gunicorn.log").read_text(errors="replace")
-        return text.count("Booting worker") >= WORKERS and _healthy(base)
-
-    try:
-        wait_for(booted, timeout=60, interval=0.2)
-        yield {"url": base, "port": port, "access_log": access_log}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
+    extra = ["--access-logfile", str(access_log), "--access-logformat", "%(p)s %(s)s %(U)s"]
+    with live_api.gunicorn(settings, tmp_path, workers=WORKERS, extra_args=extra) as url:
+        port = int(url.rsplit(":", 1)[1])
+        yield {"url": url, "port": port, "access_log": access_log}
 
 
 @pytest.fixture
 def gunicorn(server, clean_db) -> dict[str, Any]:
     return server
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def fetch(url: str, headers: dict[str, str]) -> requests.Response:
