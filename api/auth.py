@@ -175,8 +175,9 @@ def authenticate_api_key(secret: str) -> Principal:
     key_id = key_id_of(secret)
     if key_id is None:
         raise AuthenticationError("invalid API key")
-    # Read on every request, never cached: a revocation takes effect at once.
-    with services().db.connection() as conn:
+    # Read on every request, never cached: a revocation takes effect at once. Autocommit:
+    # the read and the occasional touch need no transaction, and each is one round trip.
+    with services().db.connection(autocommit=True) as conn:
         key = store.get_api_key(conn, key_id)
         matches = key_matches(secret, key.key_hash if key is not None else _NO_SUCH_KEY)
         if key is None or not matches or key.revoked_at is not None:

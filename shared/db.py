@@ -57,8 +57,13 @@ class Database:
         return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        """Yield a connection in a transaction: commit on success, roll back on error."""
+    def connection(self, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+        """Yield a connection in a transaction: commit on success, roll back on error.
+
+        With `autocommit`, every statement commits on its own. For a block of one statement
+        (or of reads that need no common snapshot) that is just as atomic and saves two round
+        trips: psycopg2 sends BEGIN and COMMIT as statements of their own.
+        """
         try:
             pool = self._get_pool()
             conn = self._live_connection(pool)
@@ -68,6 +73,8 @@ class Database:
             raise ServiceUnavailable("no database connection is free") from exc
         broken = False
         try:
+            if autocommit:
+                conn.autocommit = True
             yield conn
             conn.commit()
         except UNAVAILABLE_ERRORS as exc:
@@ -80,6 +87,11 @@ class Database:
                 broken = True
             raise
         finally:
+            if autocommit and not conn.closed:
+                try:
+                    conn.autocommit = False
+                except psycopg2.Error:
+                    broken = True
             pool.putconn(conn, close=broken or bool(conn.closed))
 
     def _live_connection(

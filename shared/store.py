@@ -553,30 +553,34 @@ def mark_published(conn: Conn, task_ids: Sequence[uuid.UUID]) -> None:
 
 
 def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float) -> Task | None:
-    """Start a new attempt if the task is claimable now (compare-and-set); else None."""
+    """Start a new attempt if the task is claimable now (compare-and-set); else None.
+
+    One statement (the attempt row is inserted by a data-modifying CTE), so it is atomic
+    even on an autocommit connection: a claim costs a worker one round trip.
+    """
     with _cursor(conn) as cur:
         cur.execute(
             """
-            UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1,
-                start_time = COALESCE(start_time, now()), worker_host = %(host)s,
-                worker_pid = %(pid)s, lease_expires_at = now() + make_interval(secs => %(lease)s),
-                next_attempt_at = NULL, updated_at = now()
-            WHERE id = %(id)s AND status = ANY(%(claimable)s) AND cancel_requested_at IS NULL
-              AND type <> 'MANUAL'
-              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-            RETURNING *
+            WITH claimed AS (
+                UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1,
+                    start_time = COALESCE(start_time, now()), worker_host = %(host)s,
+                    worker_pid = %(pid)s,
+                    lease_expires_at = now() + make_interval(secs => %(lease)s),
+                    next_attempt_at = NULL, updated_at = now()
+                WHERE id = %(id)s AND status = ANY(%(claimable)s)
+                  AND cancel_requested_at IS NULL AND type <> 'MANUAL'
+                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                RETURNING *
+            ), attempt AS (
+                INSERT INTO task_attempts (task_id, attempt, status, worker_host, worker_pid)
+                SELECT id, attempts, 'RUNNING', %(host)s, %(pid)s FROM claimed
+                ON CONFLICT (task_id, attempt) DO NOTHING
+            )
+            SELECT * FROM claimed
             """,
             {"id": task_id, "host": host, "pid": pid, "lease": lease, "claimable": _CLAIMABLE},
         )
-        task = _build(Task, cur.fetchone())
-        if task is not None:
-            cur.execute(
-                "INSERT INTO task_attempts (task_id, attempt, status, worker_host, worker_pid)"
-                " VALUES (%s, %s, 'RUNNING', %s, %s)"
-                " ON CONFLICT (task_id, attempt) DO NOTHING",
-                (task_id, task.attempts, host, pid),
-            )
-        return task
+        return _build(Task, cur.fetchone())
 
 
 def close_attempt(
@@ -584,15 +588,39 @@ def close_attempt(
 ) -> None:
     """End an open attempt row; with no `outcome`, say why the task moved on without it."""
     cur.execute(
-        """
-        UPDATE task_attempts a SET ended_at = now(), error = %s,
-            status = COALESCE(%s, (
-                SELECT CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUPERSEDED' END
-                FROM tasks t WHERE t.id = a.task_id))
-        WHERE a.task_id = %s AND a.attempt = %s AND a.ended_at IS NULL
-        """,
-        (Json(error) if error is not None else None, outcome, task_id, attempt),
+        f"UPDATE task_attempts a SET {_CLOSE_ATTEMPT_SET}"
+        " WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL",
+        {
+            "error": Json(error) if error is not None else None,
+            "outcome": outcome,
+            "id": task_id,
+            "attempt": attempt,
+        },
     )
+
+
+#: How an attempt row is closed: with the outcome, or, when the task moved on without this
+#: attempt (%(outcome)s NULL), CANCELLED or SUPERSEDED after what became of the task.
+_CLOSE_ATTEMPT_SET = """ended_at = now(), error = %(error)s,
+    status = COALESCE(%(outcome)s, (
+        SELECT CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUPERSEDED' END
+        FROM tasks t WHERE t.id = a.task_id))"""
+
+
+_FINISH_ATTEMPT = f"""
+    WITH finished AS (
+        UPDATE tasks SET status = %(status)s, output = %(output)s, error = %(error)s,
+            end_time = now(), lease_expires_at = NULL, updated_at = now(),
+            worker_lost_count = worker_lost_count + %(lost)s
+        WHERE id = %(id)s AND status = 'RUNNING' AND attempts = %(attempt)s
+        RETURNING *
+    ), closed AS (
+        UPDATE task_attempts a
+        SET {_CLOSE_ATTEMPT_SET.replace("%(outcome)s", "(SELECT %(status)s FROM finished)")}
+        WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL
+    )
+    SELECT * FROM finished
+"""
 
 
 def finish_attempt(
@@ -604,16 +632,15 @@ def finish_attempt(
     output: Any = None,
     error: dict[str, Any] | None = None,
 ) -> Task | None:
-    """Record a terminal outcome of the current attempt; None if the task moved on meanwhile."""
+    """Record a terminal outcome of the current attempt; None if the task moved on meanwhile.
+
+    One statement, the task and its attempt row together (a CTE), so it is atomic on an
+    autocommit connection too. Every CTE sees the snapshot from before the statement, so the
+    attempt's fallback status reads the task as it was when this attempt lost it.
+    """
     with _cursor(conn) as cur:
         cur.execute(
-            """
-            UPDATE tasks SET status = %(status)s, output = %(output)s, error = %(error)s,
-                end_time = now(), lease_expires_at = NULL, updated_at = now(),
-                worker_lost_count = worker_lost_count + %(lost)s
-            WHERE id = %(id)s AND status = 'RUNNING' AND attempts = %(attempt)s
-            RETURNING *
-            """,
+            _FINISH_ATTEMPT,
             {
                 "id": task_id,
                 "attempt": attempt,
@@ -624,9 +651,7 @@ def finish_attempt(
                 "lost": 1 if error is not None and error.get("kind") == "WORKER_LOST" else 0,
             },
         )
-        task = _build(Task, cur.fetchone())
-        close_attempt(cur, task_id, attempt, status.value if task else None, error)
-        return task
+        return _build(Task, cur.fetchone())
 
 
 def schedule_retry(

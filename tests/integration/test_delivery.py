@@ -57,7 +57,8 @@ def test_duplicate_messages_run_the_handler_once(client, auth, processes, settin
     wait_for(lambda: broker_is_empty(queue), timeout=15)
     log = Path(worker.log_path).read_text(errors="replace")
     assert log.count(f"nothing to claim for {task_id}") == 4  # delivered, then refused
-    assert log.count(f"attempt 1 of {task_id} (sleep) started") == 1
+    assert log.count(f"of {task_id} completed") == 1  # one handler run reached its end
+    assert log.count(f"attempt 1 of {task_id} completed (True)") == 1
 
     # A copy arriving after the end changes nothing either.
     broker.publish(dispatch)

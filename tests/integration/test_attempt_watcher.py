@@ -1,0 +1,193 @@
+"""The per-process attempt watcher and the one-statement claim and finish, on a real Postgres."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from shared import db, store
+from shared.db import Database
+from shared.status import Status
+from workers.context import AttemptContext
+from workers.executor import HOST
+
+from ..conftest import wait_for
+
+
+def _new_task(database: Database) -> uuid.UUID:
+    task_id = uuid.uuid4()
+    with database.connection() as conn:
+        store.insert_tasks(
+            conn,
+            [
+                store.NewTask(
+                    id=task_id,
+                    owner="alice",
+                    task_definition_id="echo",
+                    definition_version="1.0.0",
+                    workflow_instance_id=None,
+                    type="AUTOMATED",
+                    priority=1,
+                    executor="standard-executor",
+                    input={},
+                    timeout_ms=60_000,
+                    retry_policy={},
+                    published=False,
+                )
+            ],
+        )
+    return task_id
+
+
+def _claim(database: Database, task_id: uuid.UUID) -> store.Task:
+    with database.connection(autocommit=True) as conn:
+        task = store.claim_task(conn, task_id, HOST, os.getpid(), 30)
+    assert task is not None
+    return task
+
+
+def _cancel(database: Database, task_id: uuid.UUID, force: bool) -> None:
+    with database.connection() as conn:
+        store.cancel_task(conn, task_id, owner=None, reason="test", by="alice", force=force)
+
+
+@pytest.fixture
+def database(settings: Settings, clean_db: None) -> Iterator[Database]:
+    database = Database(settings.database_url, max_connections=4)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def interrupts() -> Iterator[list[int]]:
+    """Record SIGUSR1 (the forced-cancel interrupt) instead of letting it raise."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, _frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def _watcher_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "attempt-watcher")
+
+
+def test_one_thread_watches_consecutive_attempts(
+    database: Database, settings: Settings, interrupts: list[int]
+) -> None:
+    contexts = []
+    for _ in range(5):
+        task = _claim(database, _new_task(database))
+        context = AttemptContext(database, settings, task.id, task.attempts)
+        context.start()
+        contexts.append(context)
+        context.stop()
+    assert _watcher_threads() == 1
+
+    # The next attempt is still watched: a cancel reaches it within a poll or two.
+    task = _claim(database, _new_task(database))
+    context = AttemptContext(database, settings, task.id, task.attempts)
+    context.start()
+    try:
+        _cancel(database, task.id, force=False)
+        assert wait_for(context.cancelled, timeout=3)
+    finally:
+        context.stop()
+    assert _watcher_threads() == 1
+    assert not any(c.cancelled() for c in contexts)
+    assert interrupts == []
+
+
+def test_a_stopped_attempt_is_never_signalled(
+    database: Database, settings: Settings, interrupts: list[int]
+) -> None:
+    task = _claim(database, _new_task(database))
+    context = AttemptContext(database, settings, task.id, task.attempts)
+    context.start()
+    context.stop()
+    _cancel(database, task.id, force=True)
+    time.sleep(0.6)  # three polls
+    assert not context.cancelled()
+    assert interrupts == []
+
+    # A forced cancel of the attempt being watched interrupts at once.
+    task = _claim(database, _new_task(database))
+    context = AttemptContext(database, settings, task.id, task.attempts)
+    context.start()
+    try:
+        _cancel(database, task.id, force=True)
+        assert wait_for(lambda: interrupts, timeout=3) == [signal.SIGUSR1]
+        assert context.cancelled()
+    finally:
+        context.stop()
+
+
+def _attempt_rows(database_url: str, task_id: uuid.UUID) -> list[dict[str, Any]]:
+    conn = db.connect(database_url)
+    try:
+        with store._cursor(conn) as cur:
+            cur.execute(
+                "SELECT attempt, status, ended_at IS NOT NULL AS ended FROM task_attempts"
+                " WHERE task_id = %s ORDER BY attempt",
+                (task_id,),
+            )
+            return [dict(row) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_claim_and_finish_write_task_and_attempt_in_one_statement(
+    database: Database, settings: Settings
+) -> None:
+    task_id = _new_task(database)
+    task = _claim(database, task_id)
+    assert (task.status, task.attempts) == ("RUNNING", 1)
+    assert _attempt_rows(settings.database_url, task_id) == [
+        {"attempt": 1, "status": "RUNNING", "ended": False}
+    ]
+    # Claimed already: a second claim (a duplicate message) changes nothing.
+    with database.connection(autocommit=True) as conn:
+        assert store.claim_task(conn, task_id, HOST, os.getpid(), 30) is None
+
+    with database.connection(autocommit=True) as conn:
+        done = store.finish_attempt(conn, task_id, 1, Status.COMPLETED, output={"ok": 1})
+    assert done is not None and done.status == "COMPLETED" and done.output == {"ok": 1}
+    assert _attempt_rows(settings.database_url, task_id) == [
+        {"attempt": 1, "status": "COMPLETED", "ended": True}
+    ]
+
+
+def test_finish_of_an_attempt_that_lost_its_task_closes_it_by_what_became_of_it(
+    database: Database, settings: Settings
+) -> None:
+    cancelled = _new_task(database)
+    _claim(database, cancelled)
+    _cancel(database, cancelled, force=False)
+    with database.connection(autocommit=True) as conn:
+        assert store.finish_attempt(conn, cancelled, 1, Status.COMPLETED, output={}) is None
+        task = store.get_task(conn, cancelled)
+    assert task is not None and task.status == "CANCELLED" and task.output is None
+    assert _attempt_rows(settings.database_url, cancelled) == [
+        {"attempt": 1, "status": "CANCELLED", "ended": True}
+    ]
+
+    # Superseded: the task ran on under a later attempt (its lease was taken over).
+    superseded = _new_task(database)
+    _claim(database, superseded)
+    with database.connection(autocommit=True) as conn:
+        conn.cursor().execute("UPDATE tasks SET status = 'PENDING' WHERE id = %s", (superseded,))
+    _claim(database, superseded)  # attempt 2
+    with database.connection(autocommit=True) as conn:
+        assert store.finish_attempt(conn, superseded, 1, Status.COMPLETED, output={}) is None
+    rows = _attempt_rows(settings.database_url, superseded)
+    assert rows == [
+        {"attempt": 1, "status": "SUPERSEDED", "ended": True},
+        {"attempt": 2, "status": "RUNNING", "ended": False},
+    ]
