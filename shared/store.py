@@ -41,6 +41,21 @@ def _build(cls: Any, row: dict[str, Any] | None) -> Any:
     return cls(**{k: v for k, v in row.items() if k in names})
 
 
+def _build_tuple(cls: Any, cur: Any) -> Any:
+    """Build `cls` from the next row of a plain (tuple) cursor; None when there is none."""
+    row = cur.fetchone()
+    if row is None:
+        return None
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
+    columns = zip(cur.description, row, strict=True)
+    return cls(**{d.name: v for d, v in columns if d.name in names})
+
+
+_FIELDS: dict[Any, frozenset[str]] = {}
+
+
 # ---------------------------------------------------------------- migrations
 
 
@@ -558,7 +573,7 @@ def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float
     One statement (the attempt row is inserted by a data-modifying CTE), so it is atomic
     even on an autocommit connection: a claim costs a worker one round trip.
     """
-    with _cursor(conn) as cur:
+    with conn.cursor() as cur:  # a plain cursor: RealDictRow cost a no-op task a tenth
         cur.execute(
             """
             WITH claimed AS (
@@ -580,7 +595,7 @@ def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float
             """,
             {"id": task_id, "host": host, "pid": pid, "lease": lease, "claimable": _CLAIMABLE},
         )
-        return _build(Task, cur.fetchone())
+        return _build_tuple(Task, cur)
 
 
 def close_attempt(
@@ -613,13 +628,13 @@ _FINISH_ATTEMPT = f"""
             end_time = now(), lease_expires_at = NULL, updated_at = now(),
             worker_lost_count = worker_lost_count + %(lost)s
         WHERE id = %(id)s AND status = 'RUNNING' AND attempts = %(attempt)s
-        RETURNING *
+        RETURNING id
     ), closed AS (
         UPDATE task_attempts a
         SET {_CLOSE_ATTEMPT_SET.replace("%(outcome)s", "(SELECT %(status)s FROM finished)")}
         WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL
     )
-    SELECT * FROM finished
+    SELECT count(*) FROM finished
 """
 
 
@@ -631,14 +646,14 @@ def finish_attempt(
     *,
     output: Any = None,
     error: dict[str, Any] | None = None,
-) -> Task | None:
-    """Record a terminal outcome of the current attempt; None if the task moved on meanwhile.
+) -> bool:
+    """Record a terminal outcome of the current attempt; False if the task moved on meanwhile.
 
     One statement, the task and its attempt row together (a CTE), so it is atomic on an
     autocommit connection too. Every CTE sees the snapshot from before the statement, so the
     attempt's fallback status reads the task as it was when this attempt lost it.
     """
-    with _cursor(conn) as cur:
+    with conn.cursor() as cur:
         cur.execute(
             _FINISH_ATTEMPT,
             {
@@ -651,7 +666,8 @@ def finish_attempt(
                 "lost": 1 if error is not None and error.get("kind") == "WORKER_LOST" else 0,
             },
         )
-        return _build(Task, cur.fetchone())
+        row = cur.fetchone()
+        return bool(row and row[0])
 
 
 def schedule_retry(

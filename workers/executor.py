@@ -93,7 +93,7 @@ class Runtime:
                 context.stop()
             if failure is None:
                 done = self._while_unavailable(self._complete, tid, attempt, output)
-                log.info("attempt %d of %s completed (%s)", attempt, task_id, bool(done))
+                log.info("attempt %d of %s completed (%s)", attempt, task_id, done)
                 return "completed" if done else "superseded"
             return self._while_unavailable(self.record_failure, task, attempt, failure)
         except SoftTimeLimitExceeded:
@@ -106,7 +106,7 @@ class Runtime:
         with self.db.connection(autocommit=True) as conn:  # one statement: one round trip
             return store.claim_task(conn, tid, HOST, os.getpid(), self.settings.lease_seconds)
 
-    def _complete(self, tid: uuid.UUID, attempt: int, output: Any) -> store.Task | None:
+    def _complete(self, tid: uuid.UUID, attempt: int, output: Any) -> bool:
         with self.db.connection(autocommit=True) as conn:
             return store.finish_attempt(conn, tid, attempt, Status.COMPLETED, output=output)
 

@@ -127,10 +127,9 @@ def test_get_of_a_finished_task_shows_output_and_execution_metadata(client, head
             assert claimed is not None
         time.sleep(0.01)
         with conn:
-            done = store.finish_attempt(
+            assert store.finish_attempt(
                 conn, uuid.UUID(task_id), claimed.attempts, Status.COMPLETED, output=output
             )
-            assert done is not None
     finally:
         conn.close()
 

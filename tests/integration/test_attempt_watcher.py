@@ -157,7 +157,8 @@ def test_claim_and_finish_write_task_and_attempt_in_one_statement(
         assert store.claim_task(conn, task_id, HOST, os.getpid(), 30) is None
 
     with database.connection(autocommit=True) as conn:
-        done = store.finish_attempt(conn, task_id, 1, Status.COMPLETED, output={"ok": 1})
+        assert store.finish_attempt(conn, task_id, 1, Status.COMPLETED, output={"ok": 1})
+        done = store.get_task(conn, task_id)
     assert done is not None and done.status == "COMPLETED" and done.output == {"ok": 1}
     assert _attempt_rows(settings.database_url, task_id) == [
         {"attempt": 1, "status": "COMPLETED", "ended": True}
@@ -171,7 +172,7 @@ def test_finish_of_an_attempt_that_lost_its_task_closes_it_by_what_became_of_it(
     _claim(database, cancelled)
     _cancel(database, cancelled, force=False)
     with database.connection(autocommit=True) as conn:
-        assert store.finish_attempt(conn, cancelled, 1, Status.COMPLETED, output={}) is None
+        assert not store.finish_attempt(conn, cancelled, 1, Status.COMPLETED, output={})
         task = store.get_task(conn, cancelled)
     assert task is not None and task.status == "CANCELLED" and task.output is None
     assert _attempt_rows(settings.database_url, cancelled) == [
@@ -185,7 +186,7 @@ def test_finish_of_an_attempt_that_lost_its_task_closes_it_by_what_became_of_it(
         conn.cursor().execute("UPDATE tasks SET status = 'PENDING' WHERE id = %s", (superseded,))
     _claim(database, superseded)  # attempt 2
     with database.connection(autocommit=True) as conn:
-        assert store.finish_attempt(conn, superseded, 1, Status.COMPLETED, output={}) is None
+        assert not store.finish_attempt(conn, superseded, 1, Status.COMPLETED, output={})
     rows = _attempt_rows(settings.database_url, superseded)
     assert rows == [
         {"attempt": 1, "status": "SUPERSEDED", "ended": True},
