@@ -3,7 +3,8 @@
 Two buckets per principal: `default` shared by every endpoint, and `bulk` shared by the views
 marked with `bulk_limit`. Limits are counted once per request in the limiter's before_request
 hook, which `create_app` registers right after `load_principal`, so the key is the principal.
-Public views (health, API docs) are exempt. Unrouted requests (404/405) count too.
+Public views (health, API docs) are exempt. Unrouted requests (404/405) count too. Counting
+and the numbers for the headers cost one Redis round trip (`api.limit_storage`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flask_limiter import HeaderNames, Limit, Limiter
 from limits import parse_many
 
 from api.auth import PUBLIC
+from api.limit_storage import SCHEME_PREFIX, SingleTripRedisStorage
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,10 +87,10 @@ def _refused_message() -> str:
 
 
 def storage_uri(redis_url: str) -> str:
-    """Translate a Redis URL to the `limits` storage notation."""
+    """Translate a Redis URL to the URI of the single-trip `limits` storage."""
     if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url.removeprefix("unix://")
-    return redis_url
+        redis_url = "redis+unix://" + redis_url.removeprefix("unix://")
+    return SCHEME_PREFIX + redis_url
 
 
 def _retry_after(response: Response) -> Response:
@@ -134,4 +136,8 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
         # Registered before the limiter's own after_request, so it runs after it.
         app.after_request(_retry_after)
     limiter.init_app(app)
+    storage = limiter.storage if settings.ratelimit_enabled else None
+    if isinstance(storage, SingleTripRedisStorage):
+        # The count a request got from Redis must not answer for the next one on this thread.
+        app.teardown_request(storage.forget)
     return limiter
