@@ -622,7 +622,7 @@ _CLOSE_ATTEMPT_SET = """ended_at = now(), error = %(error)s,
         FROM tasks t WHERE t.id = a.task_id))"""
 
 
-_FINISH_ATTEMPT = f"""
+_FINISH_ATTEMPT = """
     WITH finished AS (
         UPDATE tasks SET status = %(status)s, output = %(output)s, error = %(error)s,
             end_time = now(), lease_expires_at = NULL, updated_at = now(),
@@ -630,9 +630,9 @@ _FINISH_ATTEMPT = f"""
         WHERE id = %(id)s AND status = 'RUNNING' AND attempts = %(attempt)s
         RETURNING id
     ), closed AS (
-        UPDATE task_attempts a
-        SET {_CLOSE_ATTEMPT_SET.replace("%(outcome)s", "(SELECT %(status)s FROM finished)")}
+        UPDATE task_attempts a SET ended_at = now(), error = %(error)s, status = %(status)s
         WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL
+          AND EXISTS (SELECT 1 FROM finished)
     )
     SELECT count(*) FROM finished
 """
@@ -650,8 +650,9 @@ def finish_attempt(
     """Record a terminal outcome of the current attempt; False if the task moved on meanwhile.
 
     One statement, the task and its attempt row together (a CTE), so it is atomic on an
-    autocommit connection too. Every CTE sees the snapshot from before the statement, so the
-    attempt's fallback status reads the task as it was when this attempt lost it.
+    autocommit connection too. When the task moved on, the attempt is closed by a statement
+    of its own: a CTE reads the snapshot from before the statement, which can predate the
+    cancel that this update waited for, and would call a cancelled attempt SUPERSEDED.
     """
     with conn.cursor() as cur:
         cur.execute(
@@ -667,7 +668,10 @@ def finish_attempt(
             },
         )
         row = cur.fetchone()
-        return bool(row and row[0])
+        if row and row[0]:
+            return True
+        close_attempt(cur, task_id, attempt, None, error)
+        return False
 
 
 def schedule_retry(

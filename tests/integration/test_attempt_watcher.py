@@ -192,3 +192,32 @@ def test_finish_of_an_attempt_that_lost_its_task_closes_it_by_what_became_of_it(
         {"attempt": 1, "status": "SUPERSEDED", "ended": True},
         {"attempt": 2, "status": "RUNNING", "ended": False},
     ]
+
+
+def test_finish_that_waited_for_a_concurrent_cancel_closes_the_attempt_cancelled(
+    database: Database, settings: Settings
+) -> None:
+    task_id = _new_task(database)
+    _claim(database, task_id)
+    canceller = db.connect(settings.database_url)
+    try:
+        # The cancel holds the task's row lock while the worker's finish arrives.
+        store.cancel_task(canceller, task_id, owner=None, reason="race", by="alice", force=False)
+        recorded: list[bool] = []
+
+        def finish() -> None:
+            with database.connection(autocommit=True) as conn:
+                recorded.append(store.finish_attempt(conn, task_id, 1, Status.COMPLETED))
+
+        worker = threading.Thread(target=finish)
+        worker.start()
+        time.sleep(0.3)
+        assert worker.is_alive()  # waiting for the cancel's lock
+        canceller.commit()
+        worker.join(10)
+    finally:
+        canceller.close()
+    assert recorded == [False]
+    assert _attempt_rows(settings.database_url, task_id) == [
+        {"attempt": 1, "status": "CANCELLED", "ended": True}
+    ]
