@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import uuid
+from bisect import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import redis
 from celery import Celery
+from kombu import serialization
+from kombu.compression import compress
+from kombu.entity import maybe_delivery_mode
 from kombu.exceptions import KombuError
+from kombu.transport import redis as kombu_redis
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.utils import json as kombu_json
+from redis.backoff import AbstractBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from config.celery import celery_settings
 from config.settings import Settings
@@ -17,12 +34,7 @@ from shared.store import Dispatch
 log = logging.getLogger(__name__)
 
 # Errors that mean "the broker is unreachable", not a bug.
-try:  # pragma: no branch
-    from redis.exceptions import RedisError
-
-    BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError)
-except ImportError:  # pragma: no cover
-    BROKER_ERRORS = (KombuError, OSError)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError)
 
 
 def make_celery(settings: Settings, name: str = "taskexec") -> Celery:
@@ -39,55 +51,218 @@ def time_limits(timeout_ms: int, grace: float) -> tuple[float, float]:
     return soft, soft + grace
 
 
+_BROKER_PRIORITIES = tuple(priority.broker_priority for priority in Priority)
+
+
 def priority_rank_to_broker(rank: int) -> int:
     """Map a stored priority rank (0 LOW .. 3 CRITICAL) to Celery's Redis priority."""
-    return list(Priority)[max(0, min(rank, 3))].broker_priority
+    return _BROKER_PRIORITIES[max(0, min(rank, 3))]
+
+
+class _PolicyBackoff(AbstractBackoff):
+    """Waits between tries as Celery's publish retry policy spaces them (0 s, then 0.2 s)."""
+
+    def __init__(self, policy: dict[str, Any]) -> None:
+        self.start = float(policy.get("interval_start", 0))
+        self.step = float(policy.get("interval_step", 0.2))
+        self.most = float(policy.get("interval_max", 1))
+
+    def compute(self, failures: int) -> float:
+        return min(self.start + (failures - 1) * self.step, self.most)
+
+
+@dataclass(frozen=True)
+class WireFormat:
+    """How kombu's virtual Redis channel lays a Celery message out, from the app's settings."""
+
+    serializer: str
+    compression: str | None
+    delivery_mode: int
+    body_encoding: str | None
+    priority_steps: tuple[int, ...]
+    sep: str
+    key_prefix: str
+
+    @classmethod
+    def of(cls, app: Celery) -> WireFormat:
+        """Read the format the app's own `send_task` would publish in."""
+        conf = app.conf
+        options = conf.broker_transport_options or {}
+        return cls(
+            serializer=conf.task_serializer,
+            compression=conf.task_compression,
+            delivery_mode=maybe_delivery_mode(conf.task_default_delivery_mode),
+            body_encoding=options.get("body_encoding", RedisChannel.body_encoding),
+            priority_steps=tuple(options.get("priority_steps", kombu_redis.PRIORITY_STEPS)),
+            sep=options.get("sep", RedisChannel.sep),
+            key_prefix=options.get("global_keyprefix", ""),
+        )
+
+    def list_key(self, queue: str, priority: int) -> str:
+        """The Redis list of `queue` for `priority` (kombu's `_q_for_pri`)."""
+        clamped = max(min(priority, RedisChannel.max_priority), RedisChannel.min_priority)
+        step = self.priority_steps[bisect(self.priority_steps, clamped) - 1]
+        return f"{self.key_prefix}{queue}{self.sep}{step}" if step else self.key_prefix + queue
+
+    def envelope(self, message: Any, queue: str, priority: int) -> str:
+        """Serialize a Celery task message as kombu's Producer and Redis channel would.
+
+        The steps and the key order are those of `Producer.publish`, the virtual channel's
+        `prepare_message` and `basic_publish`, for the anonymous exchange Celery uses for
+        a direct queue (its routing key names the queue, so no binding lookup is needed).
+        """
+        headers, properties, body, _ = message
+        content_type, content_encoding, data = serialization.dumps(body, self.serializer)
+        if self.compression:
+            data, headers["compression"] = compress(data, self.compression)
+        properties["delivery_mode"] = self.delivery_mode
+        properties["delivery_info"] = {"exchange": "", "routing_key": queue}
+        properties["priority"] = priority or RedisChannel.default_priority
+        properties["body_encoding"] = self.body_encoding
+        properties["delivery_tag"] = str(uuid.uuid4())
+        if self.body_encoding:
+            data = RedisChannel.codecs[self.body_encoding].encode(data)
+        envelope = {
+            "body": data,
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": headers,
+            "properties": properties,
+        }
+        return str(kombu_json.dumps(envelope))
 
 
 class Broker:
-    """Publishes dispatches to the executor queues."""
+    """Publishes dispatches to the executor queues: one pipelined round trip per batch.
+
+    Messages are built with Celery's own task-message factory and laid out as kombu's
+    Redis transport lays them out, so workers cannot tell them from `send_task`'s; what is
+    skipped is the per-message machinery around it (producer pool, retry wrapper, a new
+    redis client and a command per message).
+    """
 
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:
         self.settings = settings
         self.app = app or make_celery(settings, "taskexec-producer")
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._redis: redis.Redis | None = None
+        self._format: WireFormat | None = None
+        # Queues whose exchange binding this process has written (as kombu's maybe_declare).
+        self._declared: set[str] = set()
 
     def publish(self, dispatch: Dispatch, countdown: float | None = None) -> None:
         """Send one task's message; raises one of BROKER_ERRORS when Redis is unreachable."""
-        self._send(dispatch, countdown=countdown)
+        self._push([dispatch], countdown)
 
     def publish_many(self, dispatches: Sequence[Dispatch]) -> list[Dispatch]:
-        """Publish several on one connection; return those that could not be sent."""
+        """Publish several in one round trip; return those that could not be sent."""
         if not dispatches:
             return []
-        sent = 0
         try:
-            with self.app.producer_or_acquire() as producer:
-                for dispatch in dispatches:
-                    self._send(dispatch, producer=producer)
-                    sent += 1
+            self._push(dispatches, None)
         except BROKER_ERRORS:
-            log.warning(
-                "broker unreachable: %d task(s) left for the sweeper", len(dispatches) - sent
-            )
-            return list(dispatches[sent:])
+            # A pipeline that failed may have been applied in part; resending a message
+            # is harmless (the claim is a compare-and-set), losing one is not.
+            log.warning("broker unreachable: %d task(s) left for the sweeper", len(dispatches))
+            return list(dispatches)
         return []
-
-    def _send(
-        self, dispatch: Dispatch, producer: object = None, countdown: float | None = None
-    ) -> None:
-        soft, hard = time_limits(dispatch.timeout_ms, self.settings.hard_timeout_grace)
-        self.app.send_task(
-            celery_task_name(dispatch.task_definition_id),
-            args=[str(dispatch.id)],
-            task_id=str(dispatch.id),
-            queue=dispatch.executor,
-            priority=priority_rank_to_broker(dispatch.priority),
-            soft_time_limit=soft,
-            time_limit=hard,
-            countdown=countdown,
-            producer=producer,
-        )
 
     def revoke(self, task_id: str, terminate: bool, signal: str = "SIGKILL") -> None:
         """Ask every worker to drop (and, with `terminate`, kill) a task's execution."""
         self.app.control.revoke(task_id, terminate=terminate, signal=signal)
+
+    # ------------------------------------------------------------ the wire
+
+    def _push(self, dispatches: Sequence[Dispatch], countdown: float | None) -> None:
+        client, wire = self._client()
+        queues: dict[str, None] = {}
+        entries = []
+        for dispatch in dispatches:
+            priority = priority_rank_to_broker(dispatch.priority)
+            message = self._task_message(dispatch, countdown)
+            queue = dispatch.executor
+            queues[queue] = None
+            entries.append(
+                (wire.list_key(queue, priority), wire.envelope(message, queue, priority))
+            )
+        undeclared = [q for q in queues if q not in self._declared]
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for queue in undeclared:
+                    self._bind(pipe, wire, queue)
+                for key, envelope in entries:
+                    pipe.lpush(key, envelope)
+                pipe.execute()
+        except BROKER_ERRORS:
+            self._declared.clear()  # Redis may come back empty: bind again then
+            raise
+        self._declared.update(undeclared)
+
+    def _task_message(self, dispatch: Dispatch, countdown: float | None) -> Any:
+        """Build the message `send_task` would, with the same arguments it passes."""
+        task_id = str(dispatch.id)
+        soft, hard = time_limits(dispatch.timeout_ms, self.settings.hard_timeout_grace)
+        root_id = parent_id = None
+        parent = self.app.current_worker_task
+        if parent:  # a retry published by a running attempt: linked to it, as send_task does
+            root_id = parent.request.root_id or parent.request.id
+            parent_id = parent.request.id
+        return self.app.amqp.create_task_message(
+            task_id,
+            celery_task_name(dispatch.task_definition_id),
+            [task_id],
+            None,
+            countdown,
+            reply_to=self.app.thread_oid,
+            time_limit=hard,
+            soft_time_limit=soft,
+            create_sent_event=False,  # task_send_sent_event is off (config/celery.py)
+            root_id=root_id,
+            parent_id=parent_id,
+            ignore_result=None,
+        )
+
+    def _bind(self, pipe: Any, wire: WireFormat, name: str) -> None:
+        """Queue the binding writes kombu's queue declaration makes (its `_queue_bind`).
+
+        Nothing reads them for these messages: their exchange is the anonymous one, so
+        kombu restores an unacknowledged message to its routing key's queue without a
+        lookup. They are kept so Redis holds what Celery's own publish leaves there.
+        """
+        queue = self.app.amqp.queues[name]
+        exchange = queue.exchange.name
+        member = wire.sep.join([queue.routing_key or "", "", name])
+        for table in (RedisChannel.keyprefix_queue, RedisChannel.keyprefix_binding_permanent):
+            pipe.sadd(wire.key_prefix + table % (exchange,), member)
+
+    def _client(self) -> tuple[redis.Redis, WireFormat]:
+        """This process's Redis client, made anew after a fork (never share sockets)."""
+        pid = os.getpid()
+        if self._redis is None or self._format is None or self._pid != pid:
+            with self._lock:
+                if self._redis is None or self._format is None or self._pid != pid:
+                    self._format = WireFormat.of(self.app)
+                    self._redis = self._connect()
+                    self._pid = pid
+        return self._redis, self._format
+
+    def _connect(self) -> redis.Redis:
+        conf = self.app.conf
+        policy = conf.task_publish_retry_policy or {}
+        # A publish must not hang the API: bounded waits, and the publish retry policy's
+        # quick tries (never its "forever") on a refused or dropped connection, as Redis
+        # restarts. A timeout is not retried: what failed stays in Postgres for the sweeper.
+        retry = Retry(
+            _PolicyBackoff(policy),
+            int(policy.get("max_retries") or 0) if conf.task_publish_retry else 0,
+            supported_errors=(RedisConnectionError,),
+        )
+        timeout = float(conf.broker_connection_timeout)
+        client: redis.Redis = redis.Redis.from_url(
+            conf.broker_write_url or conf.broker_url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=retry,
+        )
+        return client
