@@ -93,7 +93,8 @@ class Runtime:
                 context.stop()
             if failure is None:
                 done = self._while_unavailable(self._complete, tid, attempt, output)
-                log.info("attempt %d of %s completed (%s)", attempt, task_id, done)
+                # DEBUG: Celery's own INFO line ends with what this returns ('completed').
+                log.debug("attempt %d of %s completed (%s)", attempt, task_id, done)
                 return "completed" if done else "superseded"
             return self._while_unavailable(self.record_failure, task, attempt, failure)
         except SoftTimeLimitExceeded:
