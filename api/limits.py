@@ -9,6 +9,7 @@ and the numbers for the headers cost one Redis round trip (`api.limit_storage`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -69,12 +70,20 @@ def current_limit() -> str:
     principal = g.get("principal")
     own = principal.rate_limit if principal is not None else None
     if own:
-        try:
-            parse_many(own)
+        if _parses(own):
             return str(own)
-        except ValueError:
-            log.warning("API key %s has an invalid rate limit %r", principal.key_id, own)
+        log.warning("API key %s has an invalid rate limit %r", principal.key_id, own)
     return settings.ratelimit_default
+
+
+@functools.lru_cache(maxsize=256)
+def _parses(limit: str) -> bool:
+    """Say whether a key's own limit is valid (asked on every request, so remembered)."""
+    try:
+        parse_many(limit)
+    except ValueError:
+        return False
+    return True
 
 
 def is_exempt() -> bool:

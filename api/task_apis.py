@@ -156,7 +156,7 @@ def _job_id_query() -> str:
 
 @blp.route("/<api_name>", methods=["POST"])
 @requires("tasks:execute")
-@blp.arguments(SubmitJobSchema, required=False, example=openapi.SUBMIT_JOB_EXAMPLE)
+@blp.arguments(SubmitJobSchema(), required=False, example=openapi.SUBMIT_JOB_EXAMPLE)
 @blp.doc(
     operationId="submitJob",
     responses=openapi.responses(
