@@ -7,6 +7,7 @@ import time
 
 from flask import current_app
 
+from api.group_commit import GroupCommit
 from config.settings import Settings
 from shared import store
 from shared.broker import Broker
@@ -53,6 +54,7 @@ class Services:
         )
         self.broker = broker or Broker(settings)
         self.definitions = DefinitionCache(self.db, settings.definition_cache_seconds)
+        self.group_commit = GroupCommit()
 
 
 def services() -> Services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -124,13 +125,15 @@ def store_and_publish(
     others go ahead. Within one batch a repeated key behaves the same way: the first row
     with it decides. Losing a race to a concurrent request raises _Retry (rolled back).
     """
+    if not any(keys):
+        # No idempotency keys: the rows need only an INSERT, shared with concurrent requests.
+        tasks = svc.group_commit.submit(rows, functools.partial(_insert_and_publish, svc))
+        return [Accepted(task, created=True) for task in tasks]
     keys = list(keys) or [None] * len(rows)
     outcomes: list[Outcome | None] = [None] * len(rows)
     fresh: list[int] = []
     repeats: list[tuple[int, int]] = []  # (row, the earlier row of the batch with its key)
-    # Without idempotency keys the only statement is one multi-row INSERT: atomic on its own,
-    # and autocommit spares the BEGIN and COMMIT round trips.
-    with svc.db.connection(autocommit=not any(keys)) as conn:
+    with svc.db.connection() as conn:
         first_with: dict[str, int] = {}
         for index, key in enumerate(keys):
             if key is None:
@@ -175,6 +178,17 @@ def store_and_publish(
     done = [o for o in outcomes if o is not None]
     assert len(done) == len(rows)
     return done
+
+
+def _insert_and_publish(svc: Services, rows: Sequence[store.NewTask]) -> list[store.Task]:
+    """Write rows with one INSERT and publish them once it committed (a group commit's flush).
+
+    One statement is atomic on its own: autocommit spares the BEGIN and COMMIT round trips.
+    """
+    with svc.db.connection(autocommit=True) as conn:
+        tasks = store.insert_tasks(conn, rows)
+    publish(tasks, svc)
+    return tasks
 
 
 def _conflict(key: str, task_id: uuid.UUID | None) -> IdempotencyConflict:
