@@ -27,10 +27,20 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 class Database:
     """A connection pool for one DSN that re-creates itself after a fork (never share sockets)."""
 
-    def __init__(self, dsn: str, max_connections: int = 10, connect_timeout: int = 5) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        max_connections: int = 10,
+        connect_timeout: int = 5,
+        *,
+        synchronous_commit: bool = True,
+    ) -> None:
         self.dsn = dsn
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
+        # Off: a commit returns before its WAL reaches the disk (see Postgres'
+        # synchronous_commit); for writes a crash may lose without losing a task.
+        self.options = "" if synchronous_commit else "-c synchronous_commit=off"
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -48,6 +58,7 @@ class Database:
                         self.dsn,
                         connect_timeout=self.connect_timeout,
                         application_name=f"taskexec-{pid}",
+                        **({"options": self.options} if self.options else {}),
                     )
                     # psycopg2 closes a returned connection once `minconn` are idle, so
                     # with 0 every use would open a new one. Connect lazily (0 at start)

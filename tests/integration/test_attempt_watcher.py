@@ -14,10 +14,11 @@ import pytest
 
 from config.settings import Settings
 from shared import db, store
+from shared.broker import Broker
 from shared.db import Database
 from shared.status import Status
 from workers.context import AttemptContext
-from workers.executor import HOST
+from workers.executor import HOST, Runtime
 
 from ..conftest import wait_for
 
@@ -221,3 +222,17 @@ def test_finish_that_waited_for_a_concurrent_cancel_closes_the_attempt_cancelled
     assert _attempt_rows(settings.database_url, task_id) == [
         {"attempt": 1, "status": "CANCELLED", "ended": True}
     ]
+
+
+def test_only_the_workers_claims_commit_without_waiting_for_the_disk(settings: Settings) -> None:
+    runtime = Runtime(settings, Broker(settings))
+    try:
+        with runtime.claims.connection(autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SHOW synchronous_commit")
+            assert cur.fetchone() == ("off",)
+        with runtime.db.connection() as conn, conn.cursor() as cur:
+            cur.execute("SHOW synchronous_commit")
+            assert cur.fetchone() == ("on",)
+    finally:
+        runtime.claims.close()
+        runtime.db.close()
