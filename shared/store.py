@@ -603,23 +603,15 @@ def close_attempt(
 ) -> None:
     """End an open attempt row; with no `outcome`, say why the task moved on without it."""
     cur.execute(
-        f"UPDATE task_attempts a SET {_CLOSE_ATTEMPT_SET}"
-        " WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL",
-        {
-            "error": Json(error) if error is not None else None,
-            "outcome": outcome,
-            "id": task_id,
-            "attempt": attempt,
-        },
+        """
+        UPDATE task_attempts a SET ended_at = now(), error = %s,
+            status = COALESCE(%s, (
+                SELECT CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUPERSEDED' END
+                FROM tasks t WHERE t.id = a.task_id))
+        WHERE a.task_id = %s AND a.attempt = %s AND a.ended_at IS NULL
+        """,
+        (Json(error) if error is not None else None, outcome, task_id, attempt),
     )
-
-
-#: How an attempt row is closed: with the outcome, or, when the task moved on without this
-#: attempt (%(outcome)s NULL), CANCELLED or SUPERSEDED after what became of the task.
-_CLOSE_ATTEMPT_SET = """ended_at = now(), error = %(error)s,
-    status = COALESCE(%(outcome)s, (
-        SELECT CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUPERSEDED' END
-        FROM tasks t WHERE t.id = a.task_id))"""
 
 
 _FINISH_ATTEMPT = """

@@ -335,6 +335,25 @@ def processes(settings: Settings, clean_db: None, tmp_path: Path) -> Iterator[Pr
 FINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
 
+def task_row(**fields: Any) -> store.NewTask:
+    """A PENDING `echo` task row as a submission would write it; `fields` override any column."""
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "owner": "alice",
+        "task_definition_id": "echo",
+        "definition_version": "1.0.0",
+        "workflow_instance_id": None,
+        "type": "AUTOMATED",
+        "priority": 1,
+        "executor": "standard-executor",
+        "input": {},
+        "timeout_ms": 60_000,
+        "retry_policy": {},
+        **fields,
+    }
+    return store.NewTask(**row)
+
+
 def submit(client: Any, headers: dict[str, str], definition: str, data: dict, **body: Any) -> str:
     """Submit a task through the API (asserting 201) and return its id."""
     body = {"taskDefinitionId": definition, "input": data, **body}

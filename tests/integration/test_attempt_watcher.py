@@ -20,32 +20,14 @@ from shared.status import Status
 from workers.context import AttemptContext
 from workers.executor import HOST, Runtime
 
-from ..conftest import wait_for
+from ..conftest import task_row, wait_for
 
 
 def _new_task(database: Database) -> uuid.UUID:
-    task_id = uuid.uuid4()
+    row = task_row(published=False)
     with database.connection() as conn:
-        store.insert_tasks(
-            conn,
-            [
-                store.NewTask(
-                    id=task_id,
-                    owner="alice",
-                    task_definition_id="echo",
-                    definition_version="1.0.0",
-                    workflow_instance_id=None,
-                    type="AUTOMATED",
-                    priority=1,
-                    executor="standard-executor",
-                    input={},
-                    timeout_ms=60_000,
-                    retry_policy={},
-                    published=False,
-                )
-            ],
-        )
-    return task_id
+        store.insert_tasks(conn, [row])
+    return row.id
 
 
 def _claim(database: Database, task_id: uuid.UUID) -> store.Task:

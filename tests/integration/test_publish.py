@@ -33,7 +33,7 @@ from shared.broker import (
 )
 from shared.definitions import celery_task_name
 from shared.store import Dispatch
-from tests.conftest import FINAL, wait_for_status
+from tests.conftest import FINAL, task_row, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -434,29 +434,18 @@ def test_a_forked_child_publishes_on_its_own_connection(
 
 
 def insert_pending(settings: Settings, rank: int, definition: str = "echo") -> Dispatch:
-    task_id = uuid.uuid4()
+    row = task_row(
+        task_definition_id=definition,
+        priority=rank,
+        input={"rank": rank},
+        timeout_ms=10_000,
+        retry_policy={"maxRetries": 0, "retryInterval": 1000, "backoffMultiplier": 2},
+    )
     conn = db.connect(settings.database_url)
     with conn:
-        store.insert_tasks(
-            conn,
-            [
-                store.NewTask(
-                    id=task_id,
-                    owner="alice",
-                    task_definition_id=definition,
-                    definition_version="1.0.0",
-                    workflow_instance_id=None,
-                    type="AUTOMATED",
-                    priority=rank,
-                    executor="standard-executor",
-                    input={"rank": rank},
-                    timeout_ms=10_000,
-                    retry_policy={"maxRetries": 0, "retryInterval": 1000, "backoffMultiplier": 2},
-                )
-            ],
-        )
+        store.insert_tasks(conn, [row])
     conn.close()
-    return Dispatch(task_id, definition, "standard-executor", rank, 10_000)
+    return Dispatch(row.id, definition, "standard-executor", rank, 10_000)
 
 
 def test_a_worker_runs_what_the_broker_publishes(

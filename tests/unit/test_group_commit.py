@@ -15,24 +15,11 @@ from api.group_commit import GroupCommit
 from shared import store
 from shared.errors import ServiceUnavailable
 
+from ..conftest import task_row
+
 
 def rows(n: int, definition: str = "echo") -> list[store.NewTask]:
-    return [
-        store.NewTask(
-            id=uuid.uuid4(),
-            owner="alice",
-            task_definition_id=definition,
-            definition_version="1.0.0",
-            workflow_instance_id=None,
-            type="AUTOMATED",
-            priority=1,
-            executor="standard-executor",
-            input={},
-            timeout_ms=1000,
-            retry_policy={},
-        )
-        for _ in range(n)
-    ]
+    return [task_row(task_definition_id=definition) for _ in range(n)]
 
 
 class Recorder:
