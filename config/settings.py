@@ -6,7 +6,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.I)
@@ -93,106 +93,116 @@ def _text(raw: str) -> str:
     return raw
 
 
-# Variables whose values may carry credentials.
-_SENSITIVE = frozenset(
-    {
-        "DATABASE_URL",
-        "REDIS_URL",
-        "TASKEXEC_JWT_SECRET",
-        "TASKEXEC_JWT_PUBLIC_KEY",
-        "TASKEXEC_METRICS_TOKEN",
-        "TASKEXEC_FLOWER_BASIC_AUTH",
-    }
-)
+def _env(name: str, parse: Callable[[str], Any], *, sensitive: bool = False) -> dict[str, Any]:
+    """A field's metadata: the variable it is read from and its parser.
 
-# attribute -> (environment variable, parser, default; None means required)
-_SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
-    "database_url": ("DATABASE_URL", _postgres_url, None),
-    "redis_url": ("REDIS_URL", _redis_url, None),
-    "jwt_algorithm": ("TASKEXEC_JWT_ALGORITHM", _choice("HS256", "RS256", "ES256"), "HS256"),
-    "jwt_secret": ("TASKEXEC_JWT_SECRET", _text, ""),
-    "jwt_public_key": ("TASKEXEC_JWT_PUBLIC_KEY", _text, ""),
-    "jwt_jwks_url": ("TASKEXEC_JWT_JWKS_URL", _text, ""),
-    "jwt_issuer": ("TASKEXEC_JWT_ISSUER", _text, ""),
-    "jwt_audience": ("TASKEXEC_JWT_AUDIENCE", _text, ""),
-    "jwt_leeway": ("TASKEXEC_JWT_LEEWAY", _non_negative_int, "10"),
-    "ratelimit_enabled": ("TASKEXEC_RATELIMIT_ENABLED", _bool, "true"),
-    "ratelimit_default": ("TASKEXEC_RATELIMIT_DEFAULT", parse_rate, "100/minute"),
-    "ratelimit_bulk": ("TASKEXEC_RATELIMIT_BULK", parse_rate, "20/minute"),
-    "trusted_proxies": ("TASKEXEC_TRUSTED_PROXIES", _non_negative_int, "0"),
-    "max_body_bytes": ("TASKEXEC_MAX_BODY_BYTES", _positive_int, str(1024 * 1024)),
-    "max_json_depth": ("TASKEXEC_MAX_JSON_DEPTH", _positive_int, "32"),
-    "bulk_max_tasks": ("TASKEXEC_BULK_MAX_TASKS", _positive_int, "100"),
-    "idempotency_ttl": ("TASKEXEC_IDEMPOTENCY_TTL", _positive_int, "86400"),
-    "list_exact_count_max": ("TASKEXEC_LIST_EXACT_COUNT_MAX", _non_negative_int, "10000"),
-    "db_pool_max": ("TASKEXEC_DB_POOL_MAX", _positive_int, "10"),
-    "db_connect_timeout": ("TASKEXEC_DB_CONNECT_TIMEOUT", _positive_int, "5"),
-    "definition_cache_seconds": ("TASKEXEC_DEFINITION_CACHE_SECONDS", _non_negative_int, "5"),
-    "lease_seconds": ("TASKEXEC_LEASE_SECONDS", _positive_int, "30"),
-    "heartbeat_seconds": ("TASKEXEC_HEARTBEAT_SECONDS", _positive_float, "2"),
-    "sweep_interval": ("TASKEXEC_SWEEP_INTERVAL", _positive_float, "1"),
-    "republish_after": ("TASKEXEC_REPUBLISH_AFTER", _positive_int, "60"),
-    "retry_countdown_max": ("TASKEXEC_RETRY_COUNTDOWN_MAX", _non_negative_int, "300"),
-    "hard_timeout_grace": ("TASKEXEC_HARD_TIMEOUT_GRACE", _positive_float, "5"),
-    "cancel_grace": ("TASKEXEC_CANCEL_GRACE", _positive_float, "10"),
-    "max_worker_lost": ("TASKEXEC_MAX_WORKER_LOST", _positive_int, "3"),
-    "definition_modules": ("TASKEXEC_DEFINITION_MODULES", _text, ""),
-    # Above the longest attempt the API accepts (a week) plus its hard-limit grace.
-    "visibility_timeout": ("TASKEXEC_VISIBILITY_TIMEOUT", _positive_int, "691200"),
-    "worker_events": ("TASKEXEC_WORKER_EVENTS", _bool, "true"),
-    "worker_concurrency": ("TASKEXEC_WORKER_CONCURRENCY", _non_negative_int, "0"),
-    "log_format": ("TASKEXEC_LOG_FORMAT", _choice("text", "json"), "text"),
-    "log_level": ("TASKEXEC_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
-    "metrics_token": ("TASKEXEC_METRICS_TOKEN", _text, ""),
-    "metrics_port": ("TASKEXEC_METRICS_PORT", _non_negative_int, "0"),
-    "metrics_dir": ("PROMETHEUS_MULTIPROC_DIR", _text, ""),
-    "flower_basic_auth": ("TASKEXEC_FLOWER_BASIC_AUTH", _text, ""),
-}
+    `sensitive` marks values that may carry credentials, never echoed in an error.
+    """
+    return {"env": name, "parse": parse, "sensitive": sensitive}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the service, typed; build with `from_env` or directly in tests."""
+    """Every knob of the service, typed; build with `from_env` or directly in tests.
 
-    database_url: str
-    redis_url: str
-    jwt_algorithm: str = "HS256"
-    jwt_secret: str = ""
-    jwt_public_key: str = ""
-    jwt_jwks_url: str = ""
-    jwt_issuer: str = ""
-    jwt_audience: str = ""
-    jwt_leeway: int = 10
-    ratelimit_enabled: bool = True
-    ratelimit_default: str = "100/minute"
-    ratelimit_bulk: str = "20/minute"
-    trusted_proxies: int = 0
-    max_body_bytes: int = 1024 * 1024
-    max_json_depth: int = 32
-    bulk_max_tasks: int = 100
-    idempotency_ttl: int = 86400
-    list_exact_count_max: int = 10_000  # larger list totals are estimates; 0: always exact
-    db_pool_max: int = 10
-    db_connect_timeout: int = 5
-    definition_cache_seconds: int = 5
-    lease_seconds: int = 30
-    heartbeat_seconds: float = 2.0
-    sweep_interval: float = 1.0
-    republish_after: int = 60
-    retry_countdown_max: int = 300
-    hard_timeout_grace: float = 5.0
-    cancel_grace: float = 10.0
-    max_worker_lost: int = 3
-    definition_modules: str = ""  # comma-separated modules exposing DEFINITIONS
-    visibility_timeout: int = 691_200  # 8 days
-    worker_events: bool = True
-    worker_concurrency: int = 0
-    log_format: str = "text"
-    log_level: str = "INFO"
-    metrics_token: str = ""
-    metrics_port: int = 0
-    metrics_dir: str = ""
-    flower_basic_auth: str = ""
+    Each field declares its variable, parser and default once; a field without a default
+    is a required variable.
+    """
+
+    database_url: str = field(metadata=_env("DATABASE_URL", _postgres_url, sensitive=True))
+    redis_url: str = field(metadata=_env("REDIS_URL", _redis_url, sensitive=True))
+    jwt_algorithm: str = field(
+        default="HS256",
+        metadata=_env("TASKEXEC_JWT_ALGORITHM", _choice("HS256", "RS256", "ES256")),
+    )
+    jwt_secret: str = field(default="", metadata=_env("TASKEXEC_JWT_SECRET", _text, sensitive=True))
+    jwt_public_key: str = field(
+        default="", metadata=_env("TASKEXEC_JWT_PUBLIC_KEY", _text, sensitive=True)
+    )
+    jwt_jwks_url: str = field(default="", metadata=_env("TASKEXEC_JWT_JWKS_URL", _text))
+    jwt_issuer: str = field(default="", metadata=_env("TASKEXEC_JWT_ISSUER", _text))
+    jwt_audience: str = field(default="", metadata=_env("TASKEXEC_JWT_AUDIENCE", _text))
+    jwt_leeway: int = field(default=10, metadata=_env("TASKEXEC_JWT_LEEWAY", _non_negative_int))
+    ratelimit_enabled: bool = field(
+        default=True, metadata=_env("TASKEXEC_RATELIMIT_ENABLED", _bool)
+    )
+    ratelimit_default: str = field(
+        default="100/minute", metadata=_env("TASKEXEC_RATELIMIT_DEFAULT", parse_rate)
+    )
+    ratelimit_bulk: str = field(
+        default="20/minute", metadata=_env("TASKEXEC_RATELIMIT_BULK", parse_rate)
+    )
+    trusted_proxies: int = field(
+        default=0, metadata=_env("TASKEXEC_TRUSTED_PROXIES", _non_negative_int)
+    )
+    max_body_bytes: int = field(
+        default=1024 * 1024, metadata=_env("TASKEXEC_MAX_BODY_BYTES", _positive_int)
+    )
+    max_json_depth: int = field(default=32, metadata=_env("TASKEXEC_MAX_JSON_DEPTH", _positive_int))
+    bulk_max_tasks: int = field(
+        default=100, metadata=_env("TASKEXEC_BULK_MAX_TASKS", _positive_int)
+    )
+    idempotency_ttl: int = field(
+        default=86400, metadata=_env("TASKEXEC_IDEMPOTENCY_TTL", _positive_int)
+    )
+    # Larger list totals are estimates; 0: always exact.
+    list_exact_count_max: int = field(
+        default=10_000, metadata=_env("TASKEXEC_LIST_EXACT_COUNT_MAX", _non_negative_int)
+    )
+    db_pool_max: int = field(default=10, metadata=_env("TASKEXEC_DB_POOL_MAX", _positive_int))
+    db_connect_timeout: int = field(
+        default=5, metadata=_env("TASKEXEC_DB_CONNECT_TIMEOUT", _positive_int)
+    )
+    definition_cache_seconds: int = field(
+        default=5, metadata=_env("TASKEXEC_DEFINITION_CACHE_SECONDS", _non_negative_int)
+    )
+    lease_seconds: int = field(default=30, metadata=_env("TASKEXEC_LEASE_SECONDS", _positive_int))
+    heartbeat_seconds: float = field(
+        default=2.0, metadata=_env("TASKEXEC_HEARTBEAT_SECONDS", _positive_float)
+    )
+    sweep_interval: float = field(
+        default=1.0, metadata=_env("TASKEXEC_SWEEP_INTERVAL", _positive_float)
+    )
+    republish_after: int = field(
+        default=60, metadata=_env("TASKEXEC_REPUBLISH_AFTER", _positive_int)
+    )
+    retry_countdown_max: int = field(
+        default=300, metadata=_env("TASKEXEC_RETRY_COUNTDOWN_MAX", _non_negative_int)
+    )
+    hard_timeout_grace: float = field(
+        default=5.0, metadata=_env("TASKEXEC_HARD_TIMEOUT_GRACE", _positive_float)
+    )
+    cancel_grace: float = field(
+        default=10.0, metadata=_env("TASKEXEC_CANCEL_GRACE", _positive_float)
+    )
+    max_worker_lost: int = field(
+        default=3, metadata=_env("TASKEXEC_MAX_WORKER_LOST", _positive_int)
+    )
+    # Comma-separated modules exposing DEFINITIONS.
+    definition_modules: str = field(default="", metadata=_env("TASKEXEC_DEFINITION_MODULES", _text))
+    # 8 days: above the longest attempt the API accepts (a week) plus its hard-limit grace.
+    visibility_timeout: int = field(
+        default=691_200, metadata=_env("TASKEXEC_VISIBILITY_TIMEOUT", _positive_int)
+    )
+    worker_events: bool = field(default=True, metadata=_env("TASKEXEC_WORKER_EVENTS", _bool))
+    worker_concurrency: int = field(
+        default=0, metadata=_env("TASKEXEC_WORKER_CONCURRENCY", _non_negative_int)
+    )
+    log_format: str = field(
+        default="text", metadata=_env("TASKEXEC_LOG_FORMAT", _choice("text", "json"))
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=_env("TASKEXEC_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+    metrics_token: str = field(
+        default="", metadata=_env("TASKEXEC_METRICS_TOKEN", _text, sensitive=True)
+    )
+    metrics_port: int = field(default=0, metadata=_env("TASKEXEC_METRICS_PORT", _non_negative_int))
+    metrics_dir: str = field(default="", metadata=_env("PROMETHEUS_MULTIPROC_DIR", _text))
+    flower_basic_auth: str = field(
+        default="", metadata=_env("TASKEXEC_FLOWER_BASIC_AUTH", _text, sensitive=True)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -200,18 +210,20 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
-        for attr, (name, parse, default) in _SPEC.items():
+        for spec in fields(cls):
+            name = spec.metadata["env"]
             raw = env.get(name)
             if raw is None or raw == "":
-                if default is None:
+                if spec.default is MISSING:
                     problems.append(f"{name} is required")
-                    continue
-                raw = default
+                else:
+                    values[spec.name] = spec.default
+                continue
             try:
-                values[attr] = parse(raw)
+                values[spec.name] = spec.metadata["parse"](raw)
             except ValueError as exc:
                 # Never echo a value that may hold a password or key into logs.
-                shown = name if name in _SENSITIVE else f"{name}={raw!r}"
+                shown = name if spec.metadata["sensitive"] else f"{name}={raw!r}"
                 problems.append(f"{shown}: {exc}")
         # Cross-checks too, on whatever parsed, so one error names every problem at once.
         problems.extend(_cross_checks(values))
@@ -219,9 +231,22 @@ class Settings:
             raise ConfigurationError(problems)
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The variables that give a subprocess these same settings (`from_env`'s inverse)."""
+        return {spec.metadata["env"]: _format(getattr(self, spec.name)) for spec in fields(self)}
+
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with some fields replaced (tests and the dev command)."""
         return replace(self, **changes)
+
+
+def _format(value: Any) -> str:
+    """A value as its variable spells it: true/false, and 2 rather than 2.0."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:
@@ -251,8 +276,8 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
 
 
 def variables() -> list[tuple[str, str | None]]:
-    """List (variable, default) pairs, for documentation checks."""
-    return [(name, default) for name, _, default in _SPEC.values()]
-
-
-assert {f.name for f in fields(Settings)} == set(_SPEC), "Settings and _SPEC disagree"
+    """List (variable, default) pairs, for documentation checks; None marks a required one."""
+    return [
+        (spec.metadata["env"], None if spec.default is MISSING else _format(spec.default))
+        for spec in fields(Settings)
+    ]

@@ -15,7 +15,6 @@ REQUIRED = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/taskexec",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
 }
-SPEC = settings_module._SPEC
 
 
 def from_env(**extra: str) -> Settings:
@@ -28,9 +27,8 @@ def problems_of(env: dict[str, str]) -> list[str]:
     return caught.value.problems
 
 
-def test_only_the_two_urls_are_needed_and_every_default_matches_the_dataclass():
+def test_only_the_two_urls_are_needed_and_the_rest_take_their_defaults():
     parsed = Settings.from_env(REQUIRED)
-    # The _SPEC defaults (strings) and the dataclass defaults (typed) must agree.
     assert parsed == Settings(REQUIRED["DATABASE_URL"], REQUIRED["REDIS_URL"])
     assert parsed.max_body_bytes == 1024 * 1024
     assert parsed.ratelimit_default == "100/minute"
@@ -38,9 +36,24 @@ def test_only_the_two_urls_are_needed_and_every_default_matches_the_dataclass():
     assert parsed.jwt_algorithm == "HS256"
 
 
-def test_settings_and_spec_name_the_same_fields():
-    assert {f.name for f in dataclasses.fields(Settings)} == set(SPEC)
-    assert [name for name, _ in variables()] == [spec[0] for spec in SPEC.values()]
+def test_to_env_gives_a_subprocess_the_same_settings():
+    changed = from_env().with_overrides(
+        jwt_secret="s" * 40,
+        ratelimit_enabled=False,
+        worker_events=False,
+        heartbeat_seconds=0.3,
+        sweep_interval=1,
+        hard_timeout_grace=1.5,
+        lease_seconds=6,
+        definition_modules="a.b,c",
+        log_format="json",
+    )
+    env = changed.to_env()
+    assert env["TASKEXEC_RATELIMIT_ENABLED"] == "false"
+    assert env["TASKEXEC_HEARTBEAT_SECONDS"] == "0.3"
+    assert env["TASKEXEC_SWEEP_INTERVAL"] == "1"
+    assert Settings.from_env(env) == changed
+    assert [name for name, _ in variables()] == list(env)
 
 
 def test_empty_values_count_as_unset():
@@ -58,9 +71,9 @@ def test_missing_required_urls_are_named_together():
 def _bad_value_env() -> dict[str, str]:
     """A bad value for every variable whose parser can reject anything."""
     return {
-        name: "not valid %%"
-        for name, parse, _ in SPEC.values()
-        if parse is not settings_module._text
+        spec.metadata["env"]: "not valid %%"
+        for spec in dataclasses.fields(Settings)
+        if spec.metadata["parse"] is not settings_module._text
     }
 
 
