@@ -10,7 +10,7 @@ from marshmallow import RAISE
 
 from api import openapi
 from api.auth import requires
-from api.blueprint import Blueprint
+from api.parsing import Blueprint
 from api.resources import definition_json, definition_summary
 from api.schemas import ListDefinitionsQuery
 from api.services import services

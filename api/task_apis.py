@@ -10,7 +10,7 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from api import openapi, submission
 from api.auth import current_principal, requires
-from api.blueprint import Blueprint
+from api.parsing import Blueprint
 from api.resources import definition_json
 from api.services import services
 from api.tasks import cancel_one, owner_scope, parse_task_id

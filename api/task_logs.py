@@ -8,7 +8,7 @@ from marshmallow import Schema, fields, validate
 
 from api import openapi
 from api.auth import current_principal, requires
-from api.blueprint import Blueprint
+from api.parsing import Blueprint
 from api.resources import rfc3339
 from api.services import services
 from api.tasks import owner_scope, parse_task_id

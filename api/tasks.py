@@ -11,8 +11,8 @@ from marshmallow import RAISE
 
 from api import openapi, submission
 from api.auth import current_principal, requires
-from api.blueprint import Blueprint
 from api.limits import bulk_limit
+from api.parsing import Blueprint
 from api.resources import decode_cursor, encode_cursor, rfc3339, task_json, task_summary
 from api.schemas import (
     BulkCancelSchema,

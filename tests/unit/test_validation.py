@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from api.app import json_nesting
-from api.blueprint import loads_strict
+from api.parsing import json_nesting, loads_strict
 from shared.validation import (
     MAX_REPORTED_ERRORS,
     check_schema,
