@@ -13,8 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from api.services import Services
-from shared import store
-from shared.broker import BROKER_ERRORS
+from shared import outbox, store
 from shared.credentials import Principal
 from shared.definitions import RetryPolicy
 from shared.errors import (
@@ -234,19 +233,5 @@ def submit(
 
 def publish(tasks: Sequence[store.Task], svc: Services) -> None:
     """Publish after commit; what fails stays in Postgres for the sweeper (still a 201)."""
-    dispatches = [
-        store.Dispatch(t.id, t.task_definition_id, t.executor, t.priority, t.timeout_ms)
-        for t in tasks
-        if t.type != TaskType.MANUAL.value
-    ]
-    failed = svc.broker.publish_many(dispatches)
-    if not failed:
-        return
-    log.warning("broker unreachable; %d task(s) kept for the sweeper", len(failed))
-    try:
-        with svc.db.connection() as conn:
-            store.unpublish(conn, [d.id for d in failed])
-    except ServiceUnavailable:
-        pass  # published_at is set; the sweeper republishes after republish_after
-    except BROKER_ERRORS:  # pragma: no cover - unpublish touches only Postgres
-        pass
+    dispatches = [outbox.Dispatch.of(t) for t in tasks if t.type != TaskType.MANUAL.value]
+    outbox.publish(svc.broker, svc.db, dispatches)

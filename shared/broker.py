@@ -9,7 +9,7 @@ import uuid
 from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
@@ -29,7 +29,9 @@ from config.celery import celery_settings
 from config.settings import Settings
 from shared.definitions import celery_task_name
 from shared.status import Priority
-from shared.store import Dispatch
+
+if TYPE_CHECKING:
+    from shared.outbox import Dispatch
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,6 @@ def time_limits(timeout_ms: int, grace: float) -> tuple[float, float]:
     """Return (soft, hard) Celery time limits in seconds for an attempt timeout."""
     soft = max(timeout_ms / 1000.0, 0.001)
     return soft, soft + grace
-
-
-_BROKER_PRIORITIES = tuple(priority.broker_priority for priority in Priority)
-
-
-def priority_rank_to_broker(rank: int) -> int:
-    """Map a stored priority rank (0 LOW .. 3 CRITICAL) to Celery's Redis priority."""
-    return _BROKER_PRIORITIES[max(0, min(rank, 3))]
 
 
 class _PolicyBackoff(AbstractBackoff):
@@ -155,12 +149,14 @@ class Broker:
         """Send one task's message; raises one of BROKER_ERRORS when Redis is unreachable."""
         self._push([dispatch], countdown)
 
-    def publish_many(self, dispatches: Sequence[Dispatch]) -> list[Dispatch]:
+    def publish_many(
+        self, dispatches: Sequence[Dispatch], countdown: float | None = None
+    ) -> list[Dispatch]:
         """Publish several in one round trip; return those that could not be sent."""
         if not dispatches:
             return []
         try:
-            self._push(dispatches, None)
+            self._push(dispatches, countdown)
         except BROKER_ERRORS:
             # A pipeline that failed may have been applied in part; resending a message
             # is harmless (the claim is a compare-and-set), losing one is not.
@@ -179,7 +175,7 @@ class Broker:
         queues: dict[str, None] = {}
         entries = []
         for dispatch in dispatches:
-            priority = priority_rank_to_broker(dispatch.priority)
+            priority = Priority.from_rank(dispatch.priority).broker_priority
             message = self._task_message(dispatch, countdown)
             queue = dispatch.executor
             queues[queue] = None

@@ -12,6 +12,7 @@ from shared.status import TaskType
 
 DEFAULT_EXECUTOR = "standard-executor"
 MAX_RETRY_DELAY_MS = 7 * 24 * 3600 * 1000  # a week, the longest interval a submission may ask
+_RELEASE = re.compile(r"^\d+(?:\.\d+)*")
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _UNITS = {
     None: 1,
@@ -137,6 +138,32 @@ class TaskDefinition:
     def memory_limit(self) -> int | None:
         memory = self.resource_requirements.get("memory")
         return parse_memory(memory) if memory else None
+
+    def to_row(self) -> dict[str, Any]:
+        """The stored form of the definition: its row's columns (and its history document)."""
+        return {
+            "id": self.id,
+            "version": self.version,
+            "name": self.name,
+            "description": self.description,
+            "type": self.type.value,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "timeout_ms": self.timeout_ms,
+            "retry_policy": self.retry_policy.to_json(),
+            "executor": self.executor,
+            "security_context": self.security_context,
+            "resource_requirements": self.resource_requirements,
+            "default_config": self.default_config,
+        }
+
+
+def precedes(version: str, than: str) -> bool:
+    """Say whether release `version` precedes `than` (dotted numbers; otherwise never)."""
+    mine, theirs = _RELEASE.match(version.strip()), _RELEASE.match(than.strip())
+    if mine is None or theirs is None:
+        return False
+    return tuple(map(int, mine.group().split("."))) < tuple(map(int, theirs.group().split(".")))
 
 
 def celery_task_name(definition_id: str) -> str:

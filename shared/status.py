@@ -1,4 +1,4 @@
-"""Task status vocabulary, which statuses are terminal, and which moves are allowed."""
+"""Task status vocabulary, which moves are allowed, and priority ranks, names and broker order."""
 
 from __future__ import annotations
 
@@ -28,13 +28,17 @@ TERMINAL: frozenset[Status] = frozenset(
 CLAIMABLE: frozenset[Status] = frozenset({Status.PENDING, Status.RETRYING})
 #: Statuses that are still moving.
 ACTIVE: frozenset[Status] = frozenset(Status) - TERMINAL
+#: The status in which an attempt holds its task: a write fenced to an attempt requires it.
+HELD: frozenset[Status] = frozenset({Status.RUNNING})
 
-#: For each status, the statuses it may be entered from; every guarded write uses this table.
+#: For each status, the statuses it may be entered from. Every guarded status write in
+#: shared/store takes its `WHERE status = ANY(...)` set from this table (an attempt's own
+#: outcome narrowed to HELD), so a change to a transition is made here once.
 ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset(),
     Status.RUNNING: CLAIMABLE,
-    Status.RETRYING: frozenset({Status.RUNNING}),
-    Status.COMPLETED: frozenset({Status.RUNNING, Status.PENDING}),  # PENDING: manual tasks
+    Status.RETRYING: HELD,
+    Status.COMPLETED: HELD | {Status.PENDING},  # PENDING: manual tasks, completed by hand
     Status.FAILED: frozenset({Status.RUNNING, Status.RETRYING, Status.PENDING}),
     Status.TIMED_OUT: frozenset({Status.RUNNING, Status.RETRYING, Status.PENDING}),
     Status.CANCELLED: ACTIVE,
@@ -54,8 +58,14 @@ class Priority(StrEnum):
     HIGH = "HIGH"
     CRITICAL = "CRITICAL"
 
+    @classmethod
+    def from_rank(cls, rank: int) -> Priority:
+        """The priority a stored rank (0 LOW .. 3 CRITICAL) stands for; out-of-range clamps."""
+        return _BY_RANK[max(0, min(rank, len(_BY_RANK) - 1))]
+
     @property
     def rank(self) -> int:
+        """The stored form: 0 LOW .. 3 CRITICAL, so ORDER BY priority DESC serves urgent first."""
         return _RANK[self]
 
     @property
@@ -64,7 +74,8 @@ class Priority(StrEnum):
         return 9 - 3 * _RANK[self]
 
 
-_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+_BY_RANK = (Priority.LOW, Priority.MEDIUM, Priority.HIGH, Priority.CRITICAL)
+_RANK = {priority: rank for rank, priority in enumerate(_BY_RANK)}
 
 
 class TaskType(StrEnum):

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from celery.exceptions import SoftTimeLimitExceeded
 
 from config.settings import Settings
-from shared import store
-from shared.broker import BROKER_ERRORS, Broker
+from shared import outbox, store
+from shared.broker import Broker
 from shared.db import Database
 from shared.definitions import RetryPolicy, TaskDefinition
 from shared.errors import (
@@ -247,18 +247,8 @@ class Runtime:
         return "retrying"
 
     def _publish_retry(self, task: store.Task, delay_ms: int) -> None:
-        dispatch = store.Dispatch(
-            task.id, task.task_definition_id, task.executor, task.priority, task.timeout_ms
-        )
-        try:
-            self.broker.publish(dispatch, countdown=delay_ms / 1000.0)
-        except BROKER_ERRORS:
+        if outbox.publish(self.broker, self.db, [outbox.Dispatch.of(task)], delay_ms / 1000.0):
             log.warning("could not publish the retry of %s; the sweeper will", task.id)
-            try:
-                with self.db.connection() as conn:
-                    store.unpublish(conn, [task.id])
-            except TaskexecError:
-                pass  # published_at is the due time; the sweeper republishes after it
 
     # ------------------------------------------------------------ the worker parent's view
 

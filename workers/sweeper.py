@@ -13,7 +13,7 @@ import threading
 import time
 
 from config.settings import Settings
-from shared import store
+from shared import outbox, store
 from shared.broker import BROKER_ERRORS, Broker
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.status import ErrorKind, Status
@@ -52,10 +52,7 @@ class Sweeper:
         """Publish tasks that are due and whose message is missing or overdue."""
         with self.runtime.db.connection() as conn:
             due = store.take_due_for_publish(conn, self.settings.republish_after)
-        failed = self.broker.publish_many(due)
-        if failed:
-            with self.runtime.db.connection() as conn:
-                store.unpublish(conn, [d.id for d in failed])
+        failed = outbox.publish(self.broker, self.runtime.db, due)
         if due:
             log.info("published %d waiting task(s)", len(due) - len(failed))
         return len(due) - len(failed)

@@ -115,7 +115,7 @@ def test_a_stopped_attempt_is_never_signalled(
 def _attempt_rows(database_url: str, task_id: uuid.UUID) -> list[dict[str, Any]]:
     conn = db.connect(database_url)
     try:
-        with store._cursor(conn) as cur:
+        with store.dict_cursor(conn) as cur:
             cur.execute(
                 "SELECT attempt, status, ended_at IS NOT NULL AS ended FROM task_attempts"
                 " WHERE task_id = %s ORDER BY attempt",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared import db, store
+from shared import db, outbox, store
 from shared.broker import Broker
 from tests.conftest import FINAL, wait_for, wait_for_status
 
@@ -43,9 +43,7 @@ def test_duplicate_messages_run_the_handler_once(client, auth, processes, settin
     with conn:
         task = store.get_task(conn, uuid.UUID(task_id))
     conn.close()
-    dispatch = store.Dispatch(
-        task.id, task.task_definition_id, task.executor, task.priority, task.timeout_ms
-    )
+    dispatch = outbox.Dispatch.of(task)
     broker = Broker(settings)
     for _ in range(4):  # as redeliveries, a republishing sweeper and a retrying client would
         broker.publish(dispatch)

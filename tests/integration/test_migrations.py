@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from shared import db, schema, store
+from shared import db, schema
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,9 +131,9 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(fresh_database):
     conn = db.connect(fresh_database)
     try:
         with pytest.raises(psycopg2.Error):
-            store.apply_migrations(conn, [good, bad, later])
+            schema.apply_migrations(conn, [good, bad, later])
         # The first one stays; the failed one left nothing behind; the later one never ran.
-        assert store.applied_migrations(conn) == [1]
+        assert schema.applied_migrations(conn) == [1]
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM a")
             assert cur.fetchone()[0] == 0
@@ -142,7 +142,7 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(fresh_database):
         conn.rollback()
         # The lock was released: fixed, it goes on from where it stopped.
         fixed = (2, "0002_b.sql", "INSERT INTO a VALUES (1)")
-        assert store.apply_migrations(conn, [good, fixed, later]) == ["0002_b.sql", "0003_c.sql"]
-        assert store.applied_migrations(conn) == [1, 2, 3]
+        assert schema.apply_migrations(conn, [good, fixed, later]) == ["0002_b.sql", "0003_c.sql"]
+        assert schema.applied_migrations(conn) == [1, 2, 3]
     finally:
         conn.close()

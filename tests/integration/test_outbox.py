@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from cli.servers import RedisServer, free_port
 from config.settings import Settings
-from shared import db, store
+from shared import db, outbox, store
+from shared.broker import Broker
+from shared.db import Database
+from shared.status import Status
 from tests.conftest import SEED_ORDER, wait_for_status
 
 pytestmark = pytest.mark.integration
@@ -103,3 +107,48 @@ def test_a_row_committed_but_never_published_is_published_by_the_sweeper(
     task = wait_for_status(client, headers, str(task_id), {"COMPLETED", "FAILED"}, timeout=45)
     assert task["status"] == "COMPLETED", task
     assert task["output"] == SEED_OUTPUT
+
+
+def test_publish_releases_what_the_broker_refuses(
+    settings: Settings, clean_db: None, private_redis: RedisServer
+) -> None:
+    # The one publish path (API, retries, sweeper): a refused dispatch loses its stamp.
+    database = Database(settings.database_url, max_connections=2)
+    broker = Broker(settings)
+    try:
+        with database.connection() as conn:
+            tasks = store.insert_tasks(conn, [_echo_row(), _echo_row()])
+        assert all(t.status is Status.PENDING and t.published_at is not None for t in tasks)
+        dispatches = [outbox.Dispatch.of(t) for t in tasks]
+
+        # Redis is down: both are refused and released, so the next sweep takes them at once.
+        assert outbox.publish(broker, database, dispatches, countdown=5.0) == dispatches
+        assert [read_row(settings, str(t.id)).published_at for t in tasks] == [None, None]
+        with database.connection() as conn:
+            due = store.take_due_for_publish(conn, republish_after=3600)
+        assert sorted(d.id for d in due) == sorted(t.id for t in tasks)
+
+        # Redis is back: everything is sent and nothing released.
+        private_redis.start()
+        assert outbox.publish(broker, database, due) == []
+        assert all(read_row(settings, str(t.id)).published_at is not None for t in tasks)
+        wire = redis.Redis.from_url(settings.redis_url)
+        assert sum(wire.llen(key) for key in wire.keys("standard-executor*")) == 2
+    finally:
+        database.close()
+
+
+def _echo_row() -> store.NewTask:
+    return store.NewTask(
+        id=uuid.uuid4(),
+        owner="alice",
+        task_definition_id="echo",
+        definition_version="1.0.0",
+        workflow_instance_id=None,
+        type="AUTOMATED",
+        priority=1,
+        executor="standard-executor",
+        input={},
+        timeout_ms=60_000,
+        retry_policy={},
+    )

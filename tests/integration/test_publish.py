@@ -28,11 +28,11 @@ from shared.broker import (
     Broker,
     WireFormat,
     make_celery,
-    priority_rank_to_broker,
     time_limits,
 )
 from shared.definitions import celery_task_name
-from shared.store import Dispatch
+from shared.outbox import Dispatch
+from shared.status import Priority
 from tests.conftest import FINAL, task_row, wait_for_status
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def send_task(broker: Broker, dispatch: Dispatch, countdown: float | None = None
         args=[str(dispatch.id)],
         task_id=str(dispatch.id),
         queue=dispatch.executor,
-        priority=priority_rank_to_broker(dispatch.priority),
+        priority=Priority.from_rank(dispatch.priority).broker_priority,
         soft_time_limit=soft,
         time_limit=hard,
         countdown=countdown,
@@ -159,7 +159,7 @@ def test_the_message_and_its_list_are_those_of_send_task(
     assert_same_redis_writes(old, new)
 
     # And it is the message a worker expects, in the list its priority is served from.
-    step = priority_rank_to_broker(rank)
+    step = Priority.from_rank(rank).broker_priority
     (key,) = (k for k in new if not k.startswith(b"_kombu."))
     assert key == (f"{executor}:{step}" if step else executor).encode()
     (raw,) = new[key]

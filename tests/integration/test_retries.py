@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 import redis
 
-from shared import db, store
+from shared import db, outbox, store
 from shared.broker import Broker
 from tests.conftest import FINAL, submit, wait_for, wait_for_status
 
@@ -36,11 +36,7 @@ def republish(settings, task_id: str) -> None:
         task = store.get_task(conn, uuid.UUID(task_id))
     conn.close()
     broker = Broker(settings)
-    broker.publish(
-        store.Dispatch(
-            task.id, task.task_definition_id, task.executor, task.priority, task.timeout_ms
-        )
-    )
+    broker.publish(outbox.Dispatch.of(task))
 
 
 def test_backoff_spacing_history_and_the_last_error(client, auth, processes, settings):

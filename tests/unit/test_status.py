@@ -10,7 +10,6 @@ import pytest
 
 from config.celery import celery_settings
 from config.settings import Settings
-from shared.broker import priority_rank_to_broker
 from shared.status import (
     ACTIVE,
     ALLOWED_FROM,
@@ -113,7 +112,7 @@ def test_default_celery_priority_is_medium():
 
 @pytest.mark.parametrize(("rank", "expected"), [(-5, 9), (0, 9), (1, 6), (2, 3), (3, 0), (99, 0)])
 def test_stored_ranks_map_to_broker_priorities_clamped(rank, expected):
-    assert priority_rank_to_broker(rank) == expected
+    assert Priority.from_rank(rank).broker_priority == expected
 
 
 def test_types_and_error_kinds_of_the_contract():

@@ -1,0 +1,268 @@
+"""Attempts: the claim, the lease, the outcome and the retry, each a fenced single statement."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg2.extras import Json
+
+from shared.status import ALLOWED_FROM, HELD, Status
+from shared.store._rows import Conn, Cursor, all_, one, statuses
+from shared.store.tasks import Task
+
+_CLAIM_FROM = statuses(ALLOWED_FROM[Status.RUNNING])
+_RETRY_FROM = statuses(ALLOWED_FROM[Status.RETRYING])
+# An attempt records its own outcome only while it holds the task (and `attempts` is its own).
+_OUTCOME_FROM = {s: statuses(ALLOWED_FROM[s] & HELD) for s in Status}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution attempt of a task."""
+
+    task_id: uuid.UUID
+    attempt: int
+    status: str  # a task status, or SUPERSEDED for an attempt the task moved on without
+    started_at: datetime
+    ended_at: datetime | None
+    worker_host: str | None
+    worker_pid: int | None
+    error: dict[str, Any] | None
+
+
+def get_attempts(conn: Conn, task_id: uuid.UUID) -> list[Attempt]:
+    """Return a task's attempts, first to last."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM task_attempts WHERE task_id = %s ORDER BY attempt", (task_id,))
+        return all_(cur, Attempt)
+
+
+def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float) -> Task | None:
+    """Start a new attempt if the task is claimable now (compare-and-set); else None.
+
+    One statement (the attempt row is inserted by a data-modifying CTE), so it is atomic
+    even on an autocommit connection: a claim costs a worker one round trip.
+    """
+    with conn.cursor() as cur:  # a plain cursor: RealDictRow cost a no-op task a tenth
+        cur.execute(
+            """
+            WITH claimed AS (
+                UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1,
+                    start_time = COALESCE(start_time, now()), worker_host = %(host)s,
+                    worker_pid = %(pid)s,
+                    lease_expires_at = now() + make_interval(secs => %(lease)s),
+                    next_attempt_at = NULL, updated_at = now()
+                WHERE id = %(id)s AND status = ANY(%(from)s)
+                  AND cancel_requested_at IS NULL AND type <> 'MANUAL'
+                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                RETURNING *
+            ), attempt AS (
+                INSERT INTO task_attempts (task_id, attempt, status, worker_host, worker_pid)
+                SELECT id, attempts, 'RUNNING', %(host)s, %(pid)s FROM claimed
+                ON CONFLICT (task_id, attempt) DO NOTHING
+            )
+            SELECT * FROM claimed
+            """,
+            {"id": task_id, "host": host, "pid": pid, "lease": lease, "from": _CLAIM_FROM},
+        )
+        return one(cur, Task)
+
+
+def close_attempt(
+    cur: Cursor,
+    task_id: uuid.UUID,
+    attempt: int,
+    outcome: str | None,
+    error: dict[str, Any] | None,
+) -> None:
+    """End an open attempt row; with no `outcome`, say why the task moved on without it."""
+    cur.execute(
+        """
+        UPDATE task_attempts a SET ended_at = now(), error = %s,
+            status = COALESCE(%s, (
+                SELECT CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUPERSEDED' END
+                FROM tasks t WHERE t.id = a.task_id))
+        WHERE a.task_id = %s AND a.attempt = %s AND a.ended_at IS NULL
+        """,
+        (Json(error) if error is not None else None, outcome, task_id, attempt),
+    )
+
+
+_FINISH_ATTEMPT = """
+    WITH finished AS (
+        UPDATE tasks SET status = %(status)s, output = %(output)s, error = %(error)s,
+            end_time = now(), lease_expires_at = NULL, updated_at = now(),
+            worker_lost_count = worker_lost_count + %(lost)s
+        WHERE id = %(id)s AND status = ANY(%(from)s) AND attempts = %(attempt)s
+        RETURNING id
+    ), closed AS (
+        UPDATE task_attempts a SET ended_at = now(), error = %(error)s, status = %(status)s
+        WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL
+          AND EXISTS (SELECT 1 FROM finished)
+    )
+    SELECT count(*) FROM finished
+"""
+
+
+def finish_attempt(
+    conn: Conn,
+    task_id: uuid.UUID,
+    attempt: int,
+    status: Status,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Record a terminal outcome of the current attempt; False if the task moved on meanwhile.
+
+    One statement, the task and its attempt row together (a CTE), so it is atomic on an
+    autocommit connection too. When the task moved on, the attempt is closed by a statement
+    of its own: a CTE reads the snapshot from before the statement, which can predate the
+    cancel that this update waited for, and would call a cancelled attempt SUPERSEDED.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            _FINISH_ATTEMPT,
+            {
+                "id": task_id,
+                "attempt": attempt,
+                "status": status.value,
+                "from": _OUTCOME_FROM[status],
+                "output": Json(output) if output is not None else None,
+                "error": Json(error) if error is not None else None,
+                # Count every lost worker, the final one too, as schedule_retry and fail_task do.
+                "lost": 1 if error is not None and error.get("kind") == "WORKER_LOST" else 0,
+            },
+        )
+        row = cur.fetchone()
+        if row and row[0]:
+            return True
+        close_attempt(cur, task_id, attempt, None, error)
+        return False
+
+
+def schedule_retry(
+    conn: Conn,
+    task_id: uuid.UUID,
+    attempt: int,
+    *,
+    error: dict[str, Any],
+    delay_ms: int,
+    published: bool,
+    worker_lost: bool = False,
+    outcome: str = "FAILED",
+) -> Task | None:
+    """Move the current attempt's task to RETRYING, due after `delay_ms`.
+
+    `published` says the caller will publish the message itself with a countdown; then
+    `published_at` is the due time, so the sweeper republishes only if it never arrives.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE tasks SET status = 'RETRYING', error = %(error)s,
+                next_attempt_at = now() + make_interval(secs => %(delay)s),
+                published_at = CASE WHEN %(published)s
+                    THEN now() + make_interval(secs => %(delay)s) END,
+                worker_lost_count = worker_lost_count + %(lost)s,
+                lease_expires_at = NULL, updated_at = now()
+            WHERE id = %(id)s AND status = ANY(%(from)s) AND attempts = %(attempt)s
+            RETURNING *
+            """,
+            {
+                "id": task_id,
+                "attempt": attempt,
+                "from": _RETRY_FROM,
+                "error": Json(error),
+                "delay": delay_ms / 1000.0,
+                "published": published,
+                "lost": 1 if worker_lost else 0,
+            },
+        )
+        task = one(cur, Task)
+        close_attempt(cur, task_id, attempt, outcome if task else None, error)
+        return task
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a running attempt learns when it renews its lease."""
+
+    current: bool  # the attempt still owns the task
+    cancel_requested: bool
+
+
+def heartbeat(conn: Conn, task_id: uuid.UUID, attempt: int, lease: float) -> Heartbeat:
+    """Extend the lease of a running attempt and report whether a cancel was requested."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE tasks SET lease_expires_at = now() + make_interval(secs => %s)
+            WHERE id = %s AND status = 'RUNNING' AND attempts = %s
+            RETURNING cancel_requested_at IS NOT NULL
+            """,
+            (lease, task_id, attempt),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            return Heartbeat(current=True, cancel_requested=bool(row[0]))
+        cur.execute("SELECT cancel_requested_at IS NOT NULL FROM tasks WHERE id = %s", (task_id,))
+        row = cur.fetchone()
+        return Heartbeat(current=False, cancel_requested=bool(row and row[0]))
+
+
+def cancel_state(conn: Conn, task_id: uuid.UUID, attempt: int) -> tuple[bool, bool]:
+    """Say (stop, force) for a running attempt: stop once it was cancelled or superseded."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT status <> 'RUNNING' OR attempts <> %s OR cancel_requested_at IS NOT NULL,"
+            " cancel_force FROM tasks WHERE id = %s",
+            (attempt, task_id),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return True, False
+        return bool(row[0]), bool(row[0]) and bool(row[1])
+
+
+def retry_due_in(conn: Conn, task_id: uuid.UUID) -> float | None:
+    """Seconds until a RETRYING task whose retry rides on a countdown is due; else None."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::float FROM tasks"
+            " WHERE id = %s AND status = 'RETRYING' AND cancel_requested_at IS NULL"
+            " AND published_at IS NOT NULL AND next_attempt_at > now()",
+            (task_id,),
+        )
+        row = cur.fetchone()
+        return float(row[0]) if row else None
+
+
+def end_abandoned_attempt(conn: Conn, task_id: uuid.UUID, host: str, pid: int) -> bool:
+    """Close the attempt that (host, pid) ran if the task moved on without it; say if one was."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE task_attempts a SET ended_at = now(), status = CASE
+                WHEN t.status IN ('CANCELLED', 'TIMED_OUT', 'FAILED') THEN t.status
+                ELSE 'SUPERSEDED' END
+            FROM tasks t
+            WHERE a.task_id = t.id AND a.task_id = %s AND a.ended_at IS NULL
+              AND a.worker_host = %s AND a.worker_pid = %s
+              AND NOT (t.status = 'RUNNING' AND t.attempts = a.attempt)
+            """,
+            (task_id, host, pid),
+        )
+        return cur.rowcount > 0
+
+
+def set_progress(conn: Conn, task_id: uuid.UUID, attempt: int, progress: dict[str, Any]) -> None:
+    """Record the latest progress of a running attempt."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE tasks SET progress = %s WHERE id = %s AND attempts = %s AND status = 'RUNNING'",
+            (Json(progress), task_id, attempt),
+        )

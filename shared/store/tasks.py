@@ -1,0 +1,329 @@
+"""The task ledger: submissions, reads, listings, and the API's writes (cancel, complete)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extras
+from psycopg2.extras import Json
+
+from shared.status import ACTIVE, ALLOWED_FROM, HELD, Status
+from shared.store._rows import Conn, all_, one, scalar, statuses
+
+_ACTIVE = statuses(ACTIVE)
+_CANCEL_FROM = statuses(ALLOWED_FROM[Status.CANCELLED])
+# Completed by hand from where no attempt holds the task (a manual task is never claimed).
+_MANUAL_COMPLETE_FROM = statuses(ALLOWED_FROM[Status.COMPLETED] - HELD)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of the ledger."""
+
+    id: uuid.UUID
+    owner: str
+    task_definition_id: str
+    definition_version: str
+    workflow_instance_id: str | None
+    type: str
+    status: Status
+    priority: int
+    executor: str
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    timeout_ms: int
+    retry_policy: dict[str, Any]
+    attempts: int
+    worker_lost_count: int
+    start_time: datetime | None
+    end_time: datetime | None
+    worker_host: str | None
+    worker_pid: int | None
+    lease_expires_at: datetime | None
+    next_attempt_at: datetime | None
+    published_at: datetime | None
+    deadline_at: datetime | None
+    cancel_requested_at: datetime | None
+    cancel_reason: str | None
+    cancelled_by: str | None
+    cancel_force: bool
+    progress: dict[str, Any] | None
+    source: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """What a submission writes."""
+
+    id: uuid.UUID
+    owner: str
+    task_definition_id: str
+    definition_version: str
+    workflow_instance_id: str | None
+    type: str
+    priority: int
+    executor: str
+    input: Any
+    timeout_ms: int
+    retry_policy: dict[str, Any]
+    deadline_at: datetime | None = None
+    source: str = "tasks"
+    published: bool = True  # the caller publishes right after commit (optimistic outbox)
+
+
+_INSERT_COLUMNS = (
+    "id, owner, task_definition_id, definition_version, workflow_instance_id, type, status,"
+    " priority, executor, input, timeout_ms, retry_policy, deadline_at, source, published_at"
+)
+_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * 14) + ", CASE WHEN %s THEN now() END)"
+
+
+def insert_tasks(conn: Conn, tasks: Sequence[NewTask]) -> list[Task]:
+    """Insert PENDING tasks in one statement; return them as stored (in the given order).
+
+    A task marked `published` is stamped as if its message were already sent: the caller
+    publishes right after commit, and if that fails (or the process dies first) the sweeper
+    republishes it once `republish_after` has passed. This saves a write per submission.
+    """
+    if not tasks:
+        return []
+    rows = [
+        (
+            t.id,
+            t.owner,
+            t.task_definition_id,
+            t.definition_version,
+            t.workflow_instance_id,
+            t.type,
+            Status.PENDING.value,
+            t.priority,
+            t.executor,
+            Json(t.input),
+            t.timeout_ms,
+            Json(t.retry_policy),
+            t.deadline_at,
+            t.source,
+            t.published,
+        )
+        for t in tasks
+    ]
+    with conn.cursor() as cur:
+        psycopg2.extras.execute_values(
+            cur,
+            f"INSERT INTO tasks ({_INSERT_COLUMNS}) VALUES %s RETURNING *",
+            rows,
+            template=_INSERT_TEMPLATE,
+            page_size=max(len(rows), 1),
+        )
+        return all_(cur, Task)
+
+
+def get_task(conn: Conn, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
+    """Return a task; with `owner`, only if that principal owns it."""
+    with conn.cursor() as cur:
+        if owner is None:
+            cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
+        else:
+            cur.execute("SELECT * FROM tasks WHERE id = %s AND owner = %s", (task_id, owner))
+        return one(cur, Task)
+
+
+def anchor_deadline(conn: Conn, task_id: uuid.UUID, seconds: int) -> datetime | None:
+    """Set an active task's deadline to `seconds` after its stored creation time (DB clock).
+
+    The Task API inserts a deadline from the API host's clock; this makes "since submission"
+    exact against the `created_at` it reports. None if the task has already finished.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE tasks SET deadline_at = created_at + make_interval(secs => %s)"
+            " WHERE id = %s AND status = ANY(%s) RETURNING deadline_at",
+            (seconds, task_id, _ACTIVE),
+        )
+        row = cur.fetchone()
+        return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """The listing filters; None means no filter."""
+
+    owner: str | None = None
+    statuses: tuple[str, ...] = ()
+    type: str | None = None
+    workflow_instance_id: str | None = None
+    task_definition_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
+    if flt.owner is not None:
+        where.append("owner = %s")
+        params.append(flt.owner)
+    if len(flt.statuses) == 1:
+        # Plain equality lets the planner read (…, status, created_at) indexes in order.
+        where.append("status = %s")
+        params.append(flt.statuses[0])
+    elif flt.statuses:
+        where.append("status = ANY(%s)")
+        params.append(list(flt.statuses))
+    for column, value in (
+        ("type", flt.type),
+        ("workflow_instance_id", flt.workflow_instance_id),
+        ("task_definition_id", flt.task_definition_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if flt.created_after is not None:
+        where.append("created_at >= %s")
+        params.append(flt.created_after)
+    if flt.created_before is not None:
+        where.append("created_at < %s")
+        params.append(flt.created_before)
+    return " AND ".join(where), params
+
+
+def list_tasks(
+    conn: Conn,
+    flt: TaskFilter,
+    *,
+    limit: int,
+    offset: int = 0,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Task]:
+    """Page through tasks newest first, by offset or after a (created_at, id) cursor.
+
+    The page's ids are found first in the listing indexes alone (index-only scans), and
+    only those rows are read in full, so a deep offset skips index entries, not table rows.
+    """
+    clause, params = _task_where(flt)
+    if after is not None:
+        clause += " AND (created_at, id) < (%s, %s)"
+        params += [after[0], after[1]]
+        offset = 0
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT t.* FROM tasks t
+            JOIN (SELECT id, created_at FROM tasks WHERE {clause}
+                  ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s) page USING (id)
+            ORDER BY page.created_at DESC, page.id DESC
+            """,
+            [*params, limit, offset],
+        )
+        return all_(cur, Task)
+
+
+def count_tasks(conn: Conn, flt: TaskFilter, exact_max: int = 0) -> tuple[int, bool]:
+    """Count the tasks a filter matches; return (count, exact).
+
+    With `exact_max` > 0 at most `exact_max + 1` rows are counted; a larger result is the
+    planner's estimate (never below `exact_max + 1`), because an exact count of a large
+    match walks every matching index entry. 0 always counts exactly.
+    """
+    clause, params = _task_where(flt)
+    with conn.cursor() as cur:
+        if exact_max <= 0:
+            cur.execute(f"SELECT count(*) FROM tasks WHERE {clause}", params)
+            return scalar(cur, int), True
+        cur.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {clause} LIMIT %s) capped",
+            [*params, exact_max + 1],
+        )
+        counted = scalar(cur, int)
+        if counted <= exact_max:
+            return counted, True
+        cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks WHERE {clause}", params)
+        plan = scalar(cur, list)
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        return max(estimate, counted), False
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """The result of a cancel request: the task after it, and its status before."""
+
+    task: Task
+    previous_status: Status
+    cancelled: bool
+
+
+def cancel_task(
+    conn: Conn,
+    task_id: uuid.UUID,
+    *,
+    owner: str | None,
+    reason: str | None,
+    by: str,
+    force: bool,
+) -> CancelOutcome | None:
+    """Record a cancel and move an active task to CANCELLED; None if no such (visible) task."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT status FROM tasks WHERE id = %s AND (%s::text IS NULL OR owner = %s)"
+            " FOR UPDATE",
+            (task_id, owner, owner),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        previous = Status(row[0])
+        cur.execute(
+            """
+            UPDATE tasks SET status = 'CANCELLED', cancel_requested_at = now(),
+                cancel_reason = %(reason)s, cancelled_by = %(by)s, cancel_force = %(force)s,
+                end_time = now(), next_attempt_at = NULL, updated_at = now()
+            WHERE id = %(id)s AND status = ANY(%(from)s)
+            RETURNING *
+            """,
+            {"id": task_id, "reason": reason, "by": by, "force": force, "from": _CANCEL_FROM},
+        )
+        updated = one(cur, Task)
+        if updated is not None:
+            return CancelOutcome(updated, previous, cancelled=True)
+        cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
+        current = one(cur, Task)
+        assert current is not None  # the row is locked FOR UPDATE above
+        return CancelOutcome(current, previous, cancelled=False)
+
+
+def task_ids_of_workflow(
+    conn: Conn, workflow_instance_id: str, owner: str | None
+) -> list[uuid.UUID]:
+    """List the ids of a workflow's tasks (visible to `owner` when given)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id FROM tasks WHERE workflow_instance_id = %s"
+            " AND (%s::text IS NULL OR owner = %s) ORDER BY created_at",
+            (workflow_instance_id, owner, owner),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+def complete_manual_task(
+    conn: Conn, task_id: uuid.UUID, output: Any, owner: str | None
+) -> Task | None:
+    """Complete a PENDING manual task with `output`; None if it is not one (or not visible)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE tasks SET status = 'COMPLETED', output = %s, start_time = COALESCE(start_time,
+                created_at), end_time = now(), updated_at = now()
+            WHERE id = %s AND type = 'MANUAL' AND status = ANY(%s)
+              AND (%s::text IS NULL OR owner = %s)
+            RETURNING *
+            """,
+            (Json(output), task_id, _MANUAL_COMPLETE_FROM, owner, owner),
+        )
+        return one(cur, Task)
