@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     init_limiter(app, settings)
     app.before_request(lambda: check_body(settings))
 
-    api = openapi.Api(app, spec_kwargs=_spec_kwargs())
+    api = openapi.Api(app, spec_kwargs=openapi.spec_kwargs())
+    openapi.register(api)
     for blueprint in (definitions.blp, tasks.blp, task_logs.blp, task_apis.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)
@@ -79,15 +80,3 @@ def _plain(view: Callable[..., Any]) -> Callable[..., Any]:
         return view(*args, **kwargs)
 
     return wrapper
-
-
-def _spec_kwargs() -> dict[str, object]:
-    return {
-        "components": {
-            "securitySchemes": {
-                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                "Bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-            }
-        },
-        "security": [{"ApiKey": []}, {"Bearer": []}],
-    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from flask import Response, jsonify
@@ -10,8 +9,14 @@ from marshmallow import RAISE
 
 from api import openapi
 from api.auth import requires
+from api.pagination import page_doc
 from api.parsing import Blueprint
-from api.resources import definition_json, definition_summary
+from api.responses.definitions import (
+    DefinitionListSchema,
+    DefinitionSchema,
+    definition_json,
+    definition_summary,
+)
 from api.schemas import ListDefinitionsQuery
 from api.services import services
 from shared import store
@@ -30,9 +35,7 @@ blp = Blueprint(
 @blp.arguments(ListDefinitionsQuery, location="query", unknown=RAISE)
 @blp.doc(
     operationId="listDefinitions",
-    responses=openapi.responses(
-        {200: openapi.ok(openapi.DefinitionListSchema, "A page of definitions")}
-    ),
+    responses=openapi.responses({200: openapi.ok(DefinitionListSchema, "A page of definitions")}),
 )
 def list_definitions(query: dict[str, Any]) -> Response:
     """List task definitions in id order, filtered by `type` and a text `search`.
@@ -55,17 +58,8 @@ def list_definitions(query: dict[str, Any]) -> Response:
             limit=limit,
             offset=(page - 1) * limit,
         )
-    return jsonify(
-        {
-            "items": [definition_summary(r) for r in rows],
-            "pagination": {
-                "page": page,
-                "limit": limit,
-                "totalItems": total,
-                "totalPages": math.ceil(total / limit),
-            },
-        }
-    )
+    items = [definition_summary(r) for r in rows]
+    return jsonify({"items": items, "pagination": page_doc(page, limit, total)})
 
 
 @blp.route("/<definition_id>", methods=["GET"])
@@ -73,7 +67,7 @@ def list_definitions(query: dict[str, Any]) -> Response:
 @blp.doc(
     operationId="getDefinition",
     responses=openapi.responses(
-        {200: openapi.ok(openapi.DefinitionSchema, "The definition's newest version")}, 404
+        {200: openapi.ok(DefinitionSchema, "The definition's newest version")}, 404
     ),
 )
 def get_definition(definition_id: str) -> Response:
@@ -99,6 +93,4 @@ def get_definition(definition_id: str) -> Response:
                 f"task definition {definition_id!r} not found", {"definitionId": definition_id}
             )
         versions = store.definition_versions(conn, definition_id)
-    doc = definition_json(row)
-    doc["versions"] = versions
-    return jsonify(doc)
+    return jsonify(definition_json(row, versions))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
 from api.auth import public
+from api.responses.health import readiness
 from api.services import services
 from shared import store
 from shared.broker import BROKER_ERRORS
-from shared.errors import TaskexecError
+from shared.errors import ServiceUnavailable, TaskexecError
 
 blp = Blueprint("health", __name__)
 
@@ -42,11 +41,5 @@ def readyz() -> tuple[Response, int]:
     except BROKER_ERRORS:
         checks["broker"] = "unavailable"
     ready = all(v == "ok" for v in checks.values())
-    body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
-    if not ready:
-        body["error"] = {
-            "code": "SERVICE_UNAVAILABLE",
-            "message": "a backing service is unreachable",
-            "details": checks,
-        }
-    return jsonify(body), 200 if ready else 503
+    error = None if ready else ServiceUnavailable("a backing service is unreachable", checks)
+    return jsonify(readiness(checks, error)), 200 if ready else 503

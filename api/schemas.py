@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
 from marshmallow import ValidationError as FieldError
 
+from api.errors import field_errors
+from api.pagination import MAX_PAGE
 from shared.errors import ValidationError
 from shared.status import Priority, Status, TaskType
 
@@ -16,8 +17,11 @@ _ID = validate.Length(min=1, max=200)
 _MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 STATUSES = [s.value for s in Status]
 TYPES = [t.value for t in TaskType]
-#: How deep `page` may go; past it, use `cursor`.
-MAX_PAGE = 1_000_000
+#: A Task API job's longest timeout: the main API's longest attempt.
+MAX_JOB_TIMEOUT_SECONDS = _MAX_TIMEOUT_MS // 1000
+#: Log lines per page of `GET /api/v1/tasks/{id}/logs`.
+DEFAULT_LOG_LIMIT = 100
+MAX_LOG_LIMIT = 1000
 
 
 class RetryPolicySchema(Schema):
@@ -99,6 +103,25 @@ class CompleteTaskSchema(Schema):
     output = fields.Raw(required=True)
 
 
+class SubmitJobSchema(Schema):
+    """The body of `POST /api/v1/task-apis/{apiName}` (both fields optional)."""
+
+    class Meta:
+        unknown = RAISE
+
+    timeout = fields.Integer(
+        strict=True,  # refuses 1.5, "60" and true
+        allow_none=True,
+        validate=validate.Range(min=1, max=MAX_JOB_TIMEOUT_SECONDS),
+        metadata={"description": "Seconds since submission before the job is terminated"},
+    )
+    config = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        metadata={"description": "Merged over the definition's default config: the task input"},
+    )
+
+
 class StatusList(fields.String):
     """One status or several, comma-separated or repeated (`status=PENDING,RUNNING`)."""
 
@@ -172,38 +195,19 @@ class ListDefinitionsQuery(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
-def field_errors(messages: Any, location: str | None = None) -> dict[str, Any]:
-    """Turn marshmallow's nested messages into the seed's `{field, issue}` details.
+class LogQuerySchema(Schema):
+    """The query of `GET /api/v1/tasks/{id}/logs`."""
 
-    The first problem is `field`/`issue`; `errors` lists every one. Nested fields are
-    dotted (`executionConfig.retryPolicy.maxRetries`), list items indexed (`tasks[2]`).
-    """
-    errors: list[dict[str, str]] = []
-    _flatten(messages, "", errors)
-    if not errors:
-        errors = [{"field": "", "issue": "invalid request"}]
-    details: dict[str, Any] = {"field": errors[0]["field"], "issue": errors[0]["issue"]}
-    if location:
-        details["location"] = location
-    details["errors"] = errors
-    return details
-
-
-def _flatten(messages: Any, path: str, out: list[dict[str, str]]) -> None:
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            if key == "_schema":
-                child = path
-            elif isinstance(key, int):
-                child = f"{path}[{key}]"
-            else:
-                child = f"{path}.{key}" if path else str(key)
-            _flatten(value, child, out)
-    elif isinstance(messages, list | tuple):
-        for message in messages:
-            _flatten(message, path, out)
-    else:
-        out.append({"field": path, "issue": str(messages)})
+    after = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0),
+        metadata={"description": "Return lines whose seq is greater (the last nextAfter)"},
+    )
+    limit = fields.Integer(
+        load_default=DEFAULT_LOG_LIMIT,
+        validate=validate.Range(min=1, max=MAX_LOG_LIMIT),
+        metadata={"description": f"Lines per page, 1 to {MAX_LOG_LIMIT}"},
+    )
 
 
 def load_bulk_item(schema: SubmitTaskSchema, index: int, raw: Any) -> dict[str, Any]:

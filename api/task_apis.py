@@ -5,18 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, jsonify, request, url_for
-from marshmallow import RAISE, Schema, fields, validate
+from flask import Response, jsonify, request
 
 from api import openapi, submission
 from api.auth import current_principal, requires
 from api.parsing import Blueprint
-from api.resources import definition_json
+from api.responses import cortex
+from api.schemas import SubmitJobSchema
 from api.services import services
 from api.tasks import cancel_one, owner_scope, parse_task_id
 from shared import store
 from shared.errors import DefinitionNotFound, ServiceUnavailable, TaskNotFound, ValidationError
-from shared.status import ACTIVE, TERMINAL, ErrorKind, Status
+from shared.status import ACTIVE, TERMINAL
 
 blp = Blueprint(
     "task_apis",
@@ -25,8 +25,6 @@ blp = Blueprint(
     description="Cortex-compatible Task APIs: every task definition is one, named by its id",
 )
 
-KIND = "TaskAPI"
-MAX_TIMEOUT_SECONDS = 7 * 24 * 3600  # the main API's longest attempt timeout
 IN_PROGRESS_SHOWN = 100
 RECENT_SHOWN = 20
 _ACTIVE = tuple(sorted(s.value for s in ACTIVE))
@@ -34,104 +32,12 @@ _TERMINAL = tuple(sorted(s.value for s in TERMINAL))
 _JOB_ID = {"in": "query", "name": "jobID", "schema": {"type": "string"}}
 _JOB_ID_REQUIRED = {**_JOB_ID, "required": True}
 
-#: Terminal FAILED tasks map by their error kind; see docs/cortex.md.
-_FAILED_BY_KIND = {
-    ErrorKind.TASK_ERROR.value: "status_worker_error",
-    ErrorKind.OUT_OF_MEMORY.value: "status_worker_oom",
-    ErrorKind.WORKER_LOST.value: "status_unexpected_error",
-    ErrorKind.INTERNAL.value: "status_unexpected_error",
-}
-_BY_STATUS = {
-    Status.PENDING.value: "status_running",
-    Status.RUNNING.value: "status_running",
-    Status.RETRYING.value: "status_running",
-    Status.COMPLETED.value: "status_succeeded",
-    Status.TIMED_OUT.value: "status_timed_out",
-    Status.CANCELLED.value: "status_stopped",
-}
-
-
-def cortex_status(status: str, error: Any) -> str:
-    """Map a task's status (and, for FAILED, its error kind) to Cortex's job status."""
-    if status == Status.FAILED.value:
-        kind = error.get("kind") if isinstance(error, dict) else None
-        return _FAILED_BY_KIND.get(kind, "status_unknown")  # type: ignore[arg-type]
-    return _BY_STATUS.get(status, "status_unknown")
-
-
-def cortex_time(value: datetime | None) -> str | None:
-    """Format a time as Cortex does (RFC 3339 UTC, `Z`), to the microsecond Postgres keeps."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def api_id(definition_id: str, version: str) -> str:
-    """Name one version of a Task API: `<definition id>-<definition version>`."""
-    return f"{definition_id}-{version}"
-
-
-class SubmitJobSchema(Schema):
-    """The body of `POST /api/v1/task-apis/{apiName}` (both fields optional)."""
-
-    class Meta:
-        unknown = RAISE
-
-    timeout = fields.Integer(
-        strict=True,  # refuses 1.5, "60" and true
-        allow_none=True,
-        validate=validate.Range(min=1, max=MAX_TIMEOUT_SECONDS),
-        metadata={"description": "Seconds since submission before the job is terminated"},
-    )
-    config = fields.Dict(
-        keys=fields.String(),
-        allow_none=True,
-        metadata={"description": "Merged over the definition's default config: the task input"},
-    )
-
-
-def _endpoint(api_name: str) -> str:
-    return url_for("task_apis.get_api", api_name=api_name, _external=True)
-
 
 def _definition(api_name: str) -> store.DefinitionRow:
     try:
         return services().definitions.get(api_name)
     except DefinitionNotFound as exc:
         raise DefinitionNotFound(f"task API {api_name!r} not found", {"apiName": api_name}) from exc
-
-
-def api_spec(row: store.DefinitionRow) -> dict[str, Any]:
-    """Describe a definition as a Cortex Task API spec (name, kind, id, definition, compute)."""
-    resources = row.resource_requirements or {}
-    definition = definition_json(row)
-    definition["config"] = row.default_config  # Cortex's name for the API-level config
-    return {
-        "name": row.id,
-        "kind": KIND,
-        "id": api_id(row.id, row.version),
-        "definition": definition,
-        "compute": {"cpu": resources.get("cpu"), "gpu": 0, "mem": resources.get("memory")},
-        "networking": {"endpoint": url_for("task_apis.get_api", api_name=row.id)},
-    }
-
-
-def job_status(task: store.Task) -> dict[str, Any]:
-    """A task as Cortex's `job_status`; `end_time` only once it has finished."""
-    doc: dict[str, Any] = {
-        "job_id": str(task.id),
-        "api_name": task.task_definition_id,
-        "kind": KIND,
-        "workers": 1,
-        "config": task.input,
-        "api_id": api_id(task.task_definition_id, task.definition_version),
-        "status": cortex_status(task.status, task.error),
-        "created_time": cortex_time(task.created_at),
-        "start_time": cortex_time(task.start_time),
-    }
-    if task.status in _TERMINAL:
-        doc["end_time"] = cortex_time(task.end_time or task.updated_at)
-    return doc
 
 
 def _job(api_name: str, job_id: str) -> store.Task:
@@ -160,7 +66,7 @@ def _job_id_query() -> str:
 @blp.doc(
     operationId="submitJob",
     responses=openapi.responses(
-        {200: openapi.ok(openapi.JobSubmittedSchema, "Submitted", (), openapi.JOB_LINKS)},
+        {200: openapi.ok(cortex.JobSubmittedSchema, "Submitted", (), openapi.JOB_LINKS)},
         404,
         413,
         422,
@@ -199,17 +105,7 @@ def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, in
                 store.anchor_deadline(conn, task.id, timeout)
         except ServiceUnavailable:
             pass  # the job is accepted; its deadline stays the API host's estimate
-    doc = {
-        "job_id": str(task.id),
-        "api_name": api_name,
-        "kind": KIND,
-        "workers": 1,
-        "config": task.input,
-        "api_id": api_id(definition.id, task.definition_version),
-        "timeout": timeout,
-        "created_time": cortex_time(task.created_at),
-    }
-    return jsonify(doc), 200
+    return jsonify(cortex.job_submitted(task, timeout)), 200
 
 
 # ------------------------------------------------------------------ read
@@ -253,7 +149,7 @@ get_api.permission = "tasks:read"  # type: ignore[attr-defined]  # or the listin
 @requires("tasks:read")
 @blp.doc(
     operationId="getJob",
-    responses=openapi.responses({200: openapi.ok(openapi.JobResponseSchema, "The job")}, 404),
+    responses=openapi.responses({200: openapi.ok(cortex.JobResponseSchema, "The job")}, 404),
 )
 def get_job(api_name: str, job_id: str) -> Response:
     """A job's status, as `GET /api/v1/task-apis/{apiName}?jobID=<job_id>`.
@@ -266,13 +162,7 @@ def get_job(api_name: str, job_id: str) -> Response:
 def _job_response(api_name: str, job_id: str) -> Response:
     definition = _definition(api_name)
     task = _job(api_name, job_id)
-    return jsonify(
-        {
-            "job_status": job_status(task),
-            "endpoint": _endpoint(api_name),
-            "api_spec": api_spec(definition),
-        }
-    )
+    return jsonify(cortex.job_response(definition, task))
 
 
 def _api_response(api_name: str) -> Response:
@@ -289,14 +179,7 @@ def _api_response(api_name: str) -> Response:
             store.TaskFilter(owner=owner, statuses=_TERMINAL, task_definition_id=api_name),
             limit=RECENT_SHOWN,
         )
-    return jsonify(
-        {
-            "api_spec": api_spec(definition),
-            "endpoint": _endpoint(api_name),
-            "task_job_statuses": [job_status(t) for t in running],
-            "recent_job_statuses": [job_status(t) for t in recent],
-        }
-    )
+    return jsonify(cortex.task_api(definition, running, recent))
 
 
 # ------------------------------------------------------------------ stop
@@ -308,7 +191,7 @@ def _api_response(api_name: str) -> Response:
     parameters=[_JOB_ID_REQUIRED],
     operationId="stopJobByQuery",
     responses=openapi.responses(
-        {200: openapi.ok(openapi.StoppedSchema, "The job is stopping")}, 404, 409
+        {200: openapi.ok(cortex.StoppedSchema, "The job is stopping")}, 404, 409
     ),
 )
 def stop_job_by_query(api_name: str) -> Response:
@@ -325,7 +208,7 @@ def stop_job_by_query(api_name: str) -> Response:
 @blp.doc(
     operationId="stopJob",
     responses=openapi.responses(
-        {200: openapi.ok(openapi.StoppedSchema, "The job is stopping")}, 404, 409
+        {200: openapi.ok(cortex.StoppedSchema, "The job is stopping")}, 404, 409
     ),
 )
 def stop_job(api_name: str, job_id: str) -> Response:
@@ -343,4 +226,4 @@ def _stop(api_name: str, job_id: str) -> Response:
     # A graceful cancel, like Cortex deleting the job's pod: the handler sees it at its next
     # check and the worker escalates to a kill after TASKEXEC_CANCEL_GRACE.
     cancel_one(task.id, current_principal(), "stopped through the Task API", False)
-    return jsonify({"message": f"stopped job {task.id}"})
+    return jsonify(cortex.stopped(task))

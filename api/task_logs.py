@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from flask import Response, jsonify
 
 from api import openapi
 from api.auth import current_principal, requires
 from api.parsing import Blueprint
-from api.resources import rfc3339
+from api.responses.tasks import LogPageSchema, log_page
+from api.schemas import LogQuerySchema
 from api.services import services
 from api.tasks import owner_scope, parse_task_id
 from shared import store
 from shared.errors import TaskNotFound
 from shared.status import Status
-
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 
 blp = Blueprint(
     "task_logs",
@@ -27,48 +25,14 @@ blp = Blueprint(
 )
 
 
-class LogQuerySchema(Schema):
-    after = fields.Integer(
-        load_default=0,
-        validate=validate.Range(min=0),
-        metadata={"description": "Return lines whose seq is greater (the last nextAfter)"},
-    )
-    limit = fields.Integer(
-        load_default=DEFAULT_LIMIT,
-        validate=validate.Range(min=1, max=MAX_LIMIT),
-        metadata={"description": f"Lines per page, 1 to {MAX_LIMIT}"},
-    )
-
-
-class LogLineSchema(Schema):
-    seq = fields.Integer(required=True, metadata={"description": "Increases within a task"})
-    attempt = fields.Integer(required=True)
-    level = fields.String(required=True, metadata={"example": "INFO"})
-    message = fields.String(required=True)
-    createdAt = fields.String(required=True, metadata={"format": "date-time"})
-
-
-class LogPageSchema(Schema):
-    items = fields.List(fields.Nested(LogLineSchema), required=True)
-    nextAfter = fields.Integer(
-        required=True,
-        allow_none=True,
-        metadata={
-            "description": "Pass as `after` for the next lines; null once the task has "
-            "finished and every line was returned"
-        },
-    )
-
-
 @blp.route("/<task_id>/logs", methods=["GET"])
 @requires("tasks:read")
 @blp.arguments(LogQuerySchema, location="query")
-@blp.response(200, LogPageSchema)
 @blp.doc(
     operationId="getTaskLogs",
     responses=openapi.responses({200: openapi.ok(LogPageSchema, "A page of log lines")}, 404),
 )
-def task_logs(query: dict[str, Any], task_id: str) -> dict[str, Any]:
+def task_logs(query: dict[str, Any], task_id: str) -> Response:
     """Read a task's log lines, oldest first.
 
     Query: after=0&limit=100 (at most 1000)
@@ -87,16 +51,5 @@ def task_logs(query: dict[str, Any], task_id: str) -> dict[str, Any]:
             raise TaskNotFound(f"task {task_id} not found")
         lines = store.task_logs(conn, tid, after=after, limit=limit)
     finished = Status(task.status).terminal and len(lines) < limit
-    return {
-        "items": [
-            {
-                "seq": line.seq,
-                "attempt": line.attempt,
-                "level": line.level,
-                "message": line.message,
-                "createdAt": rfc3339(line.created_at),
-            }
-            for line in lines
-        ],
-        "nextAfter": None if finished else (lines[-1].seq if lines else after),
-    }
+    next_after = None if finished else (lines[-1].seq if lines else after)
+    return jsonify(log_page(lines, next_after))

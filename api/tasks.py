@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from typing import Any
 
@@ -12,8 +11,23 @@ from marshmallow import RAISE
 from api import openapi, submission
 from api.auth import current_principal, requires
 from api.limits import bulk_limit
+from api.pagination import decode_cursor, encode_cursor, page_doc
 from api.parsing import Blueprint
-from api.resources import decode_cursor, encode_cursor, rfc3339, task_json, task_summary
+from api.responses.tasks import (
+    BulkCancelResultSchema,
+    BulkResultSchema,
+    CancelResultSchema,
+    TaskCreatedSchema,
+    TaskListSchema,
+    TaskSchema,
+    bulk_accepted,
+    bulk_refused,
+    cancel_refused,
+    cancel_result,
+    task_created,
+    task_json,
+    task_list,
+)
 from api.schemas import (
     BulkCancelSchema,
     BulkSubmitSchema,
@@ -69,11 +83,9 @@ def owner_scope(principal: Principal) -> str | None:
     parameters=[openapi.IDEMPOTENCY_KEY],
     responses=openapi.responses(
         {
-            201: openapi.ok(
-                openapi.TaskCreatedSchema, "Accepted", ("Location",), openapi.TASK_LINKS
-            ),
+            201: openapi.ok(TaskCreatedSchema, "Accepted", ("Location",), openapi.TASK_LINKS),
             200: openapi.ok(
-                openapi.TaskCreatedSchema,
+                TaskCreatedSchema,
                 "An idempotent replay: the task this key already created",
                 ("Location", "Idempotent-Replayed"),
                 openapi.TASK_LINKS,
@@ -108,7 +120,7 @@ def submit_task(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
     keys = [(key, submission.request_hash(body))] if key else []
     accepted = submission.submit(svc, principal, [row], keys)[0]
     task = accepted.task
-    doc = {"id": str(task.id), "status": task.status, "createdAt": rfc3339(task.created_at)}
+    doc = task_created(task)
     headers = {"Location": url_for("tasks.get_task", task_id=str(task.id))}
     if not accepted.created:
         headers["Idempotent-Replayed"] = "true"
@@ -141,7 +153,7 @@ def _idempotency_key(body: dict[str, Any]) -> str | None:
 @blp.doc(
     operationId="submitTasks",
     responses=openapi.responses(
-        {201: openapi.ok(openapi.BulkResultSchema, "One outcome per item, in order")}, 413
+        {201: openapi.ok(BulkResultSchema, "One outcome per item, in order")}, 413
     ),
 )
 def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
@@ -186,30 +198,15 @@ def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
             keys.append((key, submission.request_hash(item)) if key else None)
             positions.append(index)
         except TaskexecError as exc:
-            results[index] = {"index": index, "error": _error_doc(exc)}
+            results[index] = bulk_refused(index, exc)
     if rows:
         outcomes = submission.submit_each(svc, principal, rows, keys)
         for index, outcome in zip(positions, outcomes, strict=True):
             if isinstance(outcome, TaskexecError):
-                results[index] = {"index": index, "error": _error_doc(outcome)}
+                results[index] = bulk_refused(index, outcome)
             else:
-                results[index] = _accepted_doc(index, outcome)
+                results[index] = bulk_accepted(index, outcome.task, outcome.created)
     return jsonify({"items": results}), 201
-
-
-def _accepted_doc(index: int, accepted: submission.Accepted) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "index": index,
-        "id": str(accepted.task.id),
-        "status": accepted.task.status,
-    }
-    if not accepted.created:
-        doc["replayed"] = True
-    return doc
-
-
-def _error_doc(exc: TaskexecError) -> dict[str, Any]:
-    return {"code": exc.code, "message": exc.message, "details": exc.details}
 
 
 # ------------------------------------------------------------------ read and list
@@ -219,7 +216,7 @@ def _error_doc(exc: TaskexecError) -> dict[str, Any]:
 @requires("tasks:read")
 @blp.doc(
     operationId="getTask",
-    responses=openapi.responses({200: openapi.ok(openapi.TaskSchema, "The task")}, 404),
+    responses=openapi.responses({200: openapi.ok(TaskSchema, "The task")}, 404),
 )
 def get_task(task_id: str) -> Response:
     """Get a task with its execution metadata and attempt history.
@@ -242,7 +239,7 @@ def get_task(task_id: str) -> Response:
 @blp.arguments(ListTasksQuery, location="query", unknown=RAISE)
 @blp.doc(
     operationId="listTasks",
-    responses=openapi.responses({200: openapi.ok(openapi.TaskListSchema, "A page of tasks")}),
+    responses=openapi.responses({200: openapi.ok(TaskListSchema, "A page of tasks")}),
 )
 def list_tasks(query: dict[str, Any]) -> Response:
     """List tasks, newest first (createdAt, then id), with filters and pagination.
@@ -289,19 +286,8 @@ def list_tasks(query: dict[str, Any]) -> Response:
         )
         total, exact = store.count_tasks(conn, flt, svc.settings.list_exact_count_max)
     more, tasks = len(tasks) > limit, tasks[:limit]
-    body: dict[str, Any] = {
-        "items": [task_summary(t) for t in tasks],
-        "pagination": {
-            "page": page,
-            "limit": limit,
-            "totalItems": total,
-            "totalPages": math.ceil(total / limit),
-            "totalItemsExact": exact,
-        },
-    }
-    if more:
-        body["nextCursor"] = encode_cursor(tasks[-1].created_at, tasks[-1].id)
-    return jsonify(body)
+    cursor = encode_cursor(tasks[-1].created_at, tasks[-1].id) if more else None
+    return jsonify(task_list(tasks, page_doc(page, limit, total, exact), cursor))
 
 
 # ------------------------------------------------------------------ cancel and complete
@@ -341,9 +327,7 @@ def cancel_one(tid: uuid.UUID, principal: Principal, reason: str | None, force: 
 @blp.arguments(CancelTaskSchema, required=False)
 @blp.doc(
     operationId="cancelTask",
-    responses=openapi.responses(
-        {200: openapi.ok(openapi.CancelResultSchema, "Cancelled")}, 404, 409, 413
-    ),
+    responses=openapi.responses({200: openapi.ok(CancelResultSchema, "Cancelled")}, 404, 409, 413),
 )
 def cancel_task(body: dict[str, Any], task_id: str) -> Response:
     """Cancel a pending, retrying or running task (docs/lifecycle.md has the semantics).
@@ -358,9 +342,7 @@ def cancel_task(body: dict[str, Any], task_id: str) -> Response:
     task = cancel_one(
         parse_task_id(task_id), current_principal(), body.get("reason"), body.get("force", False)
     )
-    return jsonify(
-        {"id": str(task.id), "status": task.status, "updatedAt": rfc3339(task.updated_at)}
-    )
+    return jsonify(cancel_result(task))
 
 
 @blp.route("/cancel", methods=["POST"])
@@ -370,7 +352,7 @@ def cancel_task(body: dict[str, Any], task_id: str) -> Response:
 @blp.doc(
     operationId="cancelTasks",
     responses=openapi.responses(
-        {200: openapi.ok(openapi.BulkCancelResultSchema, "One outcome per task")}, 413
+        {200: openapi.ok(BulkCancelResultSchema, "One outcome per task")}, 413
     ),
 )
 def cancel_many(body: dict[str, Any]) -> Response:
@@ -398,11 +380,9 @@ def cancel_many(body: dict[str, Any]) -> Response:
             task = cancel_one(
                 parse_task_id(str(raw)), principal, body.get("reason"), body.get("force", False)
             )
-            items.append(
-                {"id": str(task.id), "status": task.status, "updatedAt": rfc3339(task.updated_at)}
-            )
+            items.append(cancel_result(task))
         except TaskexecError as exc:
-            items.append({"id": str(raw), "error": _error_doc(exc)})
+            items.append(cancel_refused(str(raw), exc))
     return jsonify({"items": items})
 
 
@@ -412,7 +392,7 @@ def cancel_many(body: dict[str, Any]) -> Response:
 @blp.doc(
     operationId="completeTask",
     responses=openapi.responses(
-        {200: openapi.ok(openapi.TaskSchema, "The task, now COMPLETED")}, 404, 409, 413, 422
+        {200: openapi.ok(TaskSchema, "The task, now COMPLETED")}, 404, 409, 413, 422
     ),
 )
 def complete_task(body: dict[str, Any], task_id: str) -> Response:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.task_apis import cortex_status
+from api.responses.cortex import cortex_status
 from shared import db, store
 from shared.definitions import TaskDefinition
 from shared.status import Status, TaskType

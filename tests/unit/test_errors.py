@@ -115,12 +115,12 @@ def test_each_error_class_through_flask(client, cls):
         assert response.headers["Retry-After"] == "1"
 
 
-@pytest.mark.parametrize("status", sorted(api_errors.HTTP_CODES))
+@pytest.mark.parametrize("status", sorted(api_errors.HTTP_ERRORS))
 def test_every_http_status_in_the_table(client, status):
     response = client.get(f"/abort/{status}")
     assert response.status_code == status
     error = response.get_json()["error"]
-    assert error["code"] == api_errors.HTTP_CODES[status][0]
+    assert error["code"] == api_errors.HTTP_ERRORS[status][0]
     assert error["code"] in SEED_CODES
     assert error["message"]
 
@@ -137,7 +137,7 @@ def test_every_mapped_status_of_a_domain_error_in_the_envelope(client, status):
 )
 def test_werkzeug_and_domain_errors_agree_on_codes(cls, status):
     # abort(404) from routing and TaskNotFound must look the same to a client.
-    assert api_errors.HTTP_CODES[status][0] == cls.code
+    assert api_errors.HTTP_ERRORS[status][0] == cls.code
 
 
 @pytest.mark.parametrize(

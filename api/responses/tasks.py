@@ -1,0 +1,297 @@
+"""How tasks look on the wire: a task, its attempts, submissions, lists, cancels and log lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields
+
+from api.errors import ErrorBodySchema, error_body
+from api.pagination import TaskPaginationSchema
+from api.responses import STATUSES, enum_field, environment, nullable, rfc3339, time_field
+from shared.errors import TaskexecError
+from shared.status import ErrorKind, Priority, Status, TaskType
+from shared.store import Attempt, LogLine, Task
+
+# ------------------------------------------------------------------ a task
+
+
+class RetryPolicyOutSchema(Schema):
+    maxRetries = fields.Integer(required=True)
+    retryInterval = fields.Integer(required=True, metadata={"description": "Milliseconds"})
+    backoffMultiplier = fields.Float(required=True)
+    retryOnTimeout = fields.Boolean()
+    jitter = fields.Float()
+
+
+def retry_policy_json(policy: dict[str, Any]) -> dict[str, Any]:
+    """A stored retry policy as the seed writes it (`"backoffMultiplier": 2`, not 2.0)."""
+    multiplier = policy.get("backoffMultiplier")
+    if isinstance(multiplier, float) and multiplier.is_integer():
+        return {**policy, "backoffMultiplier": int(multiplier)}
+    return policy
+
+
+class TaskErrorSchema(Schema):
+    """Why a task failed (or was cancelled)."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    kind = enum_field([k.value for k in ErrorKind], required=True)
+    details = fields.Raw()
+
+
+class ProgressSchema(Schema):
+    fraction = fields.Float(required=True, metadata={"minimum": 0, "maximum": 1})
+    message = fields.String(required=True)
+
+
+class AttemptSchema(Schema):
+    attempt = fields.Integer(required=True)
+    status = fields.String(required=True, metadata={"description": "How the attempt ended"})
+    startTime = time_field(required=True, allow_none=True)
+    endTime = time_field(required=True, allow_none=True)
+    executionEnvironment = fields.String(required=True, allow_none=True)
+    error = nullable("TaskError", required=True)
+
+
+def attempt_json(attempt: Attempt) -> dict[str, Any]:
+    """One attempt of a task's history."""
+    return {
+        "attempt": attempt.attempt,
+        "status": attempt.status,
+        "startTime": rfc3339(attempt.started_at),
+        "endTime": rfc3339(attempt.ended_at),
+        "executionEnvironment": environment(attempt.worker_host, attempt.worker_pid),
+        "error": attempt.error,
+    }
+
+
+class TaskSummarySchema(Schema):
+    """A task in a list."""
+
+    id = fields.String(required=True, metadata={"format": "uuid"})
+    taskDefinitionId = fields.String(required=True)
+    workflowInstanceId = fields.String(required=True, allow_none=True)
+    status = enum_field(STATUSES, required=True)
+    type = enum_field([t.value for t in TaskType], required=True)
+    priority = enum_field([p.value for p in Priority], required=True)
+    createdAt = time_field(required=True)
+    updatedAt = time_field(required=True)
+
+
+def task_summary(task: Task) -> dict[str, Any]:
+    """The fields of a task in a list."""
+    return {
+        "id": str(task.id),
+        "taskDefinitionId": task.task_definition_id,
+        "workflowInstanceId": task.workflow_instance_id,
+        "status": task.status,
+        "type": task.type,
+        "priority": list(Priority)[max(0, min(task.priority, 3))].value,
+        "createdAt": rfc3339(task.created_at),
+        "updatedAt": rfc3339(task.updated_at),
+    }
+
+
+class TaskExecutionConfigSchema(Schema):
+    timeout = fields.Integer(required=True, metadata={"description": "Milliseconds per attempt"})
+    retryPolicy = fields.Nested(RetryPolicyOutSchema, required=True)
+    executor = fields.String(required=True)
+
+
+class ExecutionMetadataSchema(Schema):
+    startTime = time_field(required=True, allow_none=True)
+    endTime = time_field(required=True, allow_none=True)
+    duration = fields.Integer(required=True, allow_none=True, metadata={"description": "ms"})
+    executionEnvironment = fields.String(
+        required=True, allow_none=True, metadata={"description": "<worker host>:<process id>"}
+    )
+    attempts = fields.Integer(required=True, metadata={"description": "Attempts started"})
+
+
+class CancellationSchema(Schema):
+    requestedAt = time_field(required=True)
+    reason = fields.String(required=True, allow_none=True)
+    by = fields.String(required=True, allow_none=True)
+    force = fields.Boolean(required=True)
+
+
+class TaskSchema(TaskSummarySchema):
+    """A task in full, with its execution metadata and attempt history."""
+
+    definitionVersion = fields.String(required=True)
+    input = fields.Dict(required=True)
+    output = fields.Raw(required=True, allow_none=True)
+    error = nullable("TaskError", required=True)
+    progress = nullable("Progress", required=True)
+    executionConfig = fields.Nested(TaskExecutionConfigSchema, required=True)
+    executionMetadata = fields.Nested(ExecutionMetadataSchema, required=True)
+    cancellation = fields.Nested(CancellationSchema, metadata={"description": "Once requested"})
+    attempts = fields.List(fields.Nested(AttemptSchema))
+
+
+def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+    """The full task, as `GET /api/v1/tasks/{id}` returns it."""
+    doc = task_summary(task)
+    duration = None
+    if task.start_time is not None and task.end_time is not None:
+        duration = int((task.end_time - task.start_time).total_seconds() * 1000)
+    doc.update(
+        {
+            "definitionVersion": task.definition_version,
+            "input": task.input,
+            "output": task.output,
+            "error": task.error,
+            "progress": task.progress,
+            "executionConfig": {
+                "timeout": task.timeout_ms,
+                "retryPolicy": retry_policy_json(task.retry_policy),
+                "executor": task.executor,
+            },
+            "executionMetadata": {
+                "startTime": rfc3339(task.start_time),
+                "endTime": rfc3339(task.end_time),
+                "duration": duration,
+                "executionEnvironment": environment(task.worker_host, task.worker_pid),
+                "attempts": task.attempts,
+            },
+        }
+    )
+    if task.cancel_requested_at is not None:
+        doc["cancellation"] = {
+            "requestedAt": rfc3339(task.cancel_requested_at),
+            "reason": task.cancel_reason,
+            "by": task.cancelled_by,
+            "force": task.cancel_force,
+        }
+    if attempts is not None:
+        doc["attempts"] = [attempt_json(a) for a in attempts]
+    return doc
+
+
+# ------------------------------------------------------------------ submitting and listing
+
+
+class TaskCreatedSchema(Schema):
+    id = fields.String(required=True, metadata={"format": "uuid"})
+    status = enum_field(STATUSES, required=True)
+    createdAt = time_field(required=True)
+
+
+def task_created(task: Task) -> dict[str, Any]:
+    """The answer to `POST /api/v1/tasks`."""
+    return {"id": str(task.id), "status": task.status, "createdAt": rfc3339(task.created_at)}
+
+
+class TaskListSchema(Schema):
+    items = fields.List(fields.Nested(TaskSummarySchema), required=True)
+    pagination = fields.Nested(TaskPaginationSchema, required=True)
+    nextCursor = fields.String(metadata={"description": "Pass as `cursor` for the next page"})
+
+
+def task_list(tasks: list[Task], pagination: dict[str, Any], cursor: str | None) -> dict[str, Any]:
+    """A page of tasks; `nextCursor` only while more follow."""
+    doc: dict[str, Any] = {"items": [task_summary(t) for t in tasks], "pagination": pagination}
+    if cursor is not None:
+        doc["nextCursor"] = cursor
+    return doc
+
+
+class BulkAcceptedSchema(Schema):
+    index = fields.Integer(required=True)
+    id = fields.String(required=True, metadata={"format": "uuid"})
+    status = enum_field(STATUSES, required=True)
+    replayed = fields.Boolean(metadata={"description": "An idempotent replay"})
+
+
+def bulk_accepted(index: int, task: Task, created: bool) -> dict[str, Any]:
+    """A bulk item that was stored (or replayed: `created` False)."""
+    doc: dict[str, Any] = {"index": index, "id": str(task.id), "status": task.status}
+    if not created:
+        doc["replayed"] = True
+    return doc
+
+
+class BulkRefusedSchema(Schema):
+    index = fields.Integer(required=True)
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+def bulk_refused(index: int, error: TaskexecError) -> dict[str, Any]:
+    """A bulk item that was refused, with the error it alone would have got."""
+    return {"index": index, "error": error_body(error)}
+
+
+class BulkResultSchema(Schema):
+    items = fields.List(
+        fields.Raw(metadata={"oneOf": ["BulkAccepted", "BulkRefused"]}), required=True
+    )
+
+
+# ------------------------------------------------------------------ cancelling
+
+
+class CancelResultSchema(Schema):
+    id = fields.String(required=True, metadata={"format": "uuid"})
+    status = enum_field([Status.CANCELLED.value], required=True)
+    updatedAt = time_field(required=True)
+
+
+def cancel_result(task: Task) -> dict[str, Any]:
+    """A cancelled task."""
+    return {"id": str(task.id), "status": task.status, "updatedAt": rfc3339(task.updated_at)}
+
+
+class CancelRefusedSchema(Schema):
+    id = fields.String(required=True)
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+def cancel_refused(task_id: str, error: TaskexecError) -> dict[str, Any]:
+    """A task of a bulk cancel that was not cancelled, and why."""
+    return {"id": task_id, "error": error_body(error)}
+
+
+class BulkCancelResultSchema(Schema):
+    items = fields.List(
+        fields.Raw(metadata={"oneOf": ["CancelResult", "CancelRefused"]}), required=True
+    )
+
+
+# ------------------------------------------------------------------ log lines
+
+
+class LogLineSchema(Schema):
+    seq = fields.Integer(required=True, metadata={"description": "Increases within a task"})
+    attempt = fields.Integer(required=True)
+    level = fields.String(required=True, metadata={"example": "INFO"})
+    message = fields.String(required=True)
+    createdAt = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class LogPageSchema(Schema):
+    items = fields.List(fields.Nested(LogLineSchema), required=True)
+    nextAfter = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Pass as `after` for the next lines; null once the task has "
+            "finished and every line was returned"
+        },
+    )
+
+
+def log_page(lines: list[LogLine], next_after: int | None) -> dict[str, Any]:
+    """A page of a task's log lines."""
+    items = [
+        {
+            "seq": line.seq,
+            "attempt": line.attempt,
+            "level": line.level,
+            "message": line.message,
+            "createdAt": rfc3339(line.created_at),
+        }
+        for line in lines
+    ]
+    return {"items": items, "nextAfter": next_after}
