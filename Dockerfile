@@ -1,4 +1,4 @@
-# The one image every taskexec process runs from: api, worker, beat, flower and migrate
+# The one image every taskexec process runs from: api, worker, sweeper, flower and migrate
 # (docker-compose.yml picks the command; see docs/operations.md).
 FROM python:3.11-slim
 

@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg2  # noqa: E402
 
+from cli.base import ledger  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from shared import db, schema, store  # noqa: E402
-from shared.credentials import generate_key  # noqa: E402
+from shared.credentials import issue_key  # noqa: E402
 from workers.definitions import builtin_registry  # noqa: E402
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -117,20 +118,11 @@ def seed(url: str, rows: int) -> float:
 
 
 def add_key(url: str, owner: str, permissions: list[str]) -> dict[str, str]:
-    new = generate_key()
-    conn = db.connect(url)
-    with conn:
-        store.insert_api_key(
-            conn,
-            key_id=new.key_id,
-            name=f"bench-{owner}",
-            owner=owner,
-            permissions=permissions,
-            key_hash=new.key_hash,
-            rate_limit=None,
+    with ledger(url) as conn:
+        _, secret = issue_key(
+            conn, name=f"bench-{owner}", owner=owner, permissions=permissions, rate_limit=None
         )
-    conn.close()
-    return {"X-API-Key": new.secret}
+    return {"X-API-Key": secret}
 
 
 def sample_values(url: str) -> dict[str, list[Any]]:

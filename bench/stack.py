@@ -17,9 +17,10 @@ import psycopg2
 import psycopg2.extensions
 import redis
 
+from cli.base import ledger
 from cli.servers import PostgresServer, RedisServer, free_port
-from shared import db, schema, store
-from shared.credentials import generate_key
+from shared import schema, store
+from shared.credentials import issue_key
 from workers.definitions import builtin_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,25 +100,17 @@ class Stack:
         else:
             self._pg = PostgresServer(self.workdir / "postgres").start()
             self.database_url = self._pg.create_database(self._db_name)
-            self.postgres_note = "private server (cli/servers.PostgresServer, fsync=off)"
+            self.postgres_note = "private server (cli/servers.PostgresServer)"
         self._redis = RedisServer(self.workdir / "redis").start()
         self.redis_url = self._redis.url
         schema.migrate(self.database_url)
-        new = generate_key()
-        with contextlib.closing(db.connect(self.database_url)) as conn, conn:
+        with ledger(self.database_url) as conn:
             store.publish_definitions(conn, builtin_registry())
-            store.insert_api_key(
-                conn,
-                key_id=new.key_id,
-                name="bench",
-                owner="bench",
-                permissions=["*"],
-                key_hash=new.key_hash,
-                rate_limit=HUGE_RATE,
+            _, self.api_key = issue_key(
+                conn, name="bench", owner="bench", permissions=["*"], rate_limit=HUGE_RATE
             )
             with conn.cursor() as cur:
                 cur.execute(BASELINE_TABLE)
-        self.api_key = new.secret
 
     def versions(self) -> dict[str, str]:
         """The Postgres and Redis server versions in use."""
@@ -225,8 +218,8 @@ class Stack:
         return proc
 
     def start_sweeper(self) -> Proc:
-        """Start the service's sweeper (`python -m cli beat`)."""
-        return self.spawn("sweeper", ["-m", "cli", "beat"])
+        """Start the service's sweeper (`python -m cli sweeper`)."""
+        return self.spawn("sweeper", ["-m", "cli", "sweeper"])
 
     def stop(self, proc: Proc, timeout: float = 8.0) -> None:
         """SIGTERM the process group, SIGKILL what is left after `timeout`."""

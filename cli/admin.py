@@ -8,18 +8,11 @@ from typing import Any
 
 import click
 
-from config.settings import ConfigurationError, Settings, parse_rate
-from shared import db, schema, store
-from shared.credentials import PERMISSIONS, check_permissions, generate_key, mint_token
+from cli.base import ledger, load_settings
+from config.settings import parse_rate
+from shared import schema, store
+from shared.credentials import PERMISSIONS, check_permissions, issue_key, mint_token
 from shared.errors import TaskexecError
-
-
-def load_settings() -> Settings:
-    """Read settings or exit with every problem named."""
-    try:
-        return Settings.from_env()
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _permissions(raw: str) -> list[str]:
@@ -67,24 +60,13 @@ def keys_create(name: str, permissions: str, owner: str | None, rate_limit: str 
             parse_rate(rate_limit)
         except ValueError as exc:
             raise click.BadParameter(f"{rate_limit!r} is not a rate such as 5000/minute") from exc
-    new = generate_key()
-    conn = db.connect(settings.database_url)
-    try:
-        with conn:
-            key = store.insert_api_key(
-                conn,
-                key_id=new.key_id,
-                name=name,
-                owner=owner or name,
-                permissions=perms,
-                key_hash=new.key_hash,
-                rate_limit=rate_limit,
-            )
-    finally:
-        conn.close()
+    with ledger(settings.database_url) as conn:
+        key, secret = issue_key(
+            conn, name=name, owner=owner or name, permissions=perms, rate_limit=rate_limit
+        )
     click.echo(f"created key {key.id} for owner {key.owner} with {', '.join(perms)}", err=True)
     click.echo("store it now: it is not shown again", err=True)
-    click.echo(new.secret)
+    click.echo(secret)
 
 
 @keys.command("list")
@@ -92,11 +74,8 @@ def keys_create(name: str, permissions: str, owner: str | None, rate_limit: str 
 def keys_list(output: str) -> None:
     """List keys (never their secrets)."""
     settings = load_settings()
-    conn = db.connect(settings.database_url)
-    try:
+    with ledger(settings.database_url) as conn:
         rows = store.list_api_keys(conn)
-    finally:
-        conn.close()
     docs: list[dict[str, Any]] = [
         {
             "id": k.id,
@@ -135,12 +114,8 @@ def _when(moment: datetime | None, never: str = "never") -> str:
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by its id; it stops working at once."""
     settings = load_settings()
-    conn = db.connect(settings.database_url)
-    try:
-        with conn:
-            revoked = store.revoke_api_key(conn, key_id)
-    finally:
-        conn.close()
+    with ledger(settings.database_url) as conn:
+        revoked = store.revoke_api_key(conn, key_id)
     if not revoked:
         raise click.ClickException(f"no active key {key_id}")
     click.echo(f"revoked {key_id}")

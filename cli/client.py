@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import click
 
+from cli.base import restore_sigint
 from cli.output import Printer, job_label, task_label
 from cli.session import EXIT_CODES, EXIT_UNSUCCESSFUL, ApiFailure, Client
 
@@ -64,6 +65,7 @@ def watch(
     """
     stream = sys.stderr if printer.json else sys.stdout  # keep JSON stdout parseable
     live = stream.isatty()
+    restore_sigint()
     try:
         return _poll(fetch, state, stream, live, interval)
     except KeyboardInterrupt:
@@ -291,9 +293,3 @@ def definitions(
     if search:
         params["search"] = search
     printer.definitions(client.call("GET", "/api/v1/tasks/definitions", params=params))
-
-
-def register(group: click.Group) -> None:
-    """Add the client commands to the `taskexec` group."""
-    for command in (submit, get, cancel, delete, list_tasks, definitions):
-        group.add_command(command)

@@ -14,15 +14,23 @@ def main() -> None:
 
 
 for command in (
+    # running the service
     dev.dev,
     processes.api,
     processes.worker,
-    processes.beat,
+    processes.sweeper,
+    processes.beat,  # hidden: the sweeper's old name
     processes.flower,
+    # administering it, straight in Postgres
     admin.migrate,
     admin.keys,
     admin.token,
+    # using it over HTTP
+    client.submit,
+    client.get,
+    client.cancel,
+    client.delete,
+    client.list_tasks,
+    client.definitions,
 ):
     main.add_command(command)
-
-client.register(main)  # the HTTP client commands: submit, get, cancel, delete, list, definitions

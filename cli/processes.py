@@ -1,21 +1,22 @@
-"""Commands that become one long-running process each: api, worker, beat, flower."""
+"""Commands that become one long-running process each: api, worker, sweeper, flower."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
 
 import click
 
-from cli.admin import load_settings
+from cli.base import load_settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
-def api_command(port: int, workers: int | None = None) -> list[str]:
-    """The gunicorn command line for the API."""
+def api_command(port: int, workers: int | None = None, host: str = "0.0.0.0") -> list[str]:
+    """The gunicorn command line for the API, on all interfaces unless `host` says otherwise."""
     cmd = [
         sys.executable,
         "-m",
@@ -23,7 +24,7 @@ def api_command(port: int, workers: int | None = None) -> list[str]:
         "-c",
         str(CONFIG_DIR / "gunicorn.py"),
         "--bind",
-        f"0.0.0.0:{port}",
+        f"{host}:{port}",
     ]
     if workers:
         cmd += ["--workers", str(workers)]
@@ -124,7 +125,7 @@ def worker(executors: tuple[str, ...], concurrency: int | None, name: str | None
 
 
 @click.command()
-def beat() -> None:
+def sweeper() -> None:
     """Run the sweeper: republish lost messages, rescue dead attempts, enforce deadlines."""
     from config.logging import configure_logging
     from workers.sweeper import Sweeper
@@ -132,13 +133,17 @@ def beat() -> None:
     settings = load_settings()
     configure_logging(settings)
     stop = threading.Event()
-    import signal
-
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         Sweeper(settings).run_forever(stop)
     except KeyboardInterrupt:
         pass
+
+
+# The sweeper's first name, kept so that existing Procfiles and compose files still start it.
+beat = click.Command(
+    "beat", callback=sweeper.callback, hidden=True, help="Old name of `taskexec sweeper`."
+)
 
 
 @click.command()

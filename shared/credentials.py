@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import jwt
+import psycopg2.extensions
+
+from shared import store
 
 PERMISSIONS: tuple[str, ...] = (
     "tasks:execute",
@@ -69,6 +72,28 @@ def generate_key() -> NewKey:
     key_id = "".join(secrets.choice(alphabet) for _ in range(12))
     secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
     return NewKey(key_id=key_id, secret=secret, key_hash=hash_key(secret))
+
+
+def issue_key(
+    conn: psycopg2.extensions.connection,
+    *,
+    name: str,
+    owner: str,
+    permissions: Iterable[str],
+    rate_limit: str | None,
+) -> tuple[store.ApiKey, str]:
+    """Generate a key and store only its hash; return the row and the secret, shown once."""
+    new = generate_key()
+    key = store.insert_api_key(
+        conn,
+        key_id=new.key_id,
+        name=name,
+        owner=owner,
+        permissions=list(permissions),
+        key_hash=new.key_hash,
+        rate_limit=rate_limit,
+    )
+    return key, new.secret
 
 
 def hash_key(secret: str) -> str:

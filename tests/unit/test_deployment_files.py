@@ -19,7 +19,7 @@ from gunicorn.config import Config as GunicornConfig
 from cli.main import main as taskexec
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = {"release", "web", "worker", "beat", "flower"}
+PROCESSES = {"release", "web", "worker", "sweeper", "flower"}
 #: Procfile process -> compose service, where the names differ.
 COMPOSE_NAME = {"web": "api", "release": "migrate"}
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
@@ -139,7 +139,7 @@ def test_compose_runs_every_procfile_process_with_the_same_command():
 def test_compose_has_the_backing_services_with_persistence_and_a_password():
     doc = compose()
     services = doc["services"]
-    assert {"api", "worker", "beat", "flower", "redis", "postgres", "migrate"} <= set(services)
+    assert {"api", "worker", "sweeper", "flower", "redis", "postgres", "migrate"} <= set(services)
     redis = argv(services["redis"]["command"])
     assert redis[0] == "redis-server"
     assert redis[redis.index("--appendonly") + 1] == "yes"
@@ -155,13 +155,13 @@ def test_compose_has_the_backing_services_with_persistence_and_a_password():
 
 def test_every_app_service_builds_the_image_reads_dotenv_and_gets_the_urls():
     services = compose()["services"]
-    for name in ("api", "worker", "beat", "flower", "migrate"):
+    for name in ("api", "worker", "sweeper", "flower", "migrate"):
         service = services[name]
         assert service["build"] == "." and service["env_file"] == ".env", name
         environment = service["environment"]
         assert "@postgres:5432/" in environment["DATABASE_URL"], name
         assert "@redis:6379/" in environment["REDIS_URL"], name
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "worker", "sweeper"):
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
         )
