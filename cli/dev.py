@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import IO
 
 import click
 
+from cli.base import ledger
 from cli.processes import (
     api_command,
     default_executors,
@@ -21,59 +18,19 @@ from cli.processes import (
     flower_env,
     worker_command,
 )
+from cli.supervisor import Stop, StopSignals, Supervisor
+from config.settings import ConfigurationError, Settings
 
-COLOURS = {"api": 36, "worker": 33, "beat": 35, "flower": 32, "redis": 31, "postgres": 34}
-
-
-def _pump(name: str, stream: IO[bytes], lock: threading.Lock) -> None:
-    colour = COLOURS.get(name, 37) if sys.stdout.isatty() else None
-    label = f"\x1b[{colour}m{name:>6} |\x1b[0m " if colour else f"{name:>6} | "
-    for raw in iter(stream.readline, b""):
-        with lock:
-            sys.stdout.write(label + raw.decode(errors="replace"))
-            sys.stdout.flush()
-
-
-class Supervisor:
-    """Starts child processes with prefixed output and stops them all together."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._lock = threading.Lock()
-
-    def start(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
-        proc = subprocess.Popen(
-            cmd,
-            env={**self.env, **(extra_env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-        )
-        threading.Thread(target=_pump, args=(name, proc.stdout, self._lock), daemon=True).start()
-        self.children.append((name, proc))
-
-    def wait(self) -> str | None:
-        """Block until a child exits (returns its name) or we are interrupted (None)."""
-        while True:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    return name
-            time.sleep(0.3)
-
-    def stop(self, timeout: float = 15) -> None:
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _, proc in self.children:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+LOOPBACK = "127.0.0.1"
 
 
 @click.command()
+@click.option(
+    "--host",
+    default=LOOPBACK,
+    show_default=True,
+    help="The API's bind address; 0.0.0.0 exposes it (and the printed key) to the network.",
+)
 @click.option("--port", default=8000, show_default=True, help="The API's port.")
 @click.option(
     "--data-dir",
@@ -84,103 +41,125 @@ class Supervisor:
 )
 @click.option("--concurrency", default=2, show_default=True, help="Worker child processes.")
 @click.option("--flower/--no-flower", default=False, help="Also run Flower on port 5555.")
-def dev(port: int, data_dir: str, concurrency: int, flower: bool) -> None:
+def dev(host: str, port: int, data_dir: str, concurrency: int, flower: bool) -> None:
     """Run migrations, the API, a worker, the sweeper (and Flower) in the foreground.
 
     DATABASE_URL and REDIS_URL are used when set; otherwise embedded PostgreSQL and Redis
-    servers are started under --data-dir. Ctrl-C stops everything.
+    servers are started under --data-dir. Ctrl-C, SIGTERM or SIGHUP stops everything.
     """
-    from cli.servers import PostgresServer, RedisServer
-    from config.settings import ConfigurationError, Settings
-    from shared import db, schema, store
-    from shared.credentials import generate_key
+    from shared import schema
 
+    signals = StopSignals()
+    signals.install()  # also undoes an inherited "ignore SIGINT" (a shell's background job)
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    servers: list[RedisServer | PostgresServer] = []
+    # Unwinds last-in first-out: the children stop before the servers they use.
+    with contextlib.ExitStack() as running:
+        try:
+            env = _backends(dict(os.environ), data, running)
+            settings = _settings(env, data)
+            applied = schema.migrate(settings.database_url)
+            click.echo(f"migrations: {len(applied)} applied")
+            key = _dev_key(settings)
+            supervisor = Supervisor(env, signals)
+            running.callback(supervisor.stop)
+            flower_auth = _start(supervisor, settings, host, port, concurrency, flower, data)
+            _banner(host, port, env, key, flower_auth)
+            _say(f"{supervisor.wait()} exited; stopping everything")
+        except Stop as stop:
+            _say(f"\n{stop.signal_name}: stopping…")
+        finally:
+            signals.ignore()  # the stop below is bounded by timeouts: let it finish
+
+
+def _backends(env: dict[str, str], data: Path, running: contextlib.ExitStack) -> dict[str, str]:
+    """Start an embedded PostgreSQL and Redis for each URL not set; return the environment."""
+    from cli.servers import PostgresServer, RedisServer
+
+    if not env.get("DATABASE_URL"):
+        click.echo(f"starting an embedded PostgreSQL in {data / 'postgres'}")
+        pg = running.enter_context(PostgresServer(data / "postgres"))
+        env["DATABASE_URL"] = pg.create_database("taskexec")
+    if not env.get("REDIS_URL"):
+        click.echo(f"starting an embedded Redis in {data / 'redis'}")
+        redis = running.enter_context(RedisServer(data / "redis"))
+        env["REDIS_URL"] = redis.url
+    return env
+
+
+def _settings(env: dict[str, str], data: Path) -> Settings:
+    """Settings from `env`, with a JWT secret kept under the data directory unless one is set."""
+    if not env.get("TASKEXEC_JWT_SECRET"):
+        env["TASKEXEC_JWT_SECRET"] = _secret_file(data / "jwt-secret", secrets.token_urlsafe(48))
     try:
-        if not env.get("DATABASE_URL"):
-            click.echo(f"starting an embedded PostgreSQL in {data / 'postgres'}")
-            pg = PostgresServer(data / "postgres").start()
-            servers.append(pg)
-            env["DATABASE_URL"] = pg.create_database("taskexec")
-        if not env.get("REDIS_URL"):
-            click.echo(f"starting an embedded Redis in {data / 'redis'}")
-            redis = RedisServer(data / "redis").start()
-            servers.append(redis)
-            env["REDIS_URL"] = redis.url
-        if not env.get("TASKEXEC_JWT_SECRET"):
-            secret_file = data / "jwt-secret"
-            if not secret_file.exists():
-                secret_file.write_text(secrets.token_urlsafe(48))
-                secret_file.chmod(0o600)
-            env["TASKEXEC_JWT_SECRET"] = secret_file.read_text().strip()
-        try:
-            settings = Settings.from_env(env)
-        except ConfigurationError as exc:
-            raise click.ClickException(str(exc)) from exc
-        applied = schema.migrate(settings.database_url)
-        click.echo(f"migrations: {len(applied)} applied")
-        new = generate_key()
-        conn = db.connect(settings.database_url)
-        with conn:
-            store.insert_api_key(
-                conn,
-                key_id=new.key_id,
-                name="dev",
-                owner="dev",
-                permissions=["*"],
-                key_hash=new.key_hash,
-                rate_limit="10000/minute",
-            )
-        conn.close()
+        return Settings.from_env(env)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
 
-        supervisor = Supervisor(env)
-        supervisor.start("api", api_command(port, workers=2))
-        worker_cmd = worker_command(
-            default_executors(settings.definition_modules), concurrency, "dev@%h"
+
+def _dev_key(settings: Settings) -> str:
+    """A fresh API key with every permission, for the banner."""
+    from shared.credentials import issue_key
+
+    with ledger(settings.database_url) as conn:
+        _, secret = issue_key(
+            conn, name="dev", owner="dev", permissions=["*"], rate_limit="10000/minute"
         )
-        supervisor.start("worker", worker_cmd)
-        supervisor.start("beat", [sys.executable, "-m", "cli", "beat"])
-        flower_auth = None
-        if flower:
-            flower_auth = settings.flower_basic_auth or _dev_flower_auth(data)
-            supervisor.start(
-                "flower", flower_command(5555, flower_auth, "127.0.0.1"), flower_env(flower_auth)
-            )
-        _banner(port, env, new.secret, flower_auth)
-        try:
-            exited = supervisor.wait()
-            click.echo(f"{exited} exited; stopping everything", err=True)
-        except KeyboardInterrupt:
-            click.echo("\nstopping…", err=True)
-        supervisor.stop()
-    finally:
-        for server in reversed(servers):
-            server.stop()
+    return secret
 
 
-def _dev_flower_auth(data: Path) -> str:
-    """Flower's dev credentials, made once and kept beside the JWT secret."""
-    path = data / "flower-auth"
+def _start(
+    supervisor: Supervisor,
+    settings: Settings,
+    host: str,
+    port: int,
+    concurrency: int,
+    flower: bool,
+    data: Path,
+) -> str | None:
+    """Start the API, a worker, the sweeper and maybe Flower; return Flower's credentials."""
+    supervisor.start("api", api_command(port, workers=2, host=host))
+    executors = default_executors(settings.definition_modules)
+    supervisor.start("worker", worker_command(executors, concurrency, "dev@%h"))
+    supervisor.start("sweeper", [sys.executable, "-m", "cli", "sweeper"])
+    if not flower:
+        return None
+    auth = settings.flower_basic_auth or _secret_file(
+        data / "flower-auth", f"dev:{secrets.token_urlsafe(12)}"
+    )
+    supervisor.start("flower", flower_command(5555, auth, LOOPBACK), flower_env(auth))
+    return auth
+
+
+def _secret_file(path: Path, new: str) -> str:
+    """A secret made once and kept (mode 600) in `path`, so restarts reuse it."""
     if not path.exists():
-        path.write_text(f"dev:{secrets.token_urlsafe(12)}")
+        path.write_text(new)
         path.chmod(0o600)
     return path.read_text().strip()
 
 
-def _banner(port: int, env: dict[str, str], key: str, flower_auth: str | None) -> None:
+def _say(message: str) -> None:
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        click.echo(message, err=True)
+
+
+def _banner(host: str, port: int, env: dict[str, str], key: str, flower_auth: str | None) -> None:
+    shown = LOOPBACK if host in ("0.0.0.0", "::") else host
     lines = [
         "",
-        f"taskexec is starting at http://127.0.0.1:{port}  (API docs: /api/v1/docs)",
+        f"taskexec is starting at http://{shown}:{port}  (API docs: /api/v1/docs)",
         f"  DATABASE_URL={env['DATABASE_URL']}",
         f"  REDIS_URL={env['REDIS_URL']}",
         f"  a development API key with every permission: {key}",
         "  more keys: DATABASE_URL=... taskexec keys create --name NAME"
         " --permissions tasks:execute,tasks:read",
     ]
+    if shown != host:
+        lines.insert(
+            2, f"  listening on every interface ({host}): anyone on the network can call it"
+        )
     if flower_auth:
         user, _, password = flower_auth.partition(":")
-        lines.append(f"  Flower: http://127.0.0.1:5555  (user {user}, password {password})")
+        lines.append(f"  Flower: http://{LOOPBACK}:5555  (user {user}, password {password})")
     click.echo("\n".join(lines) + "\n")
