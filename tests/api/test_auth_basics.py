@@ -12,7 +12,7 @@ import pytest
 from api.app import create_app
 from shared import db, store
 from shared.credentials import PERMISSIONS, key_id_of
-from tests.conftest import JWT_SECRET, SEED_ORDER, Auth
+from tests.helpers import JWT_SECRET, SEED_ORDER, Auth
 
 # Each seed endpoint and the permission it needs.
 ENDPOINTS = [

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from shared import db
-from tests.conftest import SEED_ORDER
+from tests.helpers import SEED_ORDER
 
 URL = "/api/v1/tasks/bulk"
 

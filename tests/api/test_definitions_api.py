@@ -15,7 +15,7 @@ import pytest
 from shared import db, store
 from shared.definitions import TaskDefinition
 from shared.status import TaskType
-from tests.conftest import SEED_ORDER
+from tests.helpers import SEED_ORDER
 
 URL = "/api/v1/tasks/definitions"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

@@ -12,7 +12,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from api.app import create_app
 from shared.credentials import mint_token
-from tests.conftest import JWT_SECRET, SEED_ORDER
+from tests.helpers import JWT_SECRET, SEED_ORDER
 
 
 @pytest.fixture(scope="module")

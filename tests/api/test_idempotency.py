@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shared import db
-from tests.conftest import SEED_ORDER
+from tests.helpers import SEED_ORDER
 
 URL = "/api/v1/tasks"
 

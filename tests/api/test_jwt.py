@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from api.app import create_app
 from config.settings import ConfigurationError
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 
 PATH = "/api/v1/tasks/definitions"
 PERMISSION = "tasks:definitions:list"

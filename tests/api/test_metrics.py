@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import metrics
 from shared import db, store
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.helpers import ROOT, settings_env, wait_for
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

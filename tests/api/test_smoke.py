@@ -1,6 +1,6 @@
 """Submit and read through the Flask test client against a real Postgres."""
 
-from tests.conftest import SEED_ORDER
+from tests.helpers import SEED_ORDER
 
 
 def test_submit_then_get_returns_pending_task(client, auth):

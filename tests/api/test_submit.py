@@ -15,7 +15,7 @@ from cli.servers import free_port
 from shared import db, store
 from shared.credentials import mint_token
 from shared.status import Status
-from tests.conftest import JWT_SECRET, SEED_ORDER
+from tests.helpers import JWT_SECRET, SEED_ORDER
 
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 SEED_FIELDS = {

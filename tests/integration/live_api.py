@@ -14,7 +14,7 @@ import requests
 
 from cli.servers import free_port
 from config.settings import Settings
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.helpers import ROOT, settings_env, wait_for
 
 
 def _healthy(url: str) -> bool:

@@ -20,7 +20,7 @@ from shared.status import Status
 from workers.context import AttemptContext
 from workers.executor import HOST, Runtime
 
-from ..conftest import task_row, wait_for
+from ..helpers import task_row, wait_for
 
 
 def _new_task(database: Database) -> uuid.UUID:

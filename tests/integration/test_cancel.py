@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FINAL, get, submit, wait_for, wait_for_status
+from shared.status import TERMINAL
+from tests.helpers import get, submit, wait_for, wait_for_status
 from tests.integration.extra_definitions import MODULE
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def test_cancelled_waiting_tasks_never_start_even_after_every_worker_restarts(
 
     second = processes.worker(concurrency=1)
     marker = submit(client, headers, "echo", {"after": "restart"})
-    assert wait_for_status(client, headers, marker, FINAL)["status"] == "COMPLETED"
+    assert wait_for_status(client, headers, marker, TERMINAL)["status"] == "COMPLETED"
     # The pending task's message, queued before the marker's, was delivered and refused.
     assert f"nothing to claim for {pending}" in worker_log(second)
     # Wait until well past the retry's due time; the sweeper has had many rounds by then.
@@ -115,7 +116,7 @@ def test_graceful_cancel_stops_the_handler_and_frees_the_slot(client, auth, proc
 
     # With one slot, the next task runs at once, in the same child: it was not killed.
     after = submit(client, headers, "echo", {})
-    done = wait_for_status(client, headers, after, FINAL, timeout=15)
+    done = wait_for_status(client, headers, after, TERMINAL, timeout=15)
     assert done["status"] == "COMPLETED" and pid_of(done) == pid
     # The handler was told, not killed: it had the chance to clean up (it logged).
     lines = client.get(f"/api/v1/tasks/{slow}/logs", headers=headers).get_json()["items"]
@@ -154,7 +155,9 @@ def test_handlers_ignoring_the_cancel_get_sigterm_then_sigkill(client, auth, pro
 
     # Both slots serve again.
     echoes = [submit(client, headers, "echo", {"n": n}) for n in range(2)]
-    assert all(wait_for_status(client, headers, e, FINAL)["status"] == "COMPLETED" for e in echoes)
+    assert all(
+        wait_for_status(client, headers, e, TERMINAL)["status"] == "COMPLETED" for e in echoes
+    )
 
 
 def test_force_cancel_interrupts_the_handler_and_frees_its_slot_at_once(client, auth, processes):
@@ -169,7 +172,7 @@ def test_force_cancel_interrupts_the_handler_and_frees_its_slot_at_once(client, 
     assert task["attempts"][0]["status"] == "CANCELLED"
     # The same child, interrupted rather than killed, takes the next task.
     quick = submit(client, headers, "echo", {})
-    quick_done = wait_for_status(client, headers, quick, FINAL, timeout=10)
+    quick_done = wait_for_status(client, headers, quick, TERMINAL, timeout=10)
     assert quick_done["status"] == "COMPLETED"
     assert pid_of(quick_done) == pid_of(running_task) and alive(pid_of(running_task))
     assert get(client, headers, doomed)["status"] == "CANCELLED"
@@ -197,9 +200,9 @@ def test_force_cancel_kills_a_handler_that_ignores_the_interrupt_and_no_other(
 
     # The freed slot takes new work while the neighbour still sleeps, untouched.
     quick = submit(client, headers, "echo", {})
-    quick_done = wait_for_status(client, headers, quick, FINAL)
+    quick_done = wait_for_status(client, headers, quick, TERMINAL)
     assert quick_done["status"] == "COMPLETED" and pid_of(quick_done) != doomed_pid
-    task = wait_for_status(client, headers, neighbour, FINAL, timeout=20)
+    task = wait_for_status(client, headers, neighbour, TERMINAL, timeout=20)
     assert task["status"] == "COMPLETED" and task["output"]["slept"] >= 6, task
     assert pid_of(task) == neighbour_pid and alive(neighbour_pid)
     assert task["executionMetadata"]["attempts"] == 1
@@ -277,7 +280,7 @@ def test_bulk_cancel_by_workflow_and_by_ids(client, auth, processes):
         assert task["status"] == "CANCELLED" and task["attempts"][0]["status"] == "CANCELLED"
         assert task["cancellation"]["reason"] == "workflow stopped"
     assert all(alive(pid) for pid in pids)  # cooperative: the children live on
-    assert wait_for_status(client, headers, other, FINAL)["status"] == "COMPLETED"
+    assert wait_for_status(client, headers, other, TERMINAL)["status"] == "COMPLETED"
     assert get(client, headers, queued)["executionMetadata"]["attempts"] == 0
 
     # By ids, forced, with a duplicate, an unknown id and a malformed one.

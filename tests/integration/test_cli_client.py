@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, SEED_ORDER, wait_for
+from tests.helpers import ROOT, SEED_ORDER, wait_for
 from tests.integration.live_api import gunicorn
 from workers.definitions import builtin_registry
 

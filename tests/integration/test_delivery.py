@@ -13,7 +13,8 @@ import redis
 
 from shared import db, outbox, store
 from shared.broker import Broker
-from tests.conftest import FINAL, wait_for, wait_for_status
+from shared.status import TERMINAL
+from tests.helpers import wait_for, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def test_duplicate_messages_run_the_handler_once(client, auth, processes, settin
 
     # Two slots take the copies concurrently: they race for the claim and one wins.
     worker = processes.worker(concurrency=2)
-    done = wait_for_status(client, headers, task_id, FINAL)
+    done = wait_for_status(client, headers, task_id, TERMINAL)
     assert done["status"] == "COMPLETED", done
     queue = redis.Redis.from_url(settings.redis_url)
     wait_for(lambda: broker_is_empty(queue), timeout=15)
@@ -92,7 +93,7 @@ def test_a_redelivered_message_ends_an_attempt_whose_process_is_gone(
     conn.close()
 
     processes.worker(concurrency=1)  # and no sweeper: the lease is not what ends it
-    task = wait_for_status(client, headers, task_id, FINAL)
+    task = wait_for_status(client, headers, task_id, TERMINAL)
     assert task["status"] == "COMPLETED" and task["output"] == {"x": 1}, task
     lost, retried = task["attempts"]
     assert lost["status"] == "FAILED" and lost["error"]["kind"] == "WORKER_LOST"

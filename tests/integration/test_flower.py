@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from cli.processes import flower_command, flower_env
-from tests.conftest import ROOT, settings_env, wait_for, wait_for_status
+from tests.helpers import ROOT, settings_env, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

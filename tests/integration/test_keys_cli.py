@@ -11,7 +11,7 @@ import pytest
 
 from api.app import create_app
 from shared.credentials import key_id_of
-from tests.conftest import ROOT, settings_env
+from tests.helpers import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from tests.conftest import FINAL, get, submit, wait_for, wait_for_status
+from shared.status import TERMINAL
+from tests.helpers import get, submit, wait_for, wait_for_status
 from tests.integration.extra_definitions import MODULE
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ def test_memory_limit_fails_the_attempt_out_of_memory_and_the_worker_goes_on(
         {"megabytes": 256},
         executionConfig={"retryPolicy": {"maxRetries": 2, "retryInterval": 100}},
     )
-    task = wait_for_status(client, headers, hog, FINAL)
+    task = wait_for_status(client, headers, hog, TERMINAL)
     assert task["status"] == "FAILED", task
     assert task["error"]["kind"] == "OUT_OF_MEMORY" and task["error"]["code"] == "OUT_OF_MEMORY"
     assert "128Mi" in task["error"]["message"]
@@ -51,7 +52,7 @@ def test_memory_limit_fails_the_attempt_out_of_memory_and_the_worker_goes_on(
     # The same child serves on, and the limit is per attempt: it does not accumulate.
     for megabytes in (16, 96):
         small = submit(client, headers, "allocate-memory", {"megabytes": megabytes})
-        task = wait_for_status(client, headers, small, FINAL)
+        task = wait_for_status(client, headers, small, TERMINAL)
         assert task["status"] == "COMPLETED" and task["output"] == {"allocated": megabytes}, task
         assert pid_of(task) == hog_pid
 
@@ -72,7 +73,7 @@ def test_a_killed_child_ends_its_attempt_worker_lost_retried_up_to_the_cap(clien
     )
     first = pid_of(running_attempt(client, headers, victim, 1))
     os.kill(first, signal.SIGKILL)  # as the kernel's OOM killer would
-    task = wait_for_status(client, headers, victim, FINAL, timeout=30)
+    task = wait_for_status(client, headers, victim, TERMINAL, timeout=30)
     assert task["status"] == "COMPLETED", task
     lost, retried = task["attempts"]
     assert lost["status"] == "FAILED" and lost["error"]["kind"] == "WORKER_LOST"
@@ -82,13 +83,13 @@ def test_a_killed_child_ends_its_attempt_worker_lost_retried_up_to_the_cap(clien
     # A task that kills its worker every time cannot loop: TASKEXEC_MAX_WORKER_LOST (2 here)
     # ends it although its policy allows 10 retries.
     bomb = submit(client, headers, "test-self-destruct", {})
-    task = wait_for_status(client, headers, bomb, FINAL, timeout=30)
+    task = wait_for_status(client, headers, bomb, TERMINAL, timeout=30)
     assert task["status"] == "FAILED" and task["error"]["kind"] == "WORKER_LOST", task
     assert task["executionMetadata"]["attempts"] == 2
     assert [a["error"]["kind"] for a in task["attempts"]] == ["WORKER_LOST"] * 2
 
     after = submit(client, headers, "echo", {"still": "serving"})
-    assert wait_for_status(client, headers, after, FINAL)["status"] == "COMPLETED"
+    assert wait_for_status(client, headers, after, TERMINAL)["status"] == "COMPLETED"
 
 
 def test_a_dead_worker_is_found_by_its_expired_lease(client, auth, processes, settings):
@@ -107,7 +108,7 @@ def test_a_dead_worker_is_found_by_its_expired_lease(client, auth, processes, se
     doomed.wait(10)
     processes.worker(concurrency=1)
 
-    task = wait_for_status(client, headers, task_id, FINAL, timeout=settings.lease_seconds + 20)
+    task = wait_for_status(client, headers, task_id, TERMINAL, timeout=settings.lease_seconds + 20)
     assert task["status"] == "COMPLETED", task
     assert task["executionMetadata"]["attempts"] == 2
     assert task["attempts"][0]["error"]["kind"] == "WORKER_LOST"

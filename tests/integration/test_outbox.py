@@ -17,7 +17,7 @@ from shared import db, outbox, store
 from shared.broker import Broker
 from shared.db import Database
 from shared.status import Status
-from tests.conftest import SEED_ORDER, wait_for_status
+from tests.helpers import SEED_ORDER, wait_for_status
 
 pytestmark = pytest.mark.integration
 SEED_OUTPUT = {"subtotal": 46.97, "tax": 3.76, "total": 50.73}

@@ -7,7 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import FINAL, get, submit, wait_for_status
+from shared.status import TERMINAL
+from tests.helpers import get, submit, wait_for_status
 from tests.integration.extra_definitions import MODULE, REMOTE_EXECUTOR
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def test_queued_higher_priorities_start_first_on_a_busy_worker(client, auth, pro
     assert cancelled.status_code == 200
 
     tasks = {
-        task_id: wait_for_status(client, headers, task_id, FINAL)
+        task_id: wait_for_status(client, headers, task_id, TERMINAL)
         for ids in queued.values()
         for task_id in ids
     }
@@ -62,7 +63,7 @@ def test_each_executor_is_its_own_pool_and_tasks_wait_for_theirs(client, auth, p
     # No worker serves the remote executor yet: the task is accepted and waits.
     remote = submit(client, headers, "test-remote-echo", {"x": 1})
     local = submit(client, headers, "echo", {"x": 2})
-    assert wait_for_status(client, headers, local, FINAL)["status"] == "COMPLETED"
+    assert wait_for_status(client, headers, local, TERMINAL)["status"] == "COMPLETED"
     task = get(client, headers, remote)
     assert task["status"] == "PENDING" and task["executionMetadata"]["attempts"] == 0
     assert task["executionConfig"]["executor"] == REMOTE_EXECUTOR
@@ -83,12 +84,12 @@ def test_each_executor_is_its_own_pool_and_tasks_wait_for_theirs(client, auth, p
         EXTRA,
     )
     processes.wait_ready(pool)
-    task = wait_for_status(client, headers, remote, FINAL)
+    task = wait_for_status(client, headers, remote, TERMINAL)
     assert task["status"] == "COMPLETED" and task["output"]["input"] == {"x": 1}, task
     assert parent_of(task["output"]["pid"]) == pool.pid  # a child of the remote pool ran it
 
     # And that pool takes no standard work: echo still runs on the standard worker.
     again = submit(client, headers, "echo", {"x": 3})
-    done = wait_for_status(client, headers, again, FINAL)
+    done = wait_for_status(client, headers, again, TERMINAL)
     pid = int(done["executionMetadata"]["executionEnvironment"].rsplit(":", 1)[1])
     assert parent_of(pid) != pool.pid

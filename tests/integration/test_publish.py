@@ -32,8 +32,8 @@ from shared.broker import (
 )
 from shared.definitions import celery_task_name
 from shared.outbox import Dispatch
-from shared.status import Priority
-from tests.conftest import FINAL, task_row, wait_for_status
+from shared.status import TERMINAL, Priority
+from tests.helpers import task_row, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -461,7 +461,7 @@ def test_a_worker_runs_what_the_broker_publishes(
 
     processes.worker(concurrency=2)  # no sweeper: these messages are the only ones
     for dispatch in [*batch, delayed]:
-        task = wait_for_status(client, headers, str(dispatch.id), FINAL, timeout=45)
+        task = wait_for_status(client, headers, str(dispatch.id), TERMINAL, timeout=45)
         assert task["status"] == "COMPLETED", task
         assert task["output"] == {"rank": dispatch.priority}
         assert task["executionMetadata"]["attempts"] == 1

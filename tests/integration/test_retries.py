@@ -11,7 +11,8 @@ import redis
 
 from shared import db, outbox, store
 from shared.broker import Broker
-from tests.conftest import FINAL, submit, wait_for, wait_for_status
+from shared.status import TERMINAL
+from tests.helpers import submit, wait_for, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -55,13 +56,13 @@ def test_backoff_spacing_history_and_the_last_error(client, auth, processes, set
     )
 
     # Between attempts the task waits in RETRYING, with the failed attempt's error.
-    waiting = wait_for_status(client, headers, failing, {"RETRYING"} | FINAL)
+    waiting = wait_for_status(client, headers, failing, {"RETRYING"} | TERMINAL)
     assert waiting["status"] == "RETRYING", waiting
     assert waiting["error"]["message"] == "flaky failure on attempt 1"
     # A message arriving early (a duplicate) must not start the retry before it is due.
     republish(settings, failing)
 
-    task = wait_for_status(client, headers, failing, FINAL)
+    task = wait_for_status(client, headers, failing, TERMINAL)
     assert task["status"] == "FAILED", task
     assert task["error"] == {
         "code": "TASK_ERROR",
@@ -83,7 +84,7 @@ def test_backoff_spacing_history_and_the_last_error(client, auth, processes, set
     gaps = gaps_ms(task)
     assert gaps[0] >= 400 - 2 and gaps[1] >= 800 - 2, gaps
 
-    task = wait_for_status(client, headers, recovering, FINAL)
+    task = wait_for_status(client, headers, recovering, TERMINAL)
     assert task["status"] == "COMPLETED" and task["output"] == {"attempts": 3}, task
     assert task["error"] is None
     assert [a["status"] for a in task["attempts"]] == ["FAILED", "FAILED", "COMPLETED"]
@@ -102,7 +103,7 @@ def test_permanent_errors_are_not_retried(client, auth, processes):
         {"orderId": "o-1", "amount": 5, "currency": "XXX", "latencyMs": 0},
         executionConfig={"retryPolicy": {"maxRetries": 3, "retryInterval": 100}},
     )
-    task = wait_for_status(client, headers, rejected, FINAL)
+    task = wait_for_status(client, headers, rejected, TERMINAL)
     assert task["status"] == "FAILED", task
     assert task["error"]["kind"] == "TASK_ERROR" and "XXX" in task["error"]["message"]
     assert task["executionMetadata"]["attempts"] == 1 and len(task["attempts"]) == 1
@@ -132,7 +133,7 @@ def test_long_delays_wait_in_postgres_until_the_sweeper_releases_them(
         {"failTimes": 1},
         executionConfig={"retryPolicy": {"maxRetries": 1, "retryInterval": 1500}},
     )
-    assert wait_for_status(client, headers, flaky, {"RETRYING"} | FINAL)["status"] == "RETRYING"
+    assert wait_for_status(client, headers, flaky, {"RETRYING"} | TERMINAL)["status"] == "RETRYING"
     broker = redis.Redis.from_url(settings.redis_url)
     wait_for(lambda: broker_is_empty(broker), timeout=5)
 
@@ -142,6 +143,6 @@ def test_long_delays_wait_in_postgres_until_the_sweeper_releases_them(
     assert broker_is_empty(broker)
 
     processes.sweeper(extra_env=long_delays)
-    task = wait_for_status(client, headers, flaky, FINAL)
+    task = wait_for_status(client, headers, flaky, TERMINAL)
     assert task["status"] == "COMPLETED" and task["output"] == {"attempts": 2}, task
     assert gaps_ms(task)[0] >= 1500 - 2

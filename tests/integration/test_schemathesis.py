@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from config.settings import Settings
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.integration.live_api import gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

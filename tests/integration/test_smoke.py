@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import SEED_ORDER, wait_for_status
+from tests.helpers import SEED_ORDER, wait_for_status
 
 pytestmark = pytest.mark.integration
 

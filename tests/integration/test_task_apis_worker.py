@@ -9,7 +9,7 @@ import pytest
 from shared import db, store
 from shared.definitions import TaskDefinition
 from shared.status import TaskType
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

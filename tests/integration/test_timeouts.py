@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FINAL, submit, wait_for, wait_for_status
+from shared.status import TERMINAL
+from tests.helpers import submit, wait_for, wait_for_status
 from tests.integration.extra_definitions import MODULE
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def test_soft_limit_times_out_and_retries_only_when_the_policy_says_so(client, a
         executionConfig={"timeout": 600, "retryPolicy": {**policy, "retryOnTimeout": True}},
     )
 
-    task = wait_for_status(client, headers, plain, FINAL)
+    task = wait_for_status(client, headers, plain, TERMINAL)
     assert task["status"] == "TIMED_OUT", task
     assert task["error"]["code"] == "TIMEOUT" and "600 ms" in task["error"]["message"]
     assert "killed" not in task["error"]["message"]  # the soft limit stopped it
@@ -59,14 +60,14 @@ def test_soft_limit_times_out_and_retries_only_when_the_policy_says_so(client, a
     # The handler was interrupted, not killed: it had the chance to clean up (it logged).
     assert any("SoftTimeLimitExceeded" in line for line in task_log(client, headers, plain))
 
-    task = wait_for_status(client, headers, retried, FINAL, timeout=30)
+    task = wait_for_status(client, headers, retried, TERMINAL, timeout=30)
     assert task["status"] == "TIMED_OUT", task
     assert task["executionMetadata"]["attempts"] == 3
     assert [a["status"] for a in task["attempts"]] == ["TIMED_OUT"] * 3
 
     # Without a timeout in the submission, the definition's (500 ms here) bounds the attempt.
     fallback = submit(client, headers, "test-short-sleep", {"seconds": 30})
-    task = wait_for_status(client, headers, fallback, FINAL)
+    task = wait_for_status(client, headers, fallback, TERMINAL)
     assert task["status"] == "TIMED_OUT" and "500 ms" in task["error"]["message"], task
 
 
@@ -80,10 +81,10 @@ def test_handler_ignoring_the_soft_limit_is_killed_at_the_hard_limit(client, aut
         {"seconds": 60, "ignoreSoftLimit": True},
         executionConfig={"timeout": 500, "retryPolicy": {"maxRetries": 0}},
     )
-    running = wait_for_status(client, headers, stuck, {"RUNNING"} | FINAL)
+    running = wait_for_status(client, headers, stuck, {"RUNNING"} | TERMINAL)
     pid = pid_of(running["executionMetadata"]["executionEnvironment"])
 
-    task = wait_for_status(client, headers, stuck, FINAL, timeout=20)
+    task = wait_for_status(client, headers, stuck, TERMINAL, timeout=20)
     assert task["status"] == "TIMED_OUT", task
     assert task["error"]["code"] == "TIMEOUT" and "killed" in task["error"]["message"]
     assert task["attempts"][0]["status"] == "TIMED_OUT" and task["attempts"][0]["endTime"]
@@ -91,6 +92,6 @@ def test_handler_ignoring_the_soft_limit_is_killed_at_the_hard_limit(client, aut
 
     # The worker goes on serving, on a fresh child.
     after = submit(client, headers, "echo", {"n": 1})
-    done = wait_for_status(client, headers, after, FINAL)
+    done = wait_for_status(client, headers, after, TERMINAL)
     assert done["status"] == "COMPLETED" and done["output"] == {"n": 1}
     assert pid_of(done["executionMetadata"]["executionEnvironment"]) != pid

@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import wait_for, wait_for_status
+from tests.helpers import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import redis as redis_lib
 from cli.servers import PostgresServer, RedisServer
 from config.settings import Settings
 from shared import schema, store
-from tests.conftest import JWT_SECRET, ROOT, settings_env
+from tests.helpers import JWT_SECRET, ROOT, settings_env
 from workers.definitions import builtin_registry
 
 QUEUE = "standard-executor"
@@ -253,7 +253,7 @@ class Cluster:
     # ------------------------------------------------------------ sweeper
 
     def start_sweeper(self) -> subprocess.Popen[bytes]:
-        proc, _ = self._spawn("sweeper", [sys.executable, "-m", "cli", "beat"])
+        proc, _ = self._spawn("sweeper", [sys.executable, "-m", "cli", "sweeper"])
         self.sweepers.append(proc)
         return proc
 

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 
-from config.settings import Settings
 from shared import store
 from shared.credentials import mint_token
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET, unavailable
 from tests.reliability import nemesis, poison
 from tests.reliability import verdict as verdict_module
 from tests.reliability.cluster import DEFINITION_MODULE, Cluster, Servers
-from tests.reliability.ledger import Ledger
-
-#: TASKEXEC_SOAK=1 multiplies task counts and fault rounds by 5; TASKEXEC_SOAK=N by N.
-_SOAK = int(os.environ.get("TASKEXEC_SOAK") or 0)
-FACTOR = 1 if _SOAK <= 0 else (5 if _SOAK == 1 else _SOAK)
-
-
-def scaled(count: int) -> int:
-    """Scale a task count or a number of fault rounds for soak mode."""
-    return count * FACTOR
+from tests.reliability.scenario import FACTOR, Scenario
 
 
 @pytest.fixture(scope="session")
@@ -41,25 +29,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             store.publish_definitions(conn, poison.DEFINITIONS)
     except Exception as exc:  # noqa: BLE001 - any failure to provide the servers
         found.stop()
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot start private Postgres/Redis: {exc}")
-        pytest.skip(f"cannot start private Postgres/Redis: {exc}")
+        unavailable(f"cannot start private Postgres/Redis: {exc}")
     yield found
     found.stop()
-
-
-@dataclass
-class Scenario:
-    """One scenario's system: servers, settings, the API app, the worker processes."""
-
-    servers: Servers
-    settings: Settings
-    app: Any
-    cluster: Cluster
-    headers: dict[str, str]
-
-    def ledger(self, name: str) -> Ledger:
-        return Ledger(name, self.app, self.headers, self.settings)
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.reliability.cluster import connect
-from tests.reliability.conftest import Scenario, scaled
 from tests.reliability.ledger import Ledger
 from tests.reliability.nemesis import submit_mix
+from tests.reliability.scenario import Scenario, scaled
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

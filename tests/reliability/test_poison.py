@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import Scenario, scaled
 from tests.reliability.nemesis import submit_mix
+from tests.reliability.scenario import Scenario, scaled
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from tests.reliability.cluster import connect
-from tests.reliability.conftest import Scenario, scaled
 from tests.reliability.ledger import Ledger
 from tests.reliability.nemesis import Nemesis, running_pids, submit_mix
+from tests.reliability.scenario import Scenario, scaled
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from api.group_commit import GroupCommit
 from shared import store
 from shared.errors import ServiceUnavailable
 
-from ..conftest import task_row
+from ..helpers import task_row
 
 
 def rows(n: int, definition: str = "echo") -> list[store.NewTask]:
