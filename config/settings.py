@@ -123,6 +123,10 @@ class Settings:
     jwt_issuer: str = field(default="", metadata=_env("TASKEXEC_JWT_ISSUER", _text))
     jwt_audience: str = field(default="", metadata=_env("TASKEXEC_JWT_AUDIENCE", _text))
     jwt_leeway: int = field(default=10, metadata=_env("TASKEXEC_JWT_LEEWAY", _non_negative_int))
+    # seconds a token may live from its iat (or from now) to its exp; 0 means no limit
+    jwt_max_lifetime: int = field(
+        default=86400, metadata=_env("TASKEXEC_JWT_MAX_LIFETIME", _non_negative_int)
+    )
     ratelimit_enabled: bool = field(
         default=True, metadata=_env("TASKEXEC_RATELIMIT_ENABLED", _bool)
     )
