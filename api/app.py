@@ -37,8 +37,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
-    app.extensions["taskexec"] = services or Services(settings)
-    app.extensions["taskexec_tokens"] = TokenVerifier(settings)
+    svc = services or Services(settings)
+    svc.tokens = TokenVerifier(settings)
+    app.extensions["taskexec"] = svc
 
     # Authenticate before the limiter runs, so limits are per principal; limit before the body
     # checks, so oversize or too-deep requests count and their 413/400 carry the headers.

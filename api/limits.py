@@ -20,6 +20,7 @@ from limits import parse_many
 
 from api.auth import PUBLIC
 from api.limit_storage import SCHEME_PREFIX, SingleTripRedisStorage
+from api.services import services
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ def limit_key() -> str:
     return f"ip:{request.remote_addr or 'unknown'}"
 
 
-def _settings() -> Settings:
-    return current_app.extensions["taskexec"].settings  # type: ignore[no-any-return]
-
-
 def _view() -> Callable[..., Any] | None:
     return current_app.view_functions.get(request.endpoint or "")  # type: ignore[return-value]
 
@@ -64,7 +61,7 @@ def limit_group(_endpoint: str = "") -> str:
 
 def current_limit() -> str:
     """Return the limit of the current request: bulk, the key's own, or the default."""
-    settings = _settings()
+    settings = services().settings
     if limit_group() == BULK:
         return settings.ratelimit_bulk
     principal = g.get("principal")

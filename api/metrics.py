@@ -1,10 +1,10 @@
 """Prometheus metrics of the API at /metrics: requests, submissions, cancels, refusals, the ledger.
 
-Counters are counted by an after-request hook from what each response told its client (a 201
-submission, a 200 cancel, a 429), so views stay free of metrics code. The ledger gauges (active
-tasks by status, queue depth per executor) are read from Postgres when scraped. Under gunicorn,
-set PROMETHEUS_MULTIPROC_DIR: every worker process writes its counts there and a scrape, served
-by any one of them, adds them all up.
+Submissions are counted where tasks are created (api/submission.py) and cancels where they
+happen (api/operations.py), so views stay free of metrics code; latency and 429s are counted by
+an after-request hook. The ledger gauges (active tasks by status, queue depth per executor) are
+read from Postgres when scraped. Under gunicorn, set PROMETHEUS_MULTIPROC_DIR: every worker
+process writes its counts there and a scrape, served by any one of them, adds them all up.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -79,33 +78,7 @@ def _observe(response: Response) -> Response:
         REQUEST_SECONDS.labels(method, endpoint, str(status)).observe(time.perf_counter() - started)
     if status == 429:
         RATE_LIMITED.labels(endpoint).inc()
-    try:
-        _count_outcomes(request.endpoint or "", status, response)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-        pass  # a body not shaped as expected is a view's bug, never the client's 500
     return response
-
-
-def _count_outcomes(endpoint: str, status: int, response: Response) -> None:
-    """Count submissions and cancels from the responses that report them."""
-    if status not in (200, 201):
-        return  # never re-read a refused body: an oversize or too-deep one raises here
-    body: Any = request.get_json(silent=True) if request.is_json else None
-    if endpoint == "tasks.submit_task" and status == 201:  # 200 is an idempotent replay
-        SUBMITTED.labels(body["taskDefinitionId"]).inc()
-    elif endpoint == "tasks.submit_bulk" and status == 201:
-        items = body["tasks"]
-        for item in (response.get_json(silent=True) or {}).get("items", []):
-            if "id" in item:
-                SUBMITTED.labels(items[item["index"]]["taskDefinitionId"]).inc()
-    elif endpoint == "task_apis.submit_job" and status == 200:
-        SUBMITTED.labels((request.view_args or {})["api_name"]).inc()
-    elif endpoint in ("tasks.cancel_task", "task_apis.stop_job", "task_apis.stop_job_by_query"):
-        if status == 200:
-            CANCELLED.labels(endpoint.partition(".")[0]).inc()
-    elif endpoint == "tasks.cancel_many" and status == 200:
-        items = (response.get_json(silent=True) or {}).get("items", [])
-        CANCELLED.labels("tasks").inc(sum(1 for item in items if "error" not in item))
 
 
 # ------------------------------------------------------------------ the ledger
@@ -201,7 +174,7 @@ def scrape() -> Response:
     else:
         body = generate_latest(REGISTRY)
     ledger = CollectorRegistry(auto_describe=False)
-    ledger.register(current_app.extensions["taskexec_ledger"])
+    ledger.register(svc.ledger)
     body += generate_latest(ledger)
     return Response(body, mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
@@ -211,7 +184,7 @@ def init_app(app: Flask) -> None:
     svc: Services = app.extensions["taskexec"]
     if svc.settings.metrics_dir:
         Path(svc.settings.metrics_dir).mkdir(parents=True, exist_ok=True)
-    app.extensions["taskexec_ledger"] = LedgerCollector(svc)
+    svc.ledger = LedgerCollector(svc)
     app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     # after_request hooks run last-registered first: this one, registered first, sees the
     # final status, after error handlers and the limiter's headers.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
@@ -13,6 +14,10 @@ from shared import store
 from shared.broker import Broker
 from shared.db import Database
 from shared.errors import DefinitionNotFound
+
+if TYPE_CHECKING:
+    from api.auth import TokenVerifier
+    from api.metrics import LedgerCollector
 
 
 class DefinitionCache:
@@ -44,6 +49,10 @@ class DefinitionCache:
 
 class Services:
     """Everything a request handler needs beyond the request."""
+
+    #: Set by create_app and metrics.init_app: their modules import this one.
+    tokens: TokenVerifier
+    ledger: LedgerCollector
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from api.metrics import SUBMITTED
 from api.services import Services
 from shared import outbox, store
 from shared.credentials import Principal
@@ -214,9 +215,13 @@ def submit_each(
     """Store and publish, one outcome per row; a lost idempotency race is retried."""
     for _ in range(_RACE_RETRIES):
         try:
-            return store_and_publish(svc, principal, rows, keys)
+            outcomes = store_and_publish(svc, principal, rows, keys)
         except _Retry:
             continue
+        for outcome in outcomes:
+            if isinstance(outcome, Accepted) and outcome.created:  # a replay creates nothing
+                SUBMITTED.labels(outcome.task.task_definition_id).inc()
+        return outcomes
     raise ServiceUnavailable("the idempotency key is contended; retry the request")
 
 

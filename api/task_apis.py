@@ -7,13 +7,12 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
-from api import openapi, submission
+from api import openapi, operations, submission
 from api.auth import current_principal, requires
 from api.parsing import Blueprint
 from api.responses import cortex
 from api.schemas import SubmitJobSchema
 from api.services import services
-from api.tasks import cancel_one, owner_scope, parse_task_id
 from shared import store
 from shared.errors import DefinitionNotFound, ServiceUnavailable, TaskNotFound, ValidationError
 from shared.status import ACTIVE, TERMINAL
@@ -42,12 +41,22 @@ def _definition(api_name: str) -> store.DefinitionRow:
 
 def _job(api_name: str, job_id: str) -> store.Task:
     """Load a visible job of `api_name`; a task of another definition is not found here."""
-    tid = parse_task_id(job_id)
-    with services().db.connection() as conn:
-        task = store.get_task(conn, tid, owner_scope(current_principal()))
-    if task is None or task.task_definition_id != api_name:
-        raise TaskNotFound(f"job {job_id} of task API {api_name!r} not found", {"jobID": job_id})
-    return task
+    try:
+        with services().db.connection() as conn:
+            task = operations.load_task(conn, job_id, current_principal())
+        if task.task_definition_id == api_name:
+            return task
+    except TaskNotFound:
+        pass
+    raise TaskNotFound(f"job {job_id} of task API {api_name!r} not found", {"jobID": job_id})
+
+
+def _has_job_id() -> bool:
+    return "jobID" in request.args
+
+
+def _lists_jobs() -> bool:
+    return "jobID" not in request.args
 
 
 def _job_id_query() -> str:
@@ -112,6 +121,10 @@ def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, in
 
 
 @blp.route("/<api_name>", methods=["GET"])
+# One URL, two reads (as in Cortex): a job's status with ?jobID=, else the API and its jobs.
+@requires("tasks:read", when=_has_job_id)
+@requires("tasks:definitions:read", when=_lists_jobs)
+@requires("tasks:list", when=_lists_jobs)
 @blp.doc(
     parameters=[_JOB_ID],
     operationId="getTaskApi",
@@ -136,13 +149,9 @@ def get_api(api_name: str) -> Response:
          "recent_job_statuses": [finished, newest first]}
     Errors: 404 unknown API, or a job that is not this API's (or not yours).
     """
-    current_principal()  # 401 before anything else
-    if "jobID" in request.args:
-        return requires("tasks:read")(_job_response)(api_name, _job_id_query())
-    return requires("tasks:definitions:read")(requires("tasks:list")(_api_response))(api_name)
-
-
-get_api.permission = "tasks:read"  # type: ignore[attr-defined]  # or the listing pair
+    if _has_job_id():
+        return _job_response(api_name, _job_id_query())
+    return _api_response(api_name)
 
 
 @blp.route("/<api_name>/<job_id>", methods=["GET"])
@@ -167,7 +176,7 @@ def _job_response(api_name: str, job_id: str) -> Response:
 
 def _api_response(api_name: str) -> Response:
     definition = _definition(api_name)
-    owner = owner_scope(current_principal())
+    owner = operations.owner_scope(current_principal())
     with services().db.connection() as conn:
         running = store.list_tasks(
             conn,
@@ -225,5 +234,6 @@ def _stop(api_name: str, job_id: str) -> Response:
     task = _job(api_name, job_id)
     # A graceful cancel, like Cortex deleting the job's pod: the handler sees it at its next
     # check and the worker escalates to a kill after TASKEXEC_CANCEL_GRACE.
-    cancel_one(task.id, current_principal(), "stopped through the Task API", False)
+    reason = "stopped through the Task API"
+    operations.cancel(task.id, current_principal(), reason, False, surface="task_apis")
     return jsonify(cortex.stopped(task))

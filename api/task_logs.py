@@ -6,15 +6,13 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from api import openapi
+from api import openapi, operations
 from api.auth import current_principal, requires
 from api.parsing import Blueprint
 from api.responses.tasks import LogPageSchema, log_page
 from api.schemas import LogQuerySchema
 from api.services import services
-from api.tasks import owner_scope, parse_task_id
 from shared import store
-from shared.errors import TaskNotFound
 from shared.status import Status
 
 blp = Blueprint(
@@ -41,15 +39,12 @@ def task_logs(query: dict[str, Any], task_id: str) -> Response:
     While the task runs, poll with `after=<nextAfter>` for new lines.
     Errors: 400 bad paging, 404 unknown (or another principal's) task.
     """
-    tid = parse_task_id(task_id)
     after, limit = query["after"], query["limit"]
     with services().db.connection() as conn:
         # The task first: a line is committed before the status that ends its attempt, so a
         # task read as finished here has all its lines visible to the next query.
-        task = store.get_task(conn, tid, owner_scope(current_principal()))
-        if task is None:
-            raise TaskNotFound(f"task {task_id} not found")
-        lines = store.task_logs(conn, tid, after=after, limit=limit)
+        task = operations.load_task(conn, task_id, current_principal())
+        lines = store.task_logs(conn, task.id, after=after, limit=limit)
     finished = Status(task.status).terminal and len(lines) < limit
     next_after = None if finished else (lines[-1].seq if lines else after)
     return jsonify(log_page(lines, next_after))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Response, jsonify, request, url_for
 from marshmallow import RAISE
 
-from api import openapi, submission
+from api import openapi, operations, submission
 from api.auth import current_principal, requires
 from api.limits import bulk_limit
 from api.pagination import decode_cursor, encode_cursor, page_doc
@@ -39,16 +38,7 @@ from api.schemas import (
 )
 from api.services import services
 from shared import store
-from shared.broker import BROKER_ERRORS
-from shared.credentials import Principal
-from shared.errors import (
-    Conflict,
-    TaskAlreadyFinished,
-    TaskexecError,
-    TaskNotFound,
-    ValidationError,
-)
-from shared.status import Status, TaskType
+from shared.errors import TaskexecError, ValidationError
 
 blp = Blueprint(
     "tasks", __name__, url_prefix="/api/v1/tasks", description="Submit and manage tasks"
@@ -56,19 +46,6 @@ blp = Blueprint(
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_LENGTH = 200
-
-
-def parse_task_id(raw: str) -> uuid.UUID:
-    """Parse a task id; anything that is not one is simply not found."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError as exc:
-        raise TaskNotFound(f"task {raw!r} not found") from exc
-
-
-def owner_scope(principal: Principal) -> str | None:
-    """Whose tasks the caller sees: everyone's for tasks:admin, else their own."""
-    return None if principal.is_admin else principal.subject
 
 
 # ------------------------------------------------------------------ submit
@@ -225,12 +202,9 @@ def get_task(task_id: str) -> Response:
                    "executionMetadata": {"startTime", "endTime", "duration", ...}, ...}
     Errors: 404 unknown (or another principal's) task.
     """
-    tid = parse_task_id(task_id)
     with services().db.connection() as conn:
-        task = store.get_task(conn, tid, owner_scope(current_principal()))
-        if task is None:
-            raise TaskNotFound(f"task {task_id} not found")
-        attempts = store.get_attempts(conn, tid)
+        task = operations.load_task(conn, task_id, current_principal())
+        attempts = store.get_attempts(conn, task.id)
     return jsonify(task_json(task, attempts))
 
 
@@ -271,7 +245,7 @@ def list_tasks(query: dict[str, Any]) -> Response:
     page: int | None = None if after else query.get("page", 1)
     limit = query["limit"]
     flt = store.TaskFilter(
-        owner=owner_scope(current_principal()),
+        owner=operations.owner_scope(current_principal()),
         statuses=query.get("status", ()),
         type=query.get("type"),
         workflow_instance_id=query.get("workflowInstanceId"),
@@ -293,35 +267,6 @@ def list_tasks(query: dict[str, Any]) -> Response:
 # ------------------------------------------------------------------ cancel and complete
 
 
-def cancel_one(tid: uuid.UUID, principal: Principal, reason: str | None, force: bool) -> store.Task:
-    """Cancel a task and stop its running attempt; raise 404/409 as the seed says."""
-    svc = services()
-    with svc.db.connection() as conn:
-        outcome = store.cancel_task(
-            conn,
-            tid,
-            owner=owner_scope(principal),
-            reason=reason,
-            by=principal.subject,
-            force=force,
-        )
-    if outcome is None:
-        raise TaskNotFound(f"task {tid} not found")
-    if not outcome.cancelled:
-        raise TaskAlreadyFinished(
-            f"task {tid} is already {outcome.task.status}", {"status": outcome.task.status}
-        )
-    if outcome.previous_status == Status.RUNNING.value and force:
-        try:
-            # Interrupt the handler (Celery's soft time-limit signal) rather than kill its
-            # child: the slot is free at once instead of after the pool replaces the child.
-            # The attempt's watcher kills the child if the handler ignores the interrupt.
-            svc.broker.revoke(str(tid), terminate=True, signal="SIGUSR1")
-        except BROKER_ERRORS:
-            pass  # the attempt's own watcher sees the forced cancel and interrupts itself
-    return outcome.task
-
-
 @blp.route("/<task_id>/cancel", methods=["POST"])
 @requires("tasks:cancel")
 @blp.arguments(CancelTaskSchema, required=False)
@@ -339,9 +284,8 @@ def cancel_task(body: dict[str, Any], task_id: str) -> Response:
     Errors: 400 malformed body, 404 unknown task, 409 already finished.
     """
     body = body or {}
-    task = cancel_one(
-        parse_task_id(task_id), current_principal(), body.get("reason"), body.get("force", False)
-    )
+    tid = operations.parse_task_id(task_id)
+    task = operations.cancel(tid, current_principal(), body.get("reason"), body.get("force", False))
     return jsonify(cancel_result(task))
 
 
@@ -372,14 +316,13 @@ def cancel_many(body: dict[str, Any]) -> Response:
     else:
         with services().db.connection() as conn:
             targets = store.task_ids_of_workflow(
-                conn, body["workflowInstanceId"], owner_scope(principal)
+                conn, body["workflowInstanceId"], operations.owner_scope(principal)
             )
     items: list[dict[str, Any]] = []
     for raw in targets:
         try:
-            task = cancel_one(
-                parse_task_id(str(raw)), principal, body.get("reason"), body.get("force", False)
-            )
+            tid = operations.parse_task_id(str(raw))
+            task = operations.cancel(tid, principal, body.get("reason"), body.get("force", False))
             items.append(cancel_result(task))
         except TaskexecError as exc:
             items.append(cancel_refused(str(raw), exc))
@@ -404,35 +347,5 @@ def complete_task(body: dict[str, Any], task_id: str) -> Response:
     submitted with. Errors: 400 no `output`, 404 unknown (or another principal's) task,
     409 not a manual task or no longer PENDING, 422 output fails the outputSchema.
     """
-    svc = services()
-    scope = owner_scope(current_principal())
-    tid = parse_task_id(task_id)
-    output = body["output"]
-    with svc.db.connection() as conn:
-        task = store.get_task(conn, tid, scope)
-        if task is None:
-            raise TaskNotFound(f"task {task_id} not found")
-        if task.type != TaskType.MANUAL.value:
-            raise Conflict(
-                "only MANUAL tasks are completed through the API",
-                {"field": "type", "issue": f"task is {task.type}", "type": task.type},
-            )
-        if task.status != Status.PENDING.value:
-            raise TaskAlreadyFinished(f"task {task_id} is {task.status}", {"status": task.status})
-        version = store.definition_version_document(
-            conn, task.task_definition_id, task.definition_version
-        )
-    schema = version["output_schema"] if version else None
-    if schema is None:  # recorded before version history existed: the current definition
-        schema = svc.definitions.get(task.task_definition_id).output_schema
-    error = submission.output_errors(task.task_definition_id, schema, output)
-    if error is not None:
-        raise error
-    with svc.db.connection() as conn:
-        done = store.complete_manual_task(conn, tid, output, scope)
-        if done is None:  # cancelled (or completed) since we looked
-            current = store.get_task(conn, tid)
-            status = current.status if current else None
-            raise TaskAlreadyFinished(f"task {task_id} is {status}", {"status": status})
-        attempts = store.get_attempts(conn, tid)
-    return jsonify(task_json(done, attempts))
+    task, attempts = operations.complete_manual(task_id, current_principal(), body["output"])
+    return jsonify(task_json(task, attempts))

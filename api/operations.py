@@ -1,0 +1,112 @@
+"""What the views do to existing tasks: find one the caller may see, cancel it, complete it.
+
+The blueprints (api/tasks.py, api/task_apis.py, api/task_logs.py) call these and never each
+other, as flaskr's views share `get_post(id)`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from api import submission
+from api.metrics import CANCELLED
+from api.services import services
+from shared import store
+from shared.broker import BROKER_ERRORS
+from shared.credentials import Principal
+from shared.errors import Conflict, TaskAlreadyFinished, TaskNotFound
+from shared.status import Status, TaskType
+
+
+def parse_task_id(raw: str) -> uuid.UUID:
+    """Parse a task id; anything that is not one is simply not found."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise TaskNotFound(f"task {raw!r} not found") from exc
+
+
+def owner_scope(principal: Principal) -> str | None:
+    """Whose tasks the caller sees: everyone's for tasks:admin, else their own."""
+    return None if principal.is_admin else principal.subject
+
+
+def load_task(conn: store.Conn, raw_id: str, principal: Principal) -> store.Task:
+    """Return the task `raw_id` names if the caller may see it; 404 otherwise."""
+    task = store.get_task(conn, parse_task_id(raw_id), owner_scope(principal))
+    if task is None:
+        raise TaskNotFound(f"task {raw_id} not found")
+    return task
+
+
+def cancel(
+    tid: uuid.UUID, principal: Principal, reason: str | None, force: bool, surface: str = "tasks"
+) -> store.Task:
+    """Cancel a task and stop its running attempt; 404 unknown, 409 already finished.
+
+    `surface` (tasks or task_apis) labels the cancel in taskexec_tasks_cancelled_total.
+    """
+    svc = services()
+    with svc.db.connection() as conn:
+        outcome = store.cancel_task(
+            conn,
+            tid,
+            owner=owner_scope(principal),
+            reason=reason,
+            by=principal.subject,
+            force=force,
+        )
+    if outcome is None:
+        raise TaskNotFound(f"task {tid} not found")
+    if not outcome.cancelled:
+        raise TaskAlreadyFinished(
+            f"task {tid} is already {outcome.task.status}", {"status": outcome.task.status}
+        )
+    CANCELLED.labels(surface).inc()
+    if outcome.previous_status == Status.RUNNING.value and force:
+        try:
+            # Interrupt the handler (Celery's soft time-limit signal) rather than kill its
+            # child: the slot is free at once instead of after the pool replaces the child.
+            # The attempt's watcher kills the child if the handler ignores the interrupt.
+            svc.broker.revoke(str(tid), terminate=True, signal="SIGUSR1")
+        except BROKER_ERRORS:
+            pass  # the attempt's own watcher sees the forced cancel and interrupts itself
+    return outcome.task
+
+
+def complete_manual(
+    raw_id: str, principal: Principal, output: Any
+) -> tuple[store.Task, list[store.Attempt]]:
+    """Complete a PENDING manual task with `output`, checked against its version's outputSchema.
+
+    Returns the completed task and its attempts. 404 unknown task, 409 not manual or no longer
+    PENDING, 422 output failing the schema.
+    """
+    svc = services()
+    with svc.db.connection() as conn:
+        task = load_task(conn, raw_id, principal)
+        if task.type != TaskType.MANUAL.value:
+            raise Conflict(
+                "only MANUAL tasks are completed through the API",
+                {"field": "type", "issue": f"task is {task.type}", "type": task.type},
+            )
+        if task.status != Status.PENDING.value:
+            raise TaskAlreadyFinished(f"task {raw_id} is {task.status}", {"status": task.status})
+        version = store.definition_version_document(
+            conn, task.task_definition_id, task.definition_version
+        )
+    schema = version["output_schema"] if version else None
+    if schema is None:  # recorded before version history existed: the current definition
+        schema = svc.definitions.get(task.task_definition_id).output_schema
+    error = submission.output_errors(task.task_definition_id, schema, output)
+    if error is not None:
+        raise error
+    with svc.db.connection() as conn:
+        done = store.complete_manual_task(conn, task.id, output, owner_scope(principal))
+        if done is None:  # cancelled (or completed) since we looked
+            current = store.get_task(conn, task.id)
+            status = current.status if current else None
+            raise TaskAlreadyFinished(f"task {raw_id} is {status}", {"status": status})
+        attempts = store.get_attempts(conn, task.id)
+    return done, attempts
