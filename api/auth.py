@@ -71,7 +71,7 @@ class TokenVerifier:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
-            raise AuthenticationError(f"invalid token: {exc}") from exc
+            raise AuthenticationError(f"invalid token: {_reason(exc)}") from exc
         if not isinstance(kid, str) or not kid:
             raise AuthenticationError("invalid token: the header has no kid")
         assert self._jwks is not None
@@ -114,27 +114,85 @@ class TokenVerifier:
                 token,
                 self._key(token),
                 algorithms=[self.algorithm],
-                options={"require": ["exp", "sub"], "verify_aud": bool(s.jwt_audience)},
+                # The time claims are checked below, once their types are known to be right.
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": bool(s.jwt_audience),
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
                 issuer=s.jwt_issuer or None,
                 audience=s.jwt_audience or None,
                 leeway=s.jwt_leeway,
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise AuthenticationError("the token has expired") from exc
         except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError for odd keys
-            raise AuthenticationError(f"invalid token: {exc}") from exc
+            # PyJWT's own words name its internals; say which part failed, in ours.
+            raise AuthenticationError(f"invalid token: {_reason(exc)}") from exc
+        _check_times(claims, s.jwt_max_lifetime, s.jwt_leeway)
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT:
             raise AuthenticationError(f"invalid token: sub must be 1 to {MAX_SUBJECT} characters")
+        if not subject.isprintable():
+            # The subject owns rows in Postgres, which cannot store NUL, and lands in logs,
+            # where control characters forge lines.
+            raise AuthenticationError("invalid token: sub must hold printable characters only")
         return Principal(subject=subject, permissions=frozenset(token_permissions(claims)))
 
 
+def _reason(exc: jwt.PyJWTError) -> str:
+    """Name what was wrong with a token without quoting the library."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"the {exc.claim} claim is required"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "the audience (aud) is not accepted"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "the issuer (iss) is not accepted"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "the signing algorithm is not accepted"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "the signature does not verify"
+    if isinstance(exc, jwt.DecodeError):
+        return "the token is malformed or a claim has the wrong type"
+    return "the token cannot be verified"
+
+
+def _check_times(claims: dict[str, Any], max_lifetime: int, leeway: int) -> None:
+    """Check exp, nbf and iat as numbers, and refuse lifetimes over `max_lifetime` seconds.
+
+    PyJWT converts with int(), so it accepts "9999999999" and true; RFC 7519 says NumericDate.
+    A stolen token is only as harmful as it is long-lived, so a lifetime over the limit is
+    refused even when an identity provider mints it.
+    """
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if name in claims and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise AuthenticationError(f"invalid token: {name} must be a number of seconds")
+    now = time.time()
+    if claims["exp"] <= now - leeway:
+        raise AuthenticationError("the token has expired")
+    for name in ("nbf", "iat"):
+        if claims.get(name, now) > now + leeway:
+            raise AuthenticationError(f"invalid token: it is not valid yet ({name})")
+    start = min(claims.get("iat", now), now)
+    if max_lifetime and claims["exp"] - start > max_lifetime + leeway:
+        raise AuthenticationError(
+            f"invalid token: its lifetime exceeds the {max_lifetime} s this server accepts"
+        )
+
+
 def token_permissions(claims: dict[str, Any]) -> list[str]:
-    """Read permissions from a `permissions` list, else a space-separated `scope`."""
+    """Read permissions from a `permissions` list, else the standard space-separated `scope`."""
     permissions = claims.get("permissions")
     if permissions is None:
         scope = claims.get("scope", "")
-        permissions = scope.split() if isinstance(scope, str) else scope
+        if not isinstance(scope, str):
+            raise AuthenticationError("invalid token: scope must be a space-separated string")
+        permissions = scope.split()
     if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
         raise AuthenticationError("invalid token: permissions must be a list of strings")
     return permissions
