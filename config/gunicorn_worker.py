@@ -1,0 +1,266 @@
+"""gunicorn's gthread worker, except that a thread only gets a request once it has arrived whole."""
+
+from __future__ import annotations
+
+import json
+import resource
+import selectors
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from gunicorn.http.unreader import SocketUnreader
+from gunicorn.workers.gthread import ThreadWorker
+
+from config.request_framing import Framing, RequestFramer
+
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_BUFFER_BYTES = 2 * 1024 * 1024  # keep above TASKEXEC_MAX_BODY_BYTES (1 MiB by default)
+FD_RESERVE = 64  # a worker's own descriptors besides its clients: pools, logs, pipes
+RECV_BYTES = 64 * 1024
+RECVS_PER_EVENT = 16  # then other connections get their turn
+UNLIMITED_FDS = 1024 * 1024  # what "unlimited" open files stands for
+DEFAULT_FIELD_SIZE = 8190  # gunicorn's own fallbacks when a limit is 0 (unlimited)
+DEFAULT_LINE = 8190
+
+
+def fd_limit() -> int:
+    """The hard limit on open files, the most connections a worker can raise itself to."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return UNLIMITED_FDS if hard == resource.RLIM_INFINITY else int(hard)
+
+
+def timeout_response(seconds: float) -> bytes:
+    """The 408 sent to a client whose request did not arrive in time, in the API's envelope."""
+    body = json.dumps(
+        {
+            "error": {
+                "code": "REQUEST_TIMEOUT",
+                "message": f"the request did not arrive within {seconds:g} s",
+                "details": {"timeout": seconds},
+            }
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class DeadlineUnreader(SocketUnreader):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn's socket reader, whose reads stop at the request's deadline.
+
+    Only a request handed over before it was whole (HEAD_ONLY, MALFORMED) ever reads the
+    socket in a thread; this bounds how long it may hold that thread.
+    """
+
+    deadline = float("inf")
+
+    def chunk(self, size_hint: int | None = None) -> bytes:
+        """Read what the socket has, but give up at the deadline as if the client had left."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return b""
+        self.sock.settimeout(remaining)
+        try:
+            return bytes(super().chunk(size_hint))
+        except TimeoutError:
+            return b""  # gunicorn treats it as a premature close and drops the connection
+        finally:
+            self.sock.settimeout(None)
+
+
+@dataclass
+class Reading:
+    """A connection whose request is still arriving, in the worker's event loop."""
+
+    framer: RequestFramer
+    deadline: float
+    result: Framing = Framing.PARTIAL
+    continued: bool = False  # "100 Continue" already sent, gunicorn must not send another
+    registered: bool = False  # in the worker's poller
+
+
+class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+    """A gthread worker that reads every request in its event loop, under a deadline.
+
+    gunicorn's gthread hands each new connection to a thread, which waits up to 5 s for the
+    first bytes and then reads the request with blocking calls: ten idle connections take all
+    the threads of a `taskexec dev` worker, and a client trickling its request holds one for as
+    long as it likes. Here the event loop reads each request (head and body, up to
+    `buffer_bytes`) without blocking; a thread gets it only once it is whole, and a request
+    not whole `read_timeout` seconds after its first byte could be sent is answered 408 and
+    closed. Idle and slow connections then cost a file descriptor and a few KiB each, and the
+    worker accepts as many as its file-descriptor limit allows.
+
+    TLS and cleartext HTTP/2 need blocking reads before the request: with those, the worker
+    behaves exactly like gthread (terminate TLS in front, as docs/security.md says).
+    """
+
+    read_timeout = DEFAULT_READ_TIMEOUT
+    buffer_bytes = DEFAULT_BUFFER_BYTES
+
+    def configure(self, read_timeout: float, buffer_bytes: int) -> None:
+        """Set the read deadline and body buffer (gunicorn has no settings for them)."""
+        self.read_timeout = read_timeout
+        self.buffer_bytes = buffer_bytes
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Warn that TLS and cleartext HTTP/2 fall back to gthread's blocking reads."""
+        super().check_config(cfg, log)
+        if not _can_buffer(cfg):
+            log.warning("TLS or HTTP/2 configured: requests are read by threads, as gthread does")
+
+    def init_process(self) -> None:
+        """Make room for many connections, then run gthread's loop."""
+        self._reading: OrderedDict[Any, Reading] = OrderedDict()  # ordered by deadline
+        self._buffering = _can_buffer(self.cfg)
+        self._max_head = _max_head(self.cfg)
+        self._raise_fd_limit()
+        super().init_process()
+
+    def _raise_fd_limit(self) -> None:
+        # gthread stops accepting at worker_connections: let that be the fd limit, not 1000.
+        connections: int = self.cfg.worker_connections
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = connections + FD_RESERVE
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if soft != resource.RLIM_INFINITY:
+            connections = max(self.cfg.threads, min(connections, soft - FD_RESERVE))
+        self.worker_connections = connections
+        self.max_keepalived = connections - self.cfg.threads
+
+    # gthread calls enqueue_req for a new connection, a kept-alive one that became readable
+    # and a pipelined request already buffered: all of them are read here first.
+    def enqueue_req(self, conn: Any) -> None:
+        """Start reading the connection's next request in the event loop."""
+        if not self._buffering:
+            super().enqueue_req(conn)
+            return
+        try:
+            conn.init()  # plain HTTP/1: only creates the parser, reads nothing
+            conn.sock.setblocking(False)
+        except OSError:
+            self._close(conn)
+            return
+        unreader = conn.parser.unreader
+        if not isinstance(unreader, DeadlineUnreader):
+            conn.parser.unreader = DeadlineUnreader(conn.sock)
+            conn.parser.unreader.unread(unreader.take_buffered())
+        framer = RequestFramer(self._max_head, self.buffer_bytes)
+        state = Reading(framer, time.monotonic() + self.read_timeout)
+        conn.read_state = state
+        self._reading[conn] = state
+        held = conn.parser.unreader.take_buffered()
+        if held:
+            state.result = framer.feed(held)
+        if state.result is Framing.PARTIAL:
+            # Often the request is here already (always on a kept-alive connection gthread
+            # found readable): then it goes to a thread without a trip through the poller.
+            self._on_readable(conn, None)
+        else:
+            self._hand_over(conn, state)
+
+    def _on_readable(self, conn: Any, _sock: object | None) -> None:
+        state = self._reading.get(conn)
+        if state is None:
+            return
+        for _ in range(RECVS_PER_EVENT):
+            try:
+                data = conn.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(conn)
+                return
+            if not data:  # closed before its request was whole: nothing to answer
+                self._drop(conn)
+                return
+            state.result = state.framer.feed(data)
+            if state.result is not Framing.PARTIAL:
+                self._hand_over(conn, state)
+                return
+        if state.framer.expects_continue and state.framer.head_done and not state.continued:
+            # The client waits for this before it sends the body we wait for.
+            state.continued = True
+            self._send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not state.registered:
+            state.registered = True
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _hand_over(self, conn: Any, state: Reading) -> None:
+        self._forget(conn)
+        conn.parser.unreader.unread(bytes(state.framer.buf))
+        conn.parser.unreader.deadline = state.deadline
+        super().enqueue_req(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """Serve a parsed request (in a thread), without a second "100 Continue"."""
+        state = getattr(conn, "read_state", None)
+        if state is not None and state.continued:
+            req._expected_100_continue = False
+        return bool(super().handle_request(req, conn))
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        state = getattr(conn, "read_state", None)
+        if state is not None and state.result is not Framing.COMPLETE:
+            # Its body is partly unread on the socket: draining it would hold this thread.
+            return False
+        return bool(super()._keepalive_after(conn, keepalive))
+
+    # gthread's loop calls this about once a second, also while it shuts down.
+    def murder_pending(self) -> None:
+        """Close connections whose request did not arrive in time (idle ones when stopping)."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, state in list(self._reading.items()):
+            if state.deadline > now:
+                if self.alive:
+                    break  # ordered by deadline
+                if state.framer.buf:
+                    continue  # a request on its way still gets its chance
+            self._forget(conn)
+            if state.framer.buf:
+                self._send_quietly(conn, timeout_response(self.read_timeout))
+            self._close(conn)
+
+    def _forget(self, conn: Any) -> None:
+        state = self._reading.pop(conn)
+        if state.registered:
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _drop(self, conn: Any) -> None:
+        self._forget(conn)
+        self._close(conn)
+
+    def _close(self, conn: Any) -> None:
+        self.nr_conns -= 1
+        conn.close()
+
+    @staticmethod
+    def _send_quietly(conn: Any, data: bytes) -> None:
+        # Non-blocking and best effort: a few bytes into an empty send buffer, or nothing.
+        try:
+            conn.sock.send(data)
+        except OSError:
+            pass
+
+
+def _can_buffer(cfg: Any) -> bool:
+    return not cfg.is_ssl and cfg.http2_cleartext == "off"
+
+
+def _max_head(cfg: Any) -> int:
+    """About the most head bytes gunicorn's parser accepts (more is refused without waiting)."""
+    line = cfg.limit_request_line or DEFAULT_LINE
+    field = cfg.limit_request_field_size or DEFAULT_FIELD_SIZE
+    return int(line + 2 + cfg.limit_request_fields * (field + 2) + 4)
