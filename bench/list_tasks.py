@@ -28,7 +28,7 @@ from cli.base import ledger  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from shared import db, schema, store  # noqa: E402
 from shared.credentials import issue_key  # noqa: E402
-from workers.definitions import builtin_registry  # noqa: E402
+from workers.definitions import DIAGNOSTICS, load_registry  # noqa: E402
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 TENANTS = 40
@@ -86,7 +86,7 @@ def drop_database(server: str, name: str) -> None:
 def seed(url: str, rows: int) -> float:
     """Load `rows` tasks; indexes are dropped first and rebuilt after (much faster)."""
     started = time.perf_counter()
-    definitions = sorted(builtin_registry(), key=lambda d: d.id)
+    definitions = sorted(load_registry(DIAGNOSTICS), key=lambda d: d.id)
     conn = db.connect(url)
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -222,7 +222,7 @@ def run(url: str, args: argparse.Namespace) -> None:
     tenant = add_key(url, "tenant-07", ["tasks:list", "tasks:read"])
     values = sample_values(url)
     rng = random.Random(7)
-    definitions = sorted(d.id for d in builtin_registry())
+    definitions = sorted(d.id for d in load_registry(DIAGNOSTICS))
     types = ["AUTOMATED", "MANUAL", "INTEGRATION"]
     first, last = values["span"]
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             schema.migrate(url)
             conn = db.connect(url)
             with conn:
-                store.publish_definitions(conn, builtin_registry())
+                store.publish_definitions(conn, load_registry(DIAGNOSTICS))
             conn.close()
             took = seed(url, args.rows)
             print(f"# seeded {args.rows} tasks in {took:.1f}s (database {name})", flush=True)

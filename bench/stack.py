@@ -19,9 +19,10 @@ import redis
 
 from cli.base import ledger
 from cli.servers import PostgresServer, RedisServer, free_port
+from config.settings import Settings
 from shared import schema, store
 from shared.credentials import issue_key
-from workers.definitions import builtin_registry
+from workers.definitions import DIAGNOSTICS, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -105,7 +106,7 @@ class Stack:
         self.redis_url = self._redis.url
         schema.migrate(self.database_url)
         with ledger(self.database_url) as conn:
-            store.publish_definitions(conn, builtin_registry())
+            store.publish_definitions(conn, load_registry(DIAGNOSTICS))
             _, self.api_key = issue_key(
                 conn, name="bench", owner="bench", permissions=["*"], rate_limit=HUGE_RATE
             )
@@ -130,14 +131,18 @@ class Stack:
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of every child: the service's settings plus gunicorn's."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKEXEC_", "GUNICORN_"))}
+        settings = Settings(
+            database_url=self.database_url,
+            redis_url=self.redis_url,
+            jwt_secret=self._jwt_secret,
+            definition_modules=DIAGNOSTICS,
+            ratelimit_enabled=True,
+            ratelimit_default=HUGE_RATE,
+            ratelimit_bulk=HUGE_RATE,
+        )
+        env.update(settings.to_env())
         env.update(
             {
-                "DATABASE_URL": self.database_url,
-                "REDIS_URL": self.redis_url,
-                "TASKEXEC_JWT_SECRET": self._jwt_secret,
-                "TASKEXEC_RATELIMIT_ENABLED": "true",
-                "TASKEXEC_RATELIMIT_DEFAULT": HUGE_RATE,
-                "TASKEXEC_RATELIMIT_BULK": HUGE_RATE,
                 "GUNICORN_WORKERS": str(self.api_workers),
                 "GUNICORN_THREADS": str(self.api_threads),
                 "FLOWER_UNAUTHENTICATED_API": "true",

@@ -91,6 +91,13 @@ def _settings(env: dict[str, str], data: Path) -> Settings:
     """Settings from `env`, with a JWT secret kept under the data directory unless one is set."""
     if not env.get("TASKEXEC_JWT_SECRET"):
         env["TASKEXEC_JWT_SECRET"] = _secret_file(data / "jwt-secret", secrets.token_urlsafe(48))
+    from workers.definitions import with_diagnostics  # late, as in cli/processes.py
+
+    # The diagnostic built-ins (echo, sleep, ...) are for trying the service: on here, opt-in
+    # in production.
+    env["TASKEXEC_DEFINITION_MODULES"] = with_diagnostics(
+        env.get("TASKEXEC_DEFINITION_MODULES", "")
+    )
     try:
         return Settings.from_env(env)
     except ConfigurationError as exc:

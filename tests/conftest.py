@@ -29,7 +29,7 @@ from tests.helpers import (
     shared_postgres_reachable,
     unavailable,
 )
-from workers.definitions import builtin_registry
+from workers.definitions import DIAGNOSTICS, load_registry
 
 
 def _create_shared_database(name: str) -> tuple[str, Callable[[], None]]:
@@ -70,7 +70,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
         unavailable(f"cannot provide Postgres/Redis for tests: {exc}")
     schema.migrate(database_url)
     with ledger(database_url) as conn:
-        store.publish_definitions(conn, builtin_registry())
+        store.publish_definitions(conn, load_registry(DIAGNOSTICS))
     yield Backends(database_url, redis.url, redis, cleanup)
     for fn in reversed(cleanup):
         try:
@@ -85,6 +85,7 @@ def base_settings(backends: Backends) -> Settings:
         database_url=backends.database_url,
         redis_url=backends.redis_url,
         jwt_secret=JWT_SECRET,
+        definition_modules=DIAGNOSTICS,
         ratelimit_enabled=False,
         definition_cache_seconds=0,
         lease_seconds=6,

@@ -12,10 +12,10 @@ from api.responses.cortex import cortex_status
 from shared import db, store
 from shared.definitions import TaskDefinition
 from shared.status import Status, TaskType
-from workers.definitions import builtin_registry
+from workers.definitions import DIAGNOSTICS, load_registry
 
 BASE = "/api/v1/task-apis"
-BUILTIN = builtin_registry()
+BUILTIN = load_registry(DIAGNOSTICS)
 CORTEX_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 SUBMIT_KEYS = [
     "job_id",

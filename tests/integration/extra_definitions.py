@@ -9,9 +9,11 @@ from typing import Any
 
 from shared.definitions import RetryPolicy, TaskContext, TaskDefinition
 from shared.status import TaskType
-from workers.definitions.testing import sleep
+from workers.definitions import with_diagnostics
+from workers.definitions.diagnostics import sleep
 
-MODULE = __name__
+# Workers load the diagnostic built-ins too: the tests that load this module use sleep and echo.
+MODULE = with_diagnostics(__name__)
 REMOTE_EXECUTOR = "remote-test-executor"
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from shared.definitions import TaskContext, TaskDefinition
 from shared.status import TaskType
+from workers.definitions import with_diagnostics
 
-MODULE = __name__
+MODULE = with_diagnostics(__name__)
 log = logging.getLogger(__name__)
 
 

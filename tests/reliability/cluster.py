@@ -21,11 +21,11 @@ from cli.servers import PostgresServer, RedisServer
 from config.settings import Settings
 from shared import schema, store
 from tests.helpers import JWT_SECRET, ROOT, settings_env
-from workers.definitions import builtin_registry
+from workers.definitions import load_registry, with_diagnostics
 
 QUEUE = "standard-executor"
 #: The test-only definitions (the poison task), loaded by workers through the setting.
-DEFINITION_MODULE = "tests.reliability.poison"
+DEFINITION_MODULE = with_diagnostics("tests.reliability.poison")
 
 #: Short leases and sweeps so that a lost worker is noticed in seconds, not a minute.
 SUITE_SETTINGS = {
@@ -58,7 +58,7 @@ class Servers:
         self.database_url = self.postgres.create_database("taskexec_reliability")
         schema.migrate(self.database_url)
         with contextlib.closing(psycopg2.connect(self.database_url)) as conn, conn:
-            store.publish_definitions(conn, builtin_registry())
+            store.publish_definitions(conn, load_registry(DEFINITION_MODULE))
         return self
 
     def ensure_running(self) -> None:

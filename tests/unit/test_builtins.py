@@ -8,10 +8,10 @@ import pytest
 
 from shared.errors import PermanentTaskError, RetryableTaskError, TaskCancelled
 from shared.validation import check_schema, schema_errors
-from workers.definitions import builtin_registry
+from workers.definitions import DIAGNOSTICS, builtin_registry, load_registry, with_diagnostics
+from workers.definitions.diagnostics import allocate_memory, echo, flaky, sleep
 from workers.definitions.orders import CALCULATE_ORDER_TOTAL, calculate_order_total
 from workers.definitions.payments import PROCESS_PAYMENT, process_payment
-from workers.definitions.testing import allocate_memory, echo, flaky, sleep
 
 SEED_INPUT = {
     "orderId": "ORD-123",
@@ -179,7 +179,7 @@ def test_allocate_memory_reports_what_it_allocated():
 
 
 def test_the_six_builtins_of_the_design_exist():
-    registry = builtin_registry()
+    registry = load_registry(DIAGNOSTICS)
     expected = {
         "calculate-order-total": "AUTOMATED",
         "process-payment": "INTEGRATION",
@@ -202,7 +202,23 @@ def test_the_six_builtins_of_the_design_exist():
     assert registry.get("allocate-memory").memory_limit == 128 * 2**20
 
 
-@pytest.mark.parametrize("definition", list(builtin_registry()), ids=lambda d: d.id)
+def test_the_diagnostic_builtins_are_opt_in():
+    served = {d.id for d in builtin_registry()}
+    assert served == {"calculate-order-total", "process-payment", "approve-order"}
+    assert {d.id for d in load_registry("")} == served
+    assert {"echo", "sleep", "flaky", "allocate-memory"} <= {
+        d.id for d in load_registry(DIAGNOSTICS)
+    }
+
+
+def test_with_diagnostics_lists_the_module_once():
+    assert with_diagnostics("") == DIAGNOSTICS
+    assert with_diagnostics("a.b, c") == f"{DIAGNOSTICS},a.b,c"
+    assert with_diagnostics(f"x,{DIAGNOSTICS}") == f"{DIAGNOSTICS},x"
+    assert len(load_registry(f"{DIAGNOSTICS},{DIAGNOSTICS}")) == len(load_registry(DIAGNOSTICS))
+
+
+@pytest.mark.parametrize("definition", list(load_registry(DIAGNOSTICS)), ids=lambda d: d.id)
 def test_every_builtin_has_valid_schemas_and_metadata(definition):
     check_schema(definition.input_schema)
     check_schema(definition.output_schema)

@@ -1,4 +1,7 @@
-"""Small built-ins for trying the service and its lifecycle: echo, sleep, flaky, memory."""
+"""Diagnostic built-ins for trying the service and its lifecycle: echo, sleep, flaky, memory.
+
+Opt-in: listed in TASKEXEC_DEFINITION_MODULES (`taskexec dev` and the tests list it).
+"""
 
 from __future__ import annotations
 
