@@ -236,8 +236,16 @@ class Settings:
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
-        """The variables that give a subprocess these same settings (`from_env`'s inverse)."""
-        return {spec.metadata["env"]: _format(getattr(self, spec.name)) for spec in fields(self)}
+        """The variables that give a subprocess these same settings (`from_env`'s inverse).
+
+        An empty value that is also the default is left out rather than set to "": other
+        readers of the environment take presence as meaning (prometheus_client turns on
+        multiprocess mode, writing its files into the working directory, when
+        PROMETHEUS_MULTIPROC_DIR is present at all).
+        """
+        env = {spec.metadata["env"]: _format(getattr(self, spec.name)) for spec in fields(self)}
+        unset = {spec.metadata["env"] for spec in fields(self) if spec.default == ""}
+        return {name: value for name, value in env.items() if value or name not in unset}
 
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with some fields replaced (tests and the dev command)."""

@@ -53,7 +53,11 @@ def test_to_env_gives_a_subprocess_the_same_settings():
     assert env["TASKEXEC_HEARTBEAT_SECONDS"] == "0.3"
     assert env["TASKEXEC_SWEEP_INTERVAL"] == "1"
     assert Settings.from_env(env) == changed
-    assert [name for name, _ in variables()] == list(env)
+    names = [name for name, _ in variables()]
+    assert [name for name in names if name in env] == list(env)
+    # An empty default is left unset: prometheus_client, for one, acts on mere presence.
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env
+    assert changed.with_overrides(metrics_dir="/m").to_env()["PROMETHEUS_MULTIPROC_DIR"] == "/m"
 
 
 def test_empty_values_count_as_unset():
