@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from typing import Any
 
 import flask
@@ -15,6 +16,7 @@ from flask.json.provider import DefaultJSONProvider
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from api.errors import located
 from config.settings import Settings
 from shared.errors import PayloadTooLarge, ValidationError
 
@@ -64,51 +66,118 @@ _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _reject_constant(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
+class UnstorableJSON(json.JSONDecodeError):
+    """Valid JSON that Postgres cannot store; `problems` lists each `{field, issue}`.
+
+    Its `doc` is the text: webargs reads a JSONDecodeError with an empty `doc` as "no body",
+    which once let such bodies through as if they were absent.
+    """
+
+    def __init__(self, problems: list[dict[str, str]], doc: str) -> None:
+        super().__init__(problems[0]["issue"], doc, 0)
+        self.problems = problems
+
+
+class _Refused(ValueError):
+    """A value that cannot be stored: raised while parsing fast, kept in place to be located."""
+
+    def __init__(self, issue: str) -> None:
+        super().__init__(issue)
+        self.issue = issue
+
+
+_REFUSED = _Refused("refused")
+
+
+def _constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not a JSON value")
+
+
+def _raise_constant(name: str) -> Any:
+    raise _constant(name)
+
+
+def _float(text: str) -> float | _Refused:
+    value = float(text)
+    return value if math.isfinite(value) else _Refused("a number out of range (not a double)")
 
 
 def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise json.JSONDecodeError("number out of range", text[:40], 0)
+    value = _float(text)
+    if isinstance(value, _Refused):
+        raise value
     return value
+
+
+def _int(text: str) -> int | _Refused:
+    try:
+        return int(text)
+    except ValueError:  # Python converts at most sys.get_int_max_str_digits() digits
+        digits = len(text.lstrip("-"))
+        limit = sys.get_int_max_str_digits()
+        return _Refused(f"an integer of {digits} digits; at most {limit} are accepted")
 
 
 def loads_strict(data: str | bytes) -> Any:
     """Parse JSON that Postgres can store: no NaN, Infinity, overflow, NUL or lone surrogate.
 
-    Python's json accepts all of those, and Postgres then refuses them: a 500 instead of a
-    400. Every failure is a JSONDecodeError (a ValueError), which webargs and Flask turn into
-    400 responses.
+    Python's json accepts all of those (and refuses integers over 4300 digits), and Postgres
+    then refuses them: a 500 instead of a 400. Malformed JSON raises a JSONDecodeError; JSON
+    holding such values raises UnstorableJSON, naming each one's place.
     """
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_raise_constant, parse_float=_finite_float)
     except json.JSONDecodeError:
         raise
-    except ValueError as exc:  # e.g. an integer longer than Python will convert
-        raise json.JSONDecodeError(str(exc), "", 0) from None
-    # Raw control characters are invalid JSON, so such text can only come from an escape;
-    # look at the strings only when the raw text has one (almost never).
-    if _SUSPECT_ESCAPE.search(text) and _has_unstorable_text(value):
-        raise json.JSONDecodeError("strings may not contain NUL or unpaired surrogates", "", 0)
+    except ValueError:  # a refused number (rare): parse again, keeping it, to say where
+        value = _REFUSED
+    else:
+        # Raw control characters are invalid JSON, so such text can only come from an escape;
+        # look at the strings only when the raw text has one (almost never).
+        if not _SUSPECT_ESCAPE.search(text):
+            return value
+    marked = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    problems = _problems(marked)
+    if problems or value is _REFUSED:
+        raise UnstorableJSON(problems or [{"field": "", "issue": "cannot be stored"}], text)
     return value
 
 
-def _has_unstorable_text(value: Any) -> bool:
-    stack = [value]
+def _problems(value: Any) -> list[dict[str, str]]:
+    """Every refused value and unstorable string in `value`, by path, in document order."""
+    found: list[dict[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", value)]
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _UNSTORABLE.search(item):
-                return True
+        path, item = stack.pop()
+        if isinstance(item, _Refused):
+            found.append({"field": path, "issue": item.issue})
+        elif isinstance(item, str):
+            issue = _text_issue(item)
+            if issue:
+                found.append({"field": path, "issue": issue})
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            children = []
+            for key, child in item.items():
+                shown = _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
+                child_path = f"{path}.{shown}" if path else shown
+                issue = _text_issue(key)
+                if issue:
+                    found.append({"field": child_path, "issue": f"the key {issue}"})
+                children.append((child_path, child))
+            stack.extend(reversed(children))
         elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            stack.extend(reversed([(f"{path}[{i}]", child) for i, child in enumerate(item)]))
+    return found
+
+
+def _text_issue(text: str) -> str | None:
+    match = _UNSTORABLE.search(text)
+    if match is None:
+        return None
+    if match.group() == "\x00":
+        return "contains NUL (\\u0000), which Postgres cannot store in text or jsonb"
+    return f"contains a lone surrogate (\\u{ord(match.group()):04x}), which is not valid Unicode"
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -126,7 +195,13 @@ class Parser(FlaskParser):
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
             return core.missing
-        return loads_strict(req.get_data(cache=True))
+        try:
+            return loads_strict(req.get_data(cache=True))
+        except UnstorableJSON as exc:
+            # Not "Invalid JSON body": the JSON is valid, and the client needs the place.
+            details = located(exc.problems, "body")
+            message = f"Invalid {details['field'] or 'request'}: {details['issue']}"
+            raise ValidationError(message, details) from None
 
 
 class Blueprint(flask_smorest.Blueprint):
