@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -188,7 +188,7 @@ class Registry:
     def get(self, definition_id: str) -> TaskDefinition | None:
         return self._by_id.get(definition_id)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[TaskDefinition]:
         return iter(self._by_id.values())
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ import pytest
 from shared.status import Status
 from shared.store import _rows
 from shared.store.attempts import Attempt
-from shared.store.tasks import CancelOutcome
+from shared.store.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,14 @@ def test_scalar_checks_its_type() -> None:
         _rows.scalar(FakeCursor(["n"], [("3",)], as_dicts=False), int)  # type: ignore[arg-type]
 
 
-def test_the_ledger_rows_type_their_statuses() -> None:
-    assert CancelOutcome.__dataclass_fields__["previous_status"].type == "Status"
+def test_a_task_row_converts_its_status_and_nothing_else() -> None:
+    converted = {
+        name: convert for _, name, convert in _rows._plan(Task, _cursor_of(Task)) if convert
+    }
+    assert converted == {"status": Status}
+
+
+def test_status_sets_go_to_sql_as_sorted_text() -> None:
     assert _rows.statuses({Status.RETRYING, Status.PENDING}) == ["PENDING", "RETRYING"]
 
 
