@@ -88,7 +88,7 @@ def task_summary(task: Task) -> dict[str, Any]:
         "workflowInstanceId": task.workflow_instance_id,
         "status": task.status,
         "type": task.type,
-        "priority": list(Priority)[max(0, min(task.priority, 3))].value,
+        "priority": Priority.from_rank(task.priority).value,
         "createdAt": rfc3339(task.created_at),
         "updatedAt": rfc3339(task.updated_at),
     }
