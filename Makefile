@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: dev test lint typecheck unit bench clean
+.PHONY: dev test test-isolated lint typecheck unit bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,15 @@ $(STAMP): setup.cfg pyproject.toml
 dev: $(STAMP)
 	$(BIN)/taskexec dev $(ARGS)
 
-## Install, then lint, type-check and run every test suite (unit, api, integration, reliability).
+## Install, then lint, type-check and run every test suite (unit, api, integration, reliability),
+## then the tests that depend on their surroundings again, in a network namespace with no services.
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python tests/isolated.py $(PYTEST_ARGS)
+
+## Only the run in a network namespace with no services (root; otherwise it says why it skips).
+test-isolated: $(STAMP)
+	$(BIN)/python tests/isolated.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
