@@ -6,7 +6,7 @@ import base64
 import binascii
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, fields
@@ -59,11 +59,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, tid = raw.partition("|")
         position = datetime.fromisoformat(created), uuid.UUID(tid)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        if position[0].tzinfo is None:
+            raise ValueError("no UTC offset")
+        # Normalised to UTC: Postgres refuses offsets Python accepts (+17:38, +01:00:30), so a
+        # tampered cursor would otherwise reach the query and fail there (500).
+        return position[0].astimezone(UTC), position[1]
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise _bad_cursor() from exc
-    if position[0].tzinfo is None:
-        raise _bad_cursor()
-    return position
 
 
 def _bad_cursor() -> ValidationError:

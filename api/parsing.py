@@ -15,6 +15,7 @@ from flask import request
 from flask.json.provider import DefaultJSONProvider
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from api.errors import located
 from config.settings import Settings
@@ -36,18 +37,28 @@ def json_nesting(raw: bytes) -> int:
     return max(0, max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0))
 
 
+_WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
+
+
 def check_body(settings: Settings) -> None:
     """Refuse oversize bodies before reading them and deeply nested JSON before parsing it."""
     # Postgres cannot store NUL in text: refuse it here rather than fail (500) in a query.
     if "\x00" in request.path or b"%00" in request.query_string:
         raise ValidationError("the URL may not contain NUL characters")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity") and request.method in _WITH_BODY:
+        # Nothing here decodes bodies: parsing compressed bytes as JSON would refuse them with
+        # a misleading message, or, for a body that is optional, act as if there were none.
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+        )
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise PayloadTooLarge(
             f"the body is larger than {settings.max_body_bytes} bytes",
             {"limit": settings.max_body_bytes},
         )
-    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+    if request.method in _WITH_BODY:
         raw = request.get_data(cache=True)  # at most max_body_bytes + 1 bytes are read
         if len(raw) > settings.max_body_bytes:  # chunked: there was no Content-Length to check
             raise PayloadTooLarge(

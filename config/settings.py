@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.I)
 
@@ -93,6 +94,32 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _origin(raw: str) -> str:
+    """An http(s) origin (scheme://host[:port]), without a trailing slash; empty for none."""
+    value = raw.strip().rstrip("/")
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http(s) URL such as https://tasks.example.com")
+    if parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError("expected scheme://host[:port] only, no path, query or credentials")
+    return value
+
+
+def _host_list(raw: str) -> str:
+    """Comma-separated host names, lower-cased, without ports."""
+    hosts = [h.strip().lower() for h in raw.split(",") if h.strip()]
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9.\-]+|\[?[0-9a-f:.]+\]?", host):
+            raise ValueError(f"{host!r} is not a host name")
+    return ",".join(hosts)
+
+
 def _env(name: str, parse: Callable[[str], Any], *, sensitive: bool = False) -> dict[str, Any]:
     """A field's metadata: the variable it is read from and its parser.
 
@@ -135,6 +162,13 @@ class Settings:
     )
     ratelimit_bulk: str = field(
         default="20/minute", metadata=_env("TASKEXEC_RATELIMIT_BULK", parse_rate)
+    )
+    # Public URLs in responses (a Task API's endpoint) start with this origin; unset, with the
+    # request's Host only when it is one of allowed_hosts (else the URL is relative), so a
+    # forged Host header never ends up in a response.
+    public_url: str = field(default="", metadata=_env("TASKEXEC_PUBLIC_URL", _origin))
+    allowed_hosts: str = field(
+        default="localhost,127.0.0.1,::1", metadata=_env("TASKEXEC_ALLOWED_HOSTS", _host_list)
     )
     trusted_proxies: int = field(
         default=0, metadata=_env("TASKEXEC_TRUSTED_PROXIES", _non_negative_int)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import url_for
+from flask import request, url_for
 from marshmallow import Schema, fields
 
 from api.responses import enum_field, time_field
 from api.responses.definitions import DefinitionSchema, definition_json
+from api.services import services
 from shared.status import TERMINAL, ErrorKind, Status
 from shared.store import DefinitionRow, Task
 
@@ -67,8 +69,24 @@ def api_id(definition_id: str, version: str) -> str:
 
 
 def endpoint(api_name: str, external: bool = True) -> str:
-    """The URL of a Task API."""
-    return url_for("task_apis.get_api", api_name=api_name, _external=external)
+    """A Task API's URL: absolute from TASKEXEC_PUBLIC_URL or an allowed Host, else relative."""
+    path = url_for("task_apis.get_api", api_name=api_name)
+    if not external:
+        return path
+    settings = services().settings
+    if settings.public_url:
+        return settings.public_url + path
+    if _host_name(request.host) in settings.allowed_hosts.split(","):
+        return request.host_url.rstrip("/") + path
+    return path
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port; empty when it is not one."""
+    try:
+        return (urlsplit(f"//{host}").hostname or "").lower()
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return ""
 
 
 # ------------------------------------------------------------------ jobs
