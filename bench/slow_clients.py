@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import http.client
 import math
+import multiprocessing
 import select
+import selectors
 import socket
 import statistics
 import tempfile
@@ -24,6 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench.load import http_load
@@ -69,20 +72,20 @@ class Crowd:
         return socket.create_connection((self.host, self.port), timeout=10)
 
     def _keep_idle(self) -> None:
-        socks = [self._connect() for _ in range(self.idle)]
-        try:
-            while not self.stop.wait(0.2):
-                if not socks:
-                    continue
-                readable, _, _ = select.select(socks, [], [], 0)  # closed by the server
-                for sock in readable:
-                    socks.remove(sock)
-                    sock.close()
-                    socks.append(self._connect())
-                    self.reopened += 1
-        finally:
-            for sock in socks:
-                sock.close()
+        # epoll, not select(): thousands of sockets exceed select's FD_SETSIZE.
+        with selectors.DefaultSelector() as watch:
+            for _ in range(self.idle):
+                watch.register(self._connect(), selectors.EVENT_READ)
+            try:
+                while not self.stop.is_set():
+                    for key, _ in watch.select(0.2):  # readable: closed by the server
+                        watch.unregister(key.fileobj)
+                        key.fileobj.close()  # type: ignore[union-attr]
+                        watch.register(self._connect(), selectors.EVENT_READ)
+                        self.reopened += 1
+            finally:
+                for key in list(watch.get_map().values()):
+                    key.fileobj.close()  # type: ignore[union-attr]
 
     def _trickle(self, n: int) -> None:
         # Even ones trickle an endless header, odd ones a body they announced.
@@ -140,21 +143,36 @@ def scenario(url: str, api_key: str, idle: int, slow: int, args: argparse.Namesp
     """Run one idle:slow scenario; return its result line."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    crowd = Crowd(host, port, idle, slow, args.interval)
-    crowd.start()
+    # The crowd runs in its own process: its threads must not hold up the probe's GIL.
+    ctx = multiprocessing.get_context("fork")
+    stop, results = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_crowd, args=(host, port, idle, slow, args.interval, stop, results))
+    child.start()
     try:
-        time.sleep(1.0)  # let the server accept them
+        time.sleep(1.0 + idle / 2000)  # let the server accept them
         lat = probe(host, port, api_key, args.seconds, args.probe_timeout)
     finally:
-        hold = crowd.longest_hold()
-        crowd.finish()
+        stop.set()
+        holds, hold, reopened = results.get(timeout=args.interval + 30)
+        child.join(10)
     ms = sorted(x * 1000 for x in lat)
-    cut = f"{statistics.median(crowd.holds):.1f} s" if crowd.holds else "never"
+    cut = f"{statistics.median(holds):.1f} s" if holds else "never"
     return (
         f"idle={idle:<5} slow={slow:<3} requests={len(ms):<4} p50={percentile(ms, 50):8.1f} ms "
         f"p99={percentile(ms, 99):8.1f} ms max={ms[-1]:8.1f} ms | tricklers cut off after: "
-        f"{cut}, longest held {hold:.1f} s; idle reopened {crowd.reopened}"
+        f"{cut}, longest held {hold:.1f} s; idle reopened {reopened}"
     )
+
+
+def _crowd(
+    host: str, port: int, idle: int, slow: int, interval: float, stop: Any, results: Any
+) -> None:
+    crowd = Crowd(host, port, idle, slow, interval)
+    crowd.start()
+    stop.wait()
+    hold = crowd.longest_hold()
+    crowd.finish()
+    results.put((crowd.holds, hold, crowd.reopened))
 
 
 def measure(url: str, api_key: str, args: argparse.Namespace, pid: int = 0) -> list[str]:
@@ -183,7 +201,8 @@ def own_stack(args: argparse.Namespace) -> dict[str, list[str]]:
     """Start the backends once and gunicorn once per worker class; measure each in turn."""
     from bench.stack import ROOT, Stack, free_port
 
-    stack = Stack(Path(tempfile.mkdtemp(prefix="taskexec-slow-")), api_workers=2, api_threads=4)
+    workdir = Path(tempfile.mkdtemp(prefix="taskexec-slow-"))
+    stack = Stack(workdir, api_workers=2, api_threads=args.threads)
     results: dict[str, list[str]] = {}
     try:
         stack.start_backends()
@@ -239,6 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--submit-seconds", type=float, default=10.0)
     parser.add_argument("--submit-rounds", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="turns of every worker class")
+    parser.add_argument("--threads", type=int, default=4, help="per worker (2 workers)")
     args = parser.parse_args(argv)
     args.worker_class = args.worker_class or list(WORKER_CLASSES)
     args.scenario = args.scenario or list(SCENARIOS)

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn.http.unreader import SocketUnreader
@@ -19,6 +20,9 @@ from config.request_framing import Framing, RequestFramer
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_BUFFER_BYTES = 2 * 1024 * 1024  # keep above TASKEXEC_MAX_BODY_BYTES (1 MiB by default)
 FD_RESERVE = 64  # a worker's own descriptors besides its clients: pools, logs, pipes
+# All connections of a worker together keep at most this many request bytes in memory, as
+# buffers of this many requests of the largest size; past it the request that arrives is refused.
+BUFFERED_REQUESTS = 64
 RECV_BYTES = 64 * 1024
 RECVS_PER_EVENT = 16  # then other connections get their turn
 UNLIMITED_FDS = 1024 * 1024  # what "unlimited" open files stands for
@@ -32,19 +36,14 @@ def fd_limit() -> int:
     return UNLIMITED_FDS if hard == resource.RLIM_INFINITY else int(hard)
 
 
-def timeout_response(seconds: float) -> bytes:
-    """The 408 sent to a client whose request did not arrive in time, in the API's envelope."""
-    body = json.dumps(
-        {
-            "error": {
-                "code": "REQUEST_TIMEOUT",
-                "message": f"the request did not arrive within {seconds:g} s",
-                "details": {"timeout": seconds},
-            }
-        }
-    ).encode()
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> bytes:
+    """A response that closes the connection, in the API's error envelope."""
+    error = {"code": code, "message": message, "details": details or {}}
+    body = json.dumps({"error": error}).encode()
     head = (
-        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -120,6 +119,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         self._reading: OrderedDict[Any, Reading] = OrderedDict()  # ordered by deadline
         self._buffering = _can_buffer(self.cfg)
         self._max_head = _max_head(self.cfg)
+        self._buffered = 0  # bytes held by all the requests being read
         self._raise_fd_limit()
         super().init_process()
 
@@ -159,6 +159,7 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         self._reading[conn] = state
         held = conn.parser.unreader.take_buffered()
         if held:
+            self._buffered += len(held)
             state.result = framer.feed(held)
         if state.result is Framing.PARTIAL:
             # Often the request is here already (always on a kept-alive connection gthread
@@ -182,7 +183,18 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             if not data:  # closed before its request was whole: nothing to answer
                 self._drop(conn)
                 return
+            self._buffered += len(data)
             state.result = state.framer.feed(data)
+            if state.result is Framing.PARTIAL and self._buffered > self._buffer_budget():
+                # Many large requests arriving at once: refuse this one rather than run out of
+                # memory (the client may retry; gthread would have read 4 at a time).
+                self._forget(conn)
+                self._send_quietly(
+                    conn,
+                    error_response(503, "SERVICE_UNAVAILABLE", "too many requests arriving; retry"),
+                )
+                self._close(conn)
+                return
             if state.result is not Framing.PARTIAL:
                 self._hand_over(conn, state)
                 return
@@ -227,11 +239,18 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
                     continue  # a request on its way still gets its chance
             self._forget(conn)
             if state.framer.buf:
-                self._send_quietly(conn, timeout_response(self.read_timeout))
+                message = f"the request did not arrive within {self.read_timeout:g} s"
+                details = {"timeout": self.read_timeout}
+                response = error_response(408, "REQUEST_TIMEOUT", message, details)
+                self._send_quietly(conn, response)
             self._close(conn)
+
+    def _buffer_budget(self) -> int:
+        return BUFFERED_REQUESTS * (self.buffer_bytes + self._max_head)
 
     def _forget(self, conn: Any) -> None:
         state = self._reading.pop(conn)
+        self._buffered -= len(state.framer.buf)
         if state.registered:
             try:
                 self.poller.unregister(conn.sock)
