@@ -47,8 +47,8 @@ def gunicorn(
             str(workers),
             "--threads",
             "2",
-            "--worker-class",
-            "gthread",
+            "--worker-class",  # the worker config/gunicorn.py ships
+            "config.gunicorn_worker.BufferedThreadWorker",
             "--timeout",
             "60",
             *extra_args,
