@@ -102,7 +102,7 @@ class Runtime:
                 done = self._while_unavailable(self._complete, tid, attempt, output)
                 # DEBUG: Celery's own INFO line ends with what this returns ('completed').
                 log.debug("attempt %d of %s completed (%s)", attempt, task_id, done)
-                return "completed" if done else "superseded"
+                return "completed" if done else self._moved_on(tid, attempt)
             return self._while_unavailable(self.record_failure, task, attempt, failure)
         except SoftTimeLimitExceeded:
             # The soft limit struck outside the handler (while recording): the attempt is
@@ -222,8 +222,10 @@ class Runtime:
                 done = store.finish_attempt(
                     conn, task.id, attempt, failure.status, error=failure.error
                 )
+            if not done:
+                return self._moved_on(task.id, attempt)
             log.info("attempt %d of %s ended %s", attempt, task.id, failure.status)
-            return failure.status.value.lower() if done else "superseded"
+            return failure.status.value.lower()
         delay_ms = retry_delay_ms(policy, attempt)
         # Short delays ride on the broker's countdown; long ones wait in Postgres, because a
         # message held past the visibility timeout would be delivered a second time.
@@ -240,11 +242,32 @@ class Runtime:
                 outcome=failure.status.value,
             )
         if retrying is None:
-            return "superseded"
+            return self._moved_on(task.id, attempt)
         if use_countdown:
             self._publish_retry(retrying, delay_ms)
         log.info("attempt %d of %s failed; retry in %d ms", attempt, task.id, delay_ms)
         return "retrying"
+
+    def _moved_on(self, tid: uuid.UUID, attempt: int) -> str:
+        """Say how an attempt ended whose task moved on without it: cancelled or superseded.
+
+        The write that found the task gone closed the attempt; a cancel gave it the cancel's
+        error, which the task log and this worker's log repeat. Only such attempts pay for
+        this read.
+        """
+        with self.db.connection() as conn:
+            closed = store.get_attempt(conn, tid, attempt)
+            if closed is None or closed.status != Status.CANCELLED.value:
+                return "superseded"
+            self.log_cancel(conn, closed)
+        return "cancelled"
+
+    @staticmethod
+    def log_cancel(conn: store.Conn, closed: store.Attempt) -> None:
+        """Say in the task's log and in this process's log that a cancel ended `closed`."""
+        said = (closed.error or {}).get("message", "cancelled")
+        store.append_log(conn, closed.task_id, closed.attempt, "WARNING", said)
+        log.info("attempt %d of %s %s", closed.attempt, closed.task_id, said)
 
     def _publish_retry(self, task: store.Task, delay_ms: int) -> None:
         if outbox.publish(self.broker, self.db, [outbox.Dispatch.of(task)], delay_ms / 1000.0):
@@ -279,7 +302,9 @@ class Runtime:
                 return False
             if task.status != Status.RUNNING.value:
                 # Cancelled, timed out or superseded: close the attempt the child left open.
-                store.end_abandoned_attempt(conn, tid, HOST, pid)
+                closed = store.end_abandoned_attempt(conn, tid, HOST, pid)
+                if closed is not None and closed.status == Status.CANCELLED.value:
+                    self.log_cancel(conn, closed)
                 return True
         if not self._ran_here(task, pid):
             return True  # another process runs the current attempt, under its own message

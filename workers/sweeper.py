@@ -23,6 +23,8 @@ from workers.failures import error_doc, worker_lost_failure
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
+#: What `Runtime.record_failure` returns when the task had moved on before the sweeper's write.
+MOVED_ON = frozenset({"superseded", "cancelled"})
 
 
 class Sweeper:
@@ -64,7 +66,7 @@ class Sweeper:
         rescued = 0
         for task in expired:
             failure = worker_lost_failure(task, "stopped renewing its lease")
-            if self.runtime.record_failure(task, task.attempts, failure) != "superseded":
+            if self.runtime.record_failure(task, task.attempts, failure) not in MOVED_ON:
                 rescued += 1
         if rescued:
             log.warning("rescued %d task(s) from lost workers", rescued)
@@ -106,12 +108,14 @@ class Sweeper:
         )
         with self.runtime.db.connection() as conn:
             closed = store.close_abandoned_attempts(conn, older_than)
-        for task_id, status in closed:
-            if status == Status.CANCELLED.value:
-                try:
-                    self.broker.revoke(str(task_id), terminate=True)
-                except BROKER_ERRORS:
-                    log.warning("could not revoke %s", task_id)
+            cancelled = [a for a in closed if a.status == Status.CANCELLED.value]
+            for attempt in cancelled:
+                self.runtime.log_cancel(conn, attempt)
+        for attempt in cancelled:
+            try:
+                self.broker.revoke(str(attempt.task_id), terminate=True)
+            except BROKER_ERRORS:
+                log.warning("could not revoke %s", attempt.task_id)
         if closed:
             log.warning("closed %d attempt(s) left open by lost workers", len(closed))
         return len(closed)

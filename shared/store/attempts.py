@@ -40,6 +40,15 @@ def get_attempts(conn: Conn, task_id: uuid.UUID) -> list[Attempt]:
         return all_(cur, Attempt)
 
 
+def get_attempt(conn: Conn, task_id: uuid.UUID, attempt: int) -> Attempt | None:
+    """Return one attempt of a task (how it ended, once it has)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT * FROM task_attempts WHERE task_id = %s AND attempt = %s", (task_id, attempt)
+        )
+        return one(cur, Attempt)
+
+
 def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float) -> Task | None:
     """Start a new attempt if the task is claimable now (compare-and-set); else None.
 
@@ -71,6 +80,17 @@ def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float
         return one(cur, Task)
 
 
+#: The error of an attempt that a cancel of its task ended: who cancelled, why, and whether it
+#: was forced, read from the task row `t`. Its one home: every statement that closes an attempt
+#: of a cancelled task writes it, whichever process noticed (child, worker parent, sweeper).
+CANCEL_ERROR = """jsonb_build_object(
+    'code', 'CANCELLED', 'kind', 'TASK_ERROR',
+    'message', concat('cancelled by ', COALESCE(t.cancelled_by, 'an unknown caller'),
+        CASE WHEN t.cancel_force THEN ' (forced)' END, ': ' || t.cancel_reason),
+    'details', jsonb_build_object(
+        'reason', t.cancel_reason, 'by', t.cancelled_by, 'force', t.cancel_force))"""
+
+
 def close_attempt(
     cur: Cursor,
     task_id: uuid.UUID,
@@ -78,16 +98,29 @@ def close_attempt(
     outcome: str | None,
     error: dict[str, Any] | None,
 ) -> None:
-    """End an open attempt row; with no `outcome`, say why the task moved on without it."""
+    """End an open attempt row; with no `outcome`, say why the task moved on without it.
+
+    A task that moved on by a cancel gives its attempt the cancel's own error, whatever the
+    attempt was about to record (a forced cancel interrupts the handler with the soft time
+    limit's exception, which would otherwise read as a timeout).
+    """
     cur.execute(
-        """
-        UPDATE task_attempts a SET ended_at = now(), error = %s,
-            status = COALESCE(%s, (
-                SELECT CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED' ELSE 'SUPERSEDED' END
-                FROM tasks t WHERE t.id = a.task_id))
-        WHERE a.task_id = %s AND a.attempt = %s AND a.ended_at IS NULL
+        f"""
+        UPDATE task_attempts a SET ended_at = now(),
+            status = COALESCE(%(outcome)s, CASE WHEN t.status = 'CANCELLED' THEN 'CANCELLED'
+                ELSE 'SUPERSEDED' END),
+            error = CASE WHEN %(outcome)s IS NULL AND t.status = 'CANCELLED'
+                THEN {CANCEL_ERROR} ELSE %(error)s END
+        FROM tasks t
+        WHERE t.id = a.task_id AND a.task_id = %(id)s AND a.attempt = %(attempt)s
+          AND a.ended_at IS NULL
         """,
-        (Json(error) if error is not None else None, outcome, task_id, attempt),
+        {
+            "id": task_id,
+            "attempt": attempt,
+            "outcome": outcome,
+            "error": Json(error) if error is not None else None,
+        },
     )
 
 
@@ -241,22 +274,24 @@ def retry_due_in(conn: Conn, task_id: uuid.UUID) -> float | None:
         return float(row[0]) if row else None
 
 
-def end_abandoned_attempt(conn: Conn, task_id: uuid.UUID, host: str, pid: int) -> bool:
-    """Close the attempt that (host, pid) ran if the task moved on without it; say if one was."""
+def end_abandoned_attempt(conn: Conn, task_id: uuid.UUID, host: str, pid: int) -> Attempt | None:
+    """Close the attempt that (host, pid) ran if the task moved on without it; return it closed."""
     with conn.cursor() as cur:
         cur.execute(
-            """
+            f"""
             UPDATE task_attempts a SET ended_at = now(), status = CASE
                 WHEN t.status IN ('CANCELLED', 'TIMED_OUT', 'FAILED') THEN t.status
-                ELSE 'SUPERSEDED' END
+                ELSE 'SUPERSEDED' END,
+                error = CASE WHEN t.status = 'CANCELLED' THEN {CANCEL_ERROR} ELSE a.error END
             FROM tasks t
             WHERE a.task_id = t.id AND a.task_id = %s AND a.ended_at IS NULL
               AND a.worker_host = %s AND a.worker_pid = %s
               AND NOT (t.status = 'RUNNING' AND t.attempts = a.attempt)
+            RETURNING a.*
             """,
             (task_id, host, pid),
         )
-        return cur.rowcount > 0
+        return one(cur, Attempt)
 
 
 def set_progress(conn: Conn, task_id: uuid.UUID, attempt: int, progress: dict[str, Any]) -> None:

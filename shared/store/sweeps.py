@@ -12,7 +12,7 @@ from psycopg2.extras import Json
 from shared import outbox
 from shared.status import ACTIVE, ALLOWED_FROM, CLAIMABLE, Status
 from shared.store._rows import Conn, all_, one, statuses
-from shared.store.attempts import close_attempt
+from shared.store.attempts import CANCEL_ERROR, Attempt, close_attempt
 from shared.store.tasks import Task
 
 if TYPE_CHECKING:
@@ -129,19 +129,18 @@ def fail_task(
         return task
 
 
-def close_abandoned_attempts(
-    conn: Conn, older_than: float, limit: int = 100
-) -> list[tuple[uuid.UUID, str]]:
+def close_abandoned_attempts(conn: Conn, older_than: float, limit: int = 100) -> list[Attempt]:
     """Close attempt rows left open by tasks that moved on `older_than` seconds ago.
 
     Their worker died (or ignored every signal) after the task was cancelled, timed out or
-    superseded. Returns (task id, task status) for each attempt closed.
+    superseded. Returns the attempts closed (a cancelled task's attempt ends CANCELLED).
     """
     with conn.cursor() as cur:
         cur.execute(
-            """
+            f"""
             WITH stale AS (
-                SELECT a.task_id, a.attempt, t.status FROM task_attempts a
+                SELECT a.task_id, a.attempt, t.status, {CANCEL_ERROR} AS cancel_error
+                FROM task_attempts a
                 JOIN tasks t ON t.id = a.task_id
                 WHERE a.ended_at IS NULL
                   AND NOT (t.status = 'RUNNING' AND t.attempts = a.attempt)
@@ -151,10 +150,12 @@ def close_abandoned_attempts(
             )
             UPDATE task_attempts a SET ended_at = now(), status = CASE
                 WHEN stale.status IN ('CANCELLED', 'TIMED_OUT', 'FAILED') THEN stale.status
-                ELSE 'SUPERSEDED' END
+                ELSE 'SUPERSEDED' END,
+                error = CASE WHEN stale.status = 'CANCELLED' THEN stale.cancel_error
+                    ELSE a.error END
             FROM stale WHERE a.task_id = stale.task_id AND a.attempt = stale.attempt
-            RETURNING a.task_id, stale.status
+            RETURNING a.*
             """,
             (older_than, limit),
         )
-        return [(row[0], row[1]) for row in cur.fetchall()]
+        return all_(cur, Attempt)

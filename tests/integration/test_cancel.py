@@ -329,6 +329,7 @@ def test_the_sweeper_closes_and_revokes_an_attempt_whose_worker_vanished(client,
         )
         task = wait_for(lambda: attempt_closed(client, headers, task_id), timeout=20)
         assert task["status"] == "CANCELLED" and task["attempts"][0]["status"] == "CANCELLED"
+        assert task["attempts"][0]["error"]["details"]["reason"] == "host lost"
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
     # The sweeper's revoke reaches the worker when it wakes, and kills the child at once.
