@@ -10,6 +10,7 @@ from billiard.exceptions import Terminated, WorkerLostError
 from celery import Celery, Task, signals
 from celery.concurrency.asynpool import AsynPool
 from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from config.logging import configure_logging
@@ -20,7 +21,7 @@ from shared.definitions import Registry, TaskDefinition
 from workers import log_context, transport
 from workers import metrics as worker_metrics
 from workers.definitions import load_registry
-from workers.executor import Runtime, wait_for_database
+from workers.executor import CANCELLED, Runtime, wait_for_database
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 WORKER_LOST_WAIT = 0.5
 #: Seconds between the pool's checks for children that died unnoticed (Celery's is 5).
 MAINTAIN_POOL_SECONDS = 1.0
+#: A cancelled attempt's return value as the pool hands it to the parent (its repr).
+_CANCELLED_RESULT = saferepr(CANCELLED)
 
 
 class _ChildPool(AsynPool):  # type: ignore[misc]
@@ -80,11 +83,33 @@ class AttemptRequest(Request):  # type: ignore[misc]
             exc = exc.exc
         if isinstance(exc, WorkerLostError | Terminated | SystemExit):
             why = "was terminated" if isinstance(exc, Terminated) else f"died ({exc})"
+            outcome = None
             try:
-                self._settled = self._runtime.child_lost(self.id, self.worker_pid, why)
+                outcome = self._runtime.child_lost(self.id, self.worker_pid, why)
             except Exception:  # noqa: BLE001 - leave it to redelivery and the lease
                 log.exception("could not record the lost worker of %s", self.id)
+            self._settled = outcome is not None
+            if outcome == CANCELLED:
+                # A cancel's escalation killed the child, as it had to: not a failure.
+                worker_metrics.count(self.task.definition.id, outcome)
+                super().on_failure(exc_info, send_failed_event=False, return_ok=True)
+                self._show_cancelled()
+                return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def send_event(self, type: str, **fields: Any) -> None:  # noqa: A002 - Celery's name
+        """Send a task event; an attempt that a cancel ended is shown REVOKED, not succeeded."""
+        if type == "task-succeeded" and fields.get("result") == _CANCELLED_RESULT:
+            self._show_cancelled()
+            return
+        super().send_event(type, **fields)
+
+    def _show_cancelled(self) -> None:
+        # REVOKED is Celery's own state for cancelled work: Flower, `celery events` and
+        # Flower's event counters know it, where a custom state would be unknown to them.
+        super().send_event(
+            "task-revoked", terminated=False, signum=None, expired=False, result=_CANCELLED_RESULT
+        )
 
     def reject(self, requeue: bool = False) -> None:
         """Requeue only a message the ledger still needs."""

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 HOST = socket.gethostname()
 #: An early message is sent back with at least this countdown, so it cannot spin.
 MIN_REQUEUE_SECONDS = 0.05
+#: What `Runtime.execute` returns for an attempt a cancel ended (Flower shows it REVOKED).
+CANCELLED = "cancelled"
 #: How long a worker child retries its claim or its outcome while Postgres is unreachable.
 #: Past it the attempt is left to the lease sweeper, and may run again.
 LEDGER_RETRY_SECONDS = 60.0
@@ -260,7 +262,7 @@ class Runtime:
             if closed is None or closed.status != Status.CANCELLED.value:
                 return "superseded"
             self.log_cancel(conn, closed)
-        return "cancelled"
+        return CANCELLED
 
     @staticmethod
     def log_cancel(conn: store.Conn, closed: store.Attempt) -> None:
@@ -284,33 +286,34 @@ class Runtime:
         log.warning("attempt %d of %s killed at its hard time limit", task.attempts, task_id)
         self.record_failure(task, task.attempts, timeout_failure(task, killed=True))
 
-    def child_lost(self, task_id: str, pid: int | None, why: str) -> bool:
-        """Record that the child process running `task_id` died; say if its message is settled.
+    def child_lost(self, task_id: str, pid: int | None, why: str) -> str | None:
+        """Record that the child process running `task_id` died; return what became of it.
 
-        Settled means the ledger no longer needs this message: the attempt was recorded as
-        WORKER_LOST (and any retry published), or the task had already moved on. A task still
-        waiting to be claimed needs the message redelivered, so that is not settled.
+        None means the ledger still needs this message: the child died before it took the job,
+        or the task is still waiting to be claimed. Anything else settles the message: the
+        attempt was recorded (WORKER_LOST, any retry published: `record_failure`'s outcome),
+        closed as `cancelled` (its task was cancelled), or the task had moved on (`superseded`).
         """
         if pid is None:
-            return False  # the child died before it took the job: let it be redelivered
+            return None  # the child died before it took the job: let it be redelivered
         tid = uuid.UUID(task_id)
         with self.db.connection() as conn:
             task = store.get_task(conn, tid)
             if task is None:
-                return True
+                return "skipped"
             if task.status in CLAIMABLE:
-                return False
+                return None
             if task.status != Status.RUNNING.value:
                 # Cancelled, timed out or superseded: close the attempt the child left open.
                 closed = store.end_abandoned_attempt(conn, tid, HOST, pid)
-                if closed is not None and closed.status == Status.CANCELLED.value:
-                    self.log_cancel(conn, closed)
-                return True
+                if closed is None or closed.status != Status.CANCELLED.value:
+                    return "superseded"
+                self.log_cancel(conn, closed)
+                return CANCELLED
         if not self._ran_here(task, pid):
-            return True  # another process runs the current attempt, under its own message
+            return "superseded"  # another process runs the current attempt, under its own message
         log.warning("worker process %d died running attempt %d of %s", pid, task.attempts, tid)
-        self.record_failure(task, task.attempts, worker_lost_failure(task, why))
-        return True
+        return self.record_failure(task, task.attempts, worker_lost_failure(task, why))
 
     @staticmethod
     def _ran_here(task: store.Task, pid: int | None) -> bool:

@@ -161,13 +161,23 @@ class _Recorder:
                 self.metrics.hard_timeouts.labels(definition.id).inc()
 
 
+def count(definition: str, outcome: str) -> None:
+    """Count an outcome the worker's parent recorded for a child that died (no child counted it)."""
+    if _RECORDER is not None and _RECORDER.metrics is not None:
+        _RECORDER.metrics.observe(definition, outcome, None)
+
+
+_RECORDER: _Recorder | None = None
+
+
 def install(settings: Settings) -> bool:
     """Count and serve worker metrics when TASKEXEC_METRICS_PORT is set; say whether it is."""
     if not settings.metrics_port:
         return False
     from celery import signals
 
-    recorder = _Recorder(settings)
+    global _RECORDER
+    recorder = _RECORDER = _Recorder(settings)
     # worker_init fires only in a worker's main process: Flower or `celery inspect`, which
     # import the same app, never touch the directory of a running worker. The uids keep a
     # second app in the same process from counting everything twice.
