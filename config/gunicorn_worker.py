@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import resource
 import selectors
@@ -13,7 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn.http.unreader import SocketUnreader
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from config.request_framing import Framing, RequestFramer
 
@@ -25,6 +26,10 @@ FD_RESERVE = 64  # a worker's own descriptors besides its clients: pools, logs, 
 BUFFERED_REQUESTS = 64
 RECV_BYTES = 64 * 1024
 RECVS_PER_EVENT = 16  # then other connections get their turn
+# A burst of new connections is accepted this many per turn of the loop (gthread takes one), and
+# this many expired ones are closed per turn: requests already readable wait for one batch only.
+ACCEPTS_PER_EVENT = 128
+EXPIRIES_PER_TURN = 256
 UNLIMITED_FDS = 1024 * 1024  # what "unlimited" open files stands for
 DEFAULT_FIELD_SIZE = 8190  # gunicorn's own fallbacks when a limit is 0 (unlimited)
 DEFAULT_LINE = 8190
@@ -136,6 +141,26 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         self.worker_connections = connections
         self.max_keepalived = connections - self.cfg.threads
 
+    def accept(self, listener: Any) -> None:
+        """Accept the connections waiting on the listener, a batch at a time."""
+        if not self._buffering:
+            super().accept(listener)
+            return
+        for _ in range(ACCEPTS_PER_EVENT):
+            if self.nr_conns >= self.worker_connections:
+                return
+            try:
+                sock, client = listener.accept()
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return
+                if e.errno == errno.ECONNABORTED:
+                    continue
+                raise
+            self.nr_conns += 1
+            # TConn makes the socket non-blocking; gthread's blocking round trip is not needed.
+            self.enqueue_req(TConn(self.cfg, sock, client, listener.getsockname()))
+
     # gthread calls enqueue_req for a new connection, a kept-alive one that became readable
     # and a pipelined request already buffered: all of them are read here first.
     def enqueue_req(self, conn: Any) -> None:
@@ -143,21 +168,20 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         if not self._buffering:
             super().enqueue_req(conn)
             return
-        try:
-            conn.init()  # plain HTTP/1: only creates the parser, reads nothing
-            conn.sock.setblocking(False)
-        except OSError:
-            self._close(conn)
-            return
-        unreader = conn.parser.unreader
-        if not isinstance(unreader, DeadlineUnreader):
-            conn.parser.unreader = DeadlineUnreader(conn.sock)
-            conn.parser.unreader.unread(unreader.take_buffered())
+        held = b""
+        if conn.parser is not None:  # kept alive: its parser may hold the next request's bytes
+            try:
+                conn.sock.setblocking(False)
+            except OSError:
+                self._close(conn)
+                return
+            held = conn.parser.unreader.take_buffered()
+        # A new connection gets its parser only when its request is whole (_hand_over): an
+        # idle one costs a framer, a deadline and a place in the poller.
         framer = RequestFramer(self._max_head, self.buffer_bytes)
         state = Reading(framer, time.monotonic() + self.read_timeout)
         conn.read_state = state
         self._reading[conn] = state
-        held = conn.parser.unreader.take_buffered()
         if held:
             self._buffered += len(held)
             state.result = framer.feed(held)
@@ -208,6 +232,15 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
 
     def _hand_over(self, conn: Any, state: Reading) -> None:
         self._forget(conn)
+        try:
+            conn.init()  # plain HTTP/1: only creates the parser (once), reads nothing
+        except OSError:
+            self._close(conn)
+            return
+        unreader = conn.parser.unreader
+        if not isinstance(unreader, DeadlineUnreader):
+            conn.parser.unreader = DeadlineUnreader(conn.sock)
+            conn.parser.unreader.unread(unreader.take_buffered())
         conn.parser.unreader.unread(bytes(state.framer.buf))
         conn.parser.unreader.deadline = state.deadline
         super().enqueue_req(conn)
@@ -226,24 +259,39 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             return False
         return bool(super()._keepalive_after(conn, keepalive))
 
-    # gthread's loop calls this about once a second, also while it shuts down.
+    # gthread's loop calls this after every turn, also while it shuts down.
     def murder_pending(self) -> None:
         """Close connections whose request did not arrive in time (idle ones when stopping)."""
         super().murder_pending()
-        now = time.monotonic()
-        for conn, state in list(self._reading.items()):
-            if state.deadline > now:
-                if self.alive:
-                    break  # ordered by deadline
-                if state.framer.buf:
+        if not self.alive:
+            for conn, state in list(self._reading.items()):
+                if state.deadline > time.monotonic() and state.framer.buf:
                     continue  # a request on its way still gets its chance
-            self._forget(conn)
-            if state.framer.buf:
-                message = f"the request did not arrive within {self.read_timeout:g} s"
-                details = {"timeout": self.read_timeout}
-                response = error_response(408, "REQUEST_TIMEOUT", message, details)
-                self._send_quietly(conn, response)
-            self._close(conn)
+                self._expire(conn, state)
+            return
+        # Ordered by deadline: the work is the expired connections, never all of them.
+        now = time.monotonic()
+        for _ in range(EXPIRIES_PER_TURN):
+            first = next(iter(self._reading.items()), None)
+            if first is None or first[1].deadline > now:
+                return
+            self._expire(*first)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """Wait for events, or only look for them while expired connections remain."""
+        first = next(iter(self._reading.values()), None)
+        if first is not None and first.deadline <= time.monotonic():
+            timeout = 0.0
+        super().wait_for_and_dispatch_events(timeout)
+
+    def _expire(self, conn: Any, state: Reading) -> None:
+        self._forget(conn)
+        if state.framer.buf:
+            message = f"the request did not arrive within {self.read_timeout:g} s"
+            details = {"timeout": self.read_timeout}
+            response = error_response(408, "REQUEST_TIMEOUT", message, details)
+            self._send_quietly(conn, response)
+        self._close(conn)
 
     def _buffer_budget(self) -> int:
         return BUFFERED_REQUESTS * (self.buffer_bytes + self._max_head)
