@@ -83,9 +83,12 @@ class AttemptRequest(Request):  # type: ignore[misc]
             exc = exc.exc
         if isinstance(exc, WorkerLostError | Terminated | SystemExit):
             why = "was terminated" if isinstance(exc, Terminated) else f"died ({exc})"
+            # billiard names the exit only in the message: "... exited prematurely: signal 9
+            # (SIGKILL)", the signal of the kernel's OOM killer among others.
+            killed = isinstance(exc, WorkerLostError) and "(SIGKILL)" in str(exc)
             outcome = None
             try:
-                outcome = self._runtime.child_lost(self.id, self.worker_pid, why)
+                outcome = self._runtime.child_lost(self.id, self.worker_pid, why, killed)
             except Exception:  # noqa: BLE001 - leave it to redelivery and the lease
                 log.exception("could not record the lost worker of %s", self.id)
             self._settled = outcome is not None

@@ -30,12 +30,14 @@ from workers.context import AttemptContext
 from workers.failures import (
     Failure,
     error_doc,
+    oom_killed_failure,
     retry_delay_ms,
     timeout_failure,
     worker_lost_failure,
 )
 from workers.limits import memory_limit
 from workers.log_context import task_log_context
+from workers.oom import OomKills
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -74,6 +76,8 @@ class Runtime:
         # sequential. The finish, and every other write, still waits for the disk.
         self.claims = Database(settings.database_url, max_connections=4, synchronous_commit=False)
         self.broker = broker
+        # Read by the worker's parent when a child dies; its baseline is taken here, at start.
+        self.oom = OomKills()
 
     # ------------------------------------------------------------ one attempt
 
@@ -286,8 +290,13 @@ class Runtime:
         log.warning("attempt %d of %s killed at its hard time limit", task.attempts, task_id)
         self.record_failure(task, task.attempts, timeout_failure(task, killed=True))
 
-    def child_lost(self, task_id: str, pid: int | None, why: str) -> str | None:
+    def child_lost(
+        self, task_id: str, pid: int | None, why: str, killed: bool = False
+    ) -> str | None:
         """Record that the child process running `task_id` died; return what became of it.
+
+        `killed` says it died of SIGKILL: then a rise in its cgroup's OOM kills makes the
+        attempt OUT_OF_MEMORY rather than WORKER_LOST.
 
         None means the ledger still needs this message: the child died before it took the job,
         or the task is still waiting to be claimed. Anything else settles the message: the
@@ -312,8 +321,17 @@ class Runtime:
                 return CANCELLED
         if not self._ran_here(task, pid):
             return "superseded"  # another process runs the current attempt, under its own message
-        log.warning("worker process %d died running attempt %d of %s", pid, task.attempts, tid)
-        return self.record_failure(task, task.attempts, worker_lost_failure(task, why))
+        # Only the deaths recorded here take a look at the counter, so a rise is not spent on
+        # a child that a cancel killed meanwhile.
+        if self.oom.rose() and killed:
+            log.warning(
+                "the OOM killer ended process %d running attempt %d of %s", pid, task.attempts, tid
+            )
+            failure = oom_killed_failure(task)
+        else:
+            log.warning("worker process %d died running attempt %d of %s", pid, task.attempts, tid)
+            failure = worker_lost_failure(task, why)
+        return self.record_failure(task, task.attempts, failure)
 
     @staticmethod
     def _ran_here(task: store.Task, pid: int | None) -> bool:

@@ -55,6 +55,23 @@ def worker_lost_failure(task: store.Task, why: str) -> Failure:
     )
 
 
+def oom_killed_failure(task: store.Task) -> Failure:
+    """The failure of an attempt whose process the kernel's OOM killer ended; not retried.
+
+    As with a handler over its own memory limit, a retry would most likely meet the same end.
+    """
+    where = f"{task.worker_host}:{task.worker_pid}"
+    return Failure(
+        error_doc(
+            "OUT_OF_MEMORY",
+            f"the kernel's OOM killer ended the worker process running attempt {task.attempts}"
+            f" ({where})",
+            ErrorKind.OUT_OF_MEMORY,
+        ),
+        retryable=False,
+    )
+
+
 def retry_delay_ms(
     policy: RetryPolicy, failed_attempt: int, rand: Callable[[], float] = random.random
 ) -> int:
