@@ -121,12 +121,16 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
 
     def init_process(self) -> None:
         """Make room for many connections, then run gthread's loop."""
+        self.init_reading()
+        self._raise_fd_limit()
+        super().init_process()
+
+    def init_reading(self) -> None:
+        """Start with no request being read (the part of init_process tests can run)."""
         self._reading: OrderedDict[Any, Reading] = OrderedDict()  # ordered by deadline
         self._buffering = _can_buffer(self.cfg)
         self._max_head = _max_head(self.cfg)
         self._buffered = 0  # bytes held by all the requests being read
-        self._raise_fd_limit()
-        super().init_process()
 
     def _raise_fd_limit(self) -> None:
         # gthread stops accepting at worker_connections: let that be the fd limit, not 1000.
