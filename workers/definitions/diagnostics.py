@@ -20,8 +20,14 @@ def echo(data: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return data
 
 
+#: Sleep reports progress at most this often, and at most PROGRESS_UPDATES times in all: each
+#: report is a write to the ledger.
+PROGRESS_EVERY_SECONDS = 0.5
+PROGRESS_UPDATES = 100
+
+
 def sleep(data: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
-    """Sleep `seconds`, checking for a cancel every 50 ms.
+    """Sleep `seconds`, checking for a cancel every 50 ms and reporting progress as it goes.
 
     Two flags make it misbehave on purpose, standing in for a handler stuck in code that cannot
     be interrupted: `ignoreCancel` never checks the cancel flag (the worker escalates to
@@ -33,12 +39,19 @@ def sleep(data: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     stubborn = bool(data.get("ignoreSoftLimit", False))
     started = time.monotonic()
     deadline = started + seconds
+    report_every = max(PROGRESS_EVERY_SECONDS, seconds / PROGRESS_UPDATES)
+    next_report = started
     try:
         while True:
             try:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     break
+                if now >= next_report:
+                    elapsed = now - started
+                    ctx.progress(elapsed / seconds, f"{elapsed:.1f}s of {seconds:g}s")
+                    next_report = now + report_every
                 if check:
                     ctx.check_cancelled()
                 time.sleep(min(left, 0.05))
