@@ -19,6 +19,7 @@ from cli.processes import (
     worker_command,
 )
 from cli.supervisor import Stop, StopSignals, Supervisor
+from config import multiproc
 from config.settings import ConfigurationError, Settings
 
 LOOPBACK = "127.0.0.1"
@@ -57,6 +58,9 @@ def dev(host: str, port: int, data_dir: str, concurrency: int, flower: bool) -> 
     with contextlib.ExitStack() as running:
         try:
             env = _backends(dict(os.environ), data, running)
+            # One directory for every process's metrics, so the API's /metrics shows the
+            # whole service, its two gunicorn workers summed (config/multiproc.py).
+            env["PROMETHEUS_MULTIPROC_DIR"] = multiproc.share(data / "metrics")
             settings = _settings(env, data)
             applied = schema.migrate(settings.database_url)
             click.echo(f"migrations: {len(applied)} applied")

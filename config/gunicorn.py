@@ -2,8 +2,12 @@
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from config import multiproc
 from config.gunicorn_worker import DEFAULT_BUFFER_BYTES, DEFAULT_READ_TIMEOUT, fd_limit
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
@@ -41,3 +45,39 @@ def post_fork(server: Any, worker: Any) -> None:
     configure = getattr(worker, "configure", None)
     if configure is not None:
         configure(request_read_timeout, request_buffer_bytes)
+
+
+#: The prefix of a metrics directory made by `on_starting` (and so removed by `on_exit`).
+METRICS_DIR_PREFIX = "taskexec-api-metrics-"
+
+
+def on_starting(server: Any) -> None:
+    """Before any worker forks: a multiprocess metrics directory whenever several serve.
+
+    Without one each scrape reads only the worker that answered it, and totals jump between
+    processes (which Prometheus takes for counter resets). Exported here, the variable reaches
+    every worker's environment, and prometheus_client is first imported only after it.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if directory:
+        if not multiproc.is_shared(directory):  # `taskexec dev` emptied the one it shares
+            multiproc.empty(directory)
+    elif server.cfg.workers > 1:
+        directory = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        server.log.info("metrics of the %d workers summed in %s", server.cfg.workers, directory)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (its counters stay: they are part of the totals)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory `on_starting` made (one given to gunicorn stays)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if directory and Path(directory).name.startswith(METRICS_DIR_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)

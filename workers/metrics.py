@@ -2,8 +2,10 @@
 
 The pool's child processes count (prometheus_client's multiprocess mode: one file per process
 in a directory private to this worker) and the worker's main process serves the sum on
-TASKEXEC_METRICS_PORT. Everything is set up in the main process before the pool forks, so
-prometheus_client is imported only after the directory is known.
+TASKEXEC_METRICS_PORT. Under `taskexec dev`, whose processes all count into one shared
+directory (config/multiproc.py), the worker counts there and the API's /metrics serves it.
+Everything is set up in the main process before the pool forks, so prometheus_client is
+imported only after the directory is known.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 import time
 from typing import Any
 
+from config import multiproc
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,13 +112,17 @@ class _Recorder:
         self.settings = settings
         self.metrics: WorkerMetrics | None = None
         self.directory = ""
+        self.private = False
         self.started: dict[str, float] = {}
 
     def setup(self, **_: Any) -> None:
         """In the main process, before the pool forks: directory, then the metric objects."""
         import sys
 
-        self.directory = private_directory()
+        if multiproc.is_shared(self.settings.metrics_dir):
+            self.directory = self.settings.metrics_dir  # already exported: the environment's
+        else:
+            self.directory, self.private = private_directory(), True
         if "prometheus_client" in sys.modules:
             # Imported before the directory was known: re-read it, or children's counts
             # would stay in their own memory, invisible to the main process.
@@ -126,6 +133,9 @@ class _Recorder:
 
     def start_server(self, **_: Any) -> None:
         """Once the pool runs: serve metrics (a busy port costs the metrics, not the worker)."""
+        if not self.settings.metrics_port:
+            log.info("worker metrics counted in %s, shared with the API", self.directory)
+            return
         try:
             serve(self.settings.metrics_port, self.directory)
         except OSError as exc:
@@ -134,7 +144,7 @@ class _Recorder:
         log.info("worker metrics on port %d from %s", self.settings.metrics_port, self.directory)
 
     def cleanup(self, **_: Any) -> None:
-        if self.directory:
+        if self.private:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def task_started(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -171,8 +181,8 @@ _RECORDER: _Recorder | None = None
 
 
 def install(settings: Settings) -> bool:
-    """Count and serve worker metrics when TASKEXEC_METRICS_PORT is set; say whether it is."""
-    if not settings.metrics_port:
+    """Count worker metrics when served (TASKEXEC_METRICS_PORT) or shared; say whether they are."""
+    if not settings.metrics_port and not multiproc.is_shared(settings.metrics_dir):
         return False
     from celery import signals
 
