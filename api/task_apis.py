@@ -25,6 +25,8 @@ blp = Blueprint(
 )
 
 IN_PROGRESS_SHOWN = 100
+#: Definitions are published from code, so there are few; the list has no paging.
+APIS_LISTED = 1000
 RECENT_SHOWN = 20
 _ACTIVE = tuple(sorted(s.value for s in ACTIVE))
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL))
@@ -120,6 +122,31 @@ def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, in
 # ------------------------------------------------------------------ read
 
 
+@blp.route("", methods=["GET"], strict_slashes=False)
+# The permissions of `GET /api/v1/task-apis/{apiName}`: it shows definitions and lists jobs.
+@requires("tasks:definitions:read")
+@requires("tasks:list")
+@blp.doc(
+    operationId="listTaskApis",
+    responses=openapi.responses(
+        {200: openapi.ok(cortex.TaskApiListSchema, "Every Task API with its jobs in progress")}
+    ),
+)
+def list_apis() -> Response:
+    """List every Task API (`cortex get` with no name), in name order.
+
+    Response 200: {"items": [{"api_spec": {"name": "sleep", "kind": "TaskAPI", ...},
+                              "endpoint": "http://host/api/v1/task-apis/sleep",
+                              "task_job_statuses": [in progress, newest first]}]}
+    Each API shows at most 100 jobs in progress, the caller's own unless tasks:admin.
+    """
+    owner = operations.owner_scope(current_principal())
+    with services().db.connection() as conn:
+        rows, _ = store.list_definitions(conn, type_=None, search=None, limit=APIS_LISTED, offset=0)
+        apis = [(row, _running(conn, owner, row.id)) for row in rows]
+    return jsonify(cortex.task_api_list(apis))
+
+
 @blp.route("/<api_name>", methods=["GET"])
 # One URL, two reads (as in Cortex): a job's status with ?jobID=, else the API and its jobs.
 @requires("tasks:read", when=_has_job_id)
@@ -178,17 +205,22 @@ def _api_response(api_name: str) -> Response:
     definition = _definition(api_name)
     owner = operations.owner_scope(current_principal())
     with services().db.connection() as conn:
-        running = store.list_tasks(
-            conn,
-            store.TaskFilter(owner=owner, statuses=_ACTIVE, task_definition_id=api_name),
-            limit=IN_PROGRESS_SHOWN,
-        )
+        running = _running(conn, owner, api_name)
         recent = store.list_tasks(
             conn,
             store.TaskFilter(owner=owner, statuses=_TERMINAL, task_definition_id=api_name),
             limit=RECENT_SHOWN,
         )
     return jsonify(cortex.task_api(definition, running, recent))
+
+
+def _running(conn: store.Conn, owner: str | None, api_name: str) -> list[store.Task]:
+    """The jobs of `api_name` in progress, newest first, at most IN_PROGRESS_SHOWN."""
+    return store.list_tasks(
+        conn,
+        store.TaskFilter(owner=owner, statuses=_ACTIVE, task_definition_id=api_name),
+        limit=IN_PROGRESS_SHOWN,
+    )
 
 
 # ------------------------------------------------------------------ stop

@@ -219,3 +219,31 @@ def task_api(row: DefinitionRow, running: list[Task], recent: list[Task]) -> dic
         "task_job_statuses": [job_status(t) for t in running],
         "recent_job_statuses": [job_status(t) for t in recent],
     }
+
+
+class TaskApiSummarySchema(Schema):
+    """A Task API in the list: its spec, its endpoint and its jobs in progress."""
+
+    api_spec = fields.Nested(ApiSpecSchema, required=True)
+    endpoint = fields.String(required=True)
+    task_job_statuses = fields.List(fields.Nested(JobStatusSchema), required=True)
+
+
+class TaskApiListSchema(Schema):
+    """`GET /api/v1/task-apis`: every Task API, by name (what `cortex get` lists)."""
+
+    items = fields.List(fields.Nested(TaskApiSummarySchema), required=True)
+
+
+def task_api_list(apis: list[tuple[DefinitionRow, list[Task]]]) -> dict[str, Any]:
+    """Every Task API with its jobs in progress, in name order."""
+    return {
+        "items": [
+            {
+                "api_spec": api_spec(row),
+                "endpoint": endpoint(row.id),
+                "task_job_statuses": [job_status(t) for t in running],
+            }
+            for row, running in apis
+        ]
+    }
