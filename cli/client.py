@@ -1,20 +1,19 @@
-"""The HTTP client commands of `taskexec`: submit, get, cancel, delete, list, definitions."""
+"""The HTTP client commands of `taskexec`: submit, get, logs, cancel, complete, delete, list, …"""
 
 from __future__ import annotations
 
 import functools
 import json
-import sys
-import time
+import uuid
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote
 
 import click
 
-from cli.base import restore_sigint
 from cli.output import Printer, job_label, task_label
-from cli.session import EXIT_CODES, EXIT_UNSUCCESSFUL, ApiFailure, Client
+from cli.polling import print_logs, watch
+from cli.session import EXIT_CODES, EXIT_UNSUCCESSFUL, Client
 
 PRIORITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
@@ -53,61 +52,6 @@ def http_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def watch(
-    fetch: Callable[[], dict[str, Any]],
-    state: Callable[[dict[str, Any]], tuple[str, bool]],
-    printer: Printer,
-    interval: float,
-) -> dict[str, Any]:
-    """Poll until `state` says done, showing live status; return the last document.
-
-    Ctrl-C ends the command with 130 and leaves the task running.
-    """
-    stream = sys.stderr if printer.json else sys.stdout  # keep JSON stdout parseable
-    live = stream.isatty()
-    restore_sigint()
-    try:
-        return _poll(fetch, state, stream, live, interval)
-    except KeyboardInterrupt:
-        if live:
-            stream.write("\n")
-        click.echo("interrupted; the task was not cancelled", err=True)
-        raise click.exceptions.Exit(130) from None
-
-
-def _poll(
-    fetch: Callable[[], dict[str, Any]],
-    state: Callable[[dict[str, Any]], tuple[str, bool]],
-    stream: TextIO,
-    live: bool,
-    interval: float,
-) -> dict[str, Any]:
-    started, last, frame = time.monotonic(), None, 0
-    while True:
-        try:
-            doc = fetch()
-        except ApiFailure as exc:
-            if exc.status != 429:
-                raise
-            time.sleep(max(exc.retry_after, interval))  # rate limited: wait as told
-            continue
-        label, done = state(doc)
-        if live:  # one line, rewritten in place
-            spinner = "|/-\\"[frame % 4] if not done else "*"
-            stream.write(f"\r\x1b[K{spinner} {label}  {time.monotonic() - started:5.1f}s")
-            if done:
-                stream.write("\n")
-            stream.flush()
-            frame += 1
-        elif label != last:  # logs and pipes: a line per change
-            stream.write(f"{time.strftime('%H:%M:%S')} {label}\n")
-            stream.flush()
-        last = label
-        if done:
-            return doc
-        time.sleep(interval)
-
-
 def _task_state(task: dict[str, Any]) -> tuple[str, bool]:
     return task_label(task), task.get("status") in {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
@@ -122,20 +66,30 @@ def _finish(ok: bool) -> None:
         click.get_current_context().exit(EXIT_UNSUCCESSFUL)
 
 
-def _read_input(raw: str) -> dict[str, Any]:
+def _read_input(raw: str, hint: str = "--input") -> dict[str, Any]:
+    """A JSON object given inline, as @file, or as @- (stdin)."""
     text = raw
     if raw.startswith("@"):
         try:
             text = click.open_file(raw[1:], encoding="utf-8").read()
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {raw[1:]}: {exc}", param_hint="--input") from exc
+            raise click.BadParameter(f"cannot read {raw[1:]}: {exc}", param_hint=hint) from exc
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from exc
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from exc
     if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--input")
+        raise click.BadParameter("must be a JSON object", param_hint=hint)
     return value
+
+
+def _is_task_id(text: str) -> bool:
+    """Task ids are UUIDs; anything else on its own names a Task API (as `cortex get NAME`)."""
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 _interval = click.option(
@@ -190,16 +144,29 @@ def submit(
 
 @click.command(epilog=EXIT_CODES)
 @http_command
-@click.argument("ids", nargs=-1, required=True, metavar="TASK_ID | API_NAME JOB_ID")
+@click.argument("ids", nargs=-1, metavar="[TASK_ID | API_NAME [JOB_ID]]")
 @click.option("--watch", "follow", is_flag=True, help="Show live status until it finishes.")
 @_interval
 def get(
     client: Client, printer: Printer, ids: tuple[str, ...], follow: bool, interval: float
 ) -> None:
-    """Show a task, or (Cortex's shape) a job of a Task API."""
+    """Show a task, or every Task API, one, or a job of one.
+
+    With no argument, every Task API (`cortex get`); with an API name, that API and its jobs
+    (`cortex get NAME`); with a task id (a UUID), the task; with both, the job.
+    """
     if len(ids) > 2:
-        raise click.UsageError("give TASK_ID, or API_NAME JOB_ID")
-    if len(ids) == 1:
+        raise click.UsageError("give TASK_ID, API_NAME, or API_NAME JOB_ID")
+    if len(ids) == 2:
+        path = f"/api/v1/task-apis/{quote(ids[0], safe='')}/{quote(ids[1], safe='')}"
+        doc = client.call("GET", path)
+        if follow:
+            doc = watch(lambda: client.call("GET", path), _job_state, printer, interval)
+        printer.job(doc)
+        if follow:
+            _finish(doc["job_status"].get("status") == "status_succeeded")
+        return
+    if len(ids) == 1 and _is_task_id(ids[0]):
         path = f"/api/v1/tasks/{quote(ids[0], safe='')}"
         task = client.call("GET", path)
         if follow:
@@ -208,13 +175,41 @@ def get(
         if follow:
             _finish(task.get("status") == "COMPLETED")
         return
-    path = f"/api/v1/task-apis/{quote(ids[0], safe='')}/{quote(ids[1], safe='')}"
-    doc = client.call("GET", path)
     if follow:
-        doc = watch(lambda: client.call("GET", path), _job_state, printer, interval)
-    printer.job(doc)
-    if follow:
-        _finish(doc["job_status"].get("status") == "status_succeeded")
+        raise click.UsageError("--watch needs TASK_ID, or API_NAME JOB_ID")
+    if ids:
+        printer.task_api(client.call("GET", f"/api/v1/task-apis/{quote(ids[0], safe='')}"))
+    else:
+        printer.task_apis(client.call("GET", "/api/v1/task-apis"))
+
+
+@click.command(epilog=EXIT_CODES)
+@http_command
+@click.argument("task_id")
+@click.option("-f", "--follow", is_flag=True, help="Go on until the task has finished.")
+@_interval
+def logs(client: Client, printer: Printer, task_id: str, follow: bool, interval: float) -> None:
+    """Print a task's log lines, oldest first.
+
+    With -o json, one JSON object a line. --follow polls until the task has finished and every
+    line is printed; Ctrl-C stops it (exit 130) and leaves the task alone.
+    """
+    print_logs(client, printer, task_id, follow, interval)
+
+
+@click.command(epilog=EXIT_CODES)
+@http_command
+@click.argument("task_id")
+@click.argument("output_", metavar="OUTPUT")
+def complete(client: Client, printer: Printer, task_id: str, output_: str) -> None:
+    """Complete a PENDING manual task with OUTPUT.
+
+    OUTPUT is a JSON object, @file, or @- for stdin; it must match the definition's outputSchema.
+    """
+    body = {"output": _read_input(output_, hint="OUTPUT")}
+    printer.task(
+        client.call("POST", f"/api/v1/tasks/{quote(task_id, safe='')}/complete", json=body)
+    )
 
 
 @click.command(epilog=EXIT_CODES)

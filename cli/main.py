@@ -28,7 +28,9 @@ for command in (
     # using it over HTTP
     client.submit,
     client.get,
+    client.logs,
     client.cancel,
+    client.complete,
     client.delete,
     client.list_tasks,
     client.definitions,

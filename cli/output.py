@@ -73,7 +73,6 @@ class Printer:
 
     def task(self, task: dict[str, Any]) -> None:
         meta = task.get("executionMetadata") or {}
-        error = task.get("error")
         duration = meta.get("duration")
         self._emit(
             task,
@@ -93,13 +92,11 @@ class Printer:
                     ("WORKER", meta.get("executionEnvironment")),
                     ("INPUT", compact(task.get("input"))),
                     ("OUTPUT", compact(task.get("output"))),
-                    (
-                        "ERROR",
-                        error
-                        and f"{error.get('code')} ({error.get('kind')}): {error.get('message')}",
-                    ),
+                    ("ERROR", _error(task.get("error"))),
+                    ("CANCEL", _cancel(task.get("cancellation"))),
                 ]
-            ),
+            )
+            + _attempts(task.get("attempts") or []),
         )
 
     def job(self, doc: dict[str, Any]) -> None:
@@ -119,6 +116,40 @@ class Printer:
                 ]
             ),
         )
+
+    def task_apis(self, doc: dict[str, Any]) -> None:
+        """Every Task API, as `cortex get` lists them."""
+        rows = [
+            (
+                api["api_spec"]["name"],
+                len(api["task_job_statuses"]),
+                api["task_job_statuses"][0]["job_id"] if api["task_job_statuses"] else None,
+                api["endpoint"],
+            )
+            for api in doc["items"]
+        ]
+        headers = ("task api", "running jobs", "latest job id", "endpoint")
+        self._emit(doc, table(headers, rows) if rows else "no task apis")
+
+    def task_api(self, doc: dict[str, Any]) -> None:
+        """One Task API and its jobs, in progress then recently finished (`cortex get NAME`)."""
+        jobs = doc["task_job_statuses"] + doc["recent_job_statuses"]
+        rows = [(j["job_id"], job_label(j), j.get("start_time"), j.get("end_time")) for j in jobs]
+        listed = table(("job id", "status", "start time", "end time"), rows) if rows else "no jobs"
+        spec = doc["api_spec"]
+        self._emit(
+            doc,
+            f"task api  {spec['name']} ({spec['id']})\n\n{listed}\n\nendpoint: {doc['endpoint']}",
+        )
+
+    def log_line(self, line: dict[str, Any]) -> None:
+        """One line of a task's log (with -o json, one JSON object a line)."""
+        if self.json:
+            click.echo(json.dumps(line))
+        else:
+            click.echo(
+                f"{line['createdAt']} #{line['attempt']} {line['level']:<7} {line['message']}"
+            )
 
     def cancelled(self, doc: dict[str, Any]) -> None:
         self._emit(doc, f"{doc['id']} {doc['status']} at {doc.get('updatedAt')}")
@@ -170,6 +201,41 @@ class Printer:
                 ]
             ),
         )
+
+
+def _error(error: dict[str, Any] | None) -> str | None:
+    """`CODE (KIND): message`, or None when there is no error."""
+    if not error:
+        return None
+    return f"{error.get('code')} ({error.get('kind')}): {error.get('message')}"
+
+
+def _cancel(cancellation: dict[str, Any] | None) -> str | None:
+    """Who cancelled, when, whether forced, and why."""
+    if not cancellation:
+        return None
+    forced = ", forced" if cancellation.get("force") else ""
+    reason = cancellation.get("reason") or "no reason given"
+    return f"by {cancellation.get('by')} at {cancellation.get('requestedAt')}{forced}: {reason}"
+
+
+def _attempts(attempts: list[dict[str, Any]]) -> str:
+    """Each attempt's outcome and error, as a table after the task's fields."""
+    if not attempts:
+        return ""
+    rows = [
+        (
+            a["attempt"],
+            a["status"],
+            a.get("startTime"),
+            a.get("endTime"),
+            a.get("executionEnvironment"),
+            _error(a.get("error")),
+        )
+        for a in attempts
+    ]
+    headers = ("ATTEMPT", "OUTCOME", "STARTED", "ENDED", "WORKER", "ERROR")
+    return "\n\n" + table(headers, rows)
 
 
 def _pages(pagination: dict[str, Any], noun: str) -> str:
