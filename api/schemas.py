@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, fields, validate, validates_schema
 from marshmallow import ValidationError as FieldError
 
 from api.errors import field_errors
@@ -15,6 +15,9 @@ from shared.status import Priority, Status, TaskType
 
 _ID = validate.Length(min=1, max=200)
 _MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+#: How far ahead a task may be delayed (`runAt` or `delay`).
+MAX_DELAY = timedelta(days=366)
+MAX_DELAY_MS = int(MAX_DELAY.total_seconds()) * 1000
 STATUSES = [s.value for s in Status]
 TYPES = [t.value for t in TaskType]
 #: A Task API job's longest timeout: the main API's longest attempt.
@@ -47,6 +50,17 @@ class ExecutionConfigSchema(Schema):
     retryPolicy = fields.Nested(RetryPolicySchema)
 
 
+class UtcDateTime(fields.AwareDateTime):
+    """An RFC 3339 time, in UTC: Postgres refuses offsets that Python accepts (+17:38)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise FieldError("out of range") from exc
+
+
 class SubmitTaskSchema(Schema):
     """The body of `POST /api/v1/tasks`."""
 
@@ -61,6 +75,25 @@ class SubmitTaskSchema(Schema):
     )
     executionConfig = fields.Nested(ExecutionConfigSchema, load_default=dict)
     idempotencyKey = fields.String(validate=validate.Length(min=1, max=200))
+    runAt = UtcDateTime(
+        format="iso",
+        metadata={
+            "description": "RFC 3339 with an offset: start no earlier than this (at most 366"
+            " days ahead; a time past runs at once). Not with delay"
+        },
+    )
+    delay = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_DELAY_MS),
+        metadata={"description": "Milliseconds from now before it may start. Not with runAt"},
+    )
+
+    @validates_schema
+    def _one_start_time(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "runAt" in data and "delay" in data:
+            raise FieldError("give either runAt or delay, not both", field_name="delay")
+        if "runAt" in data and data["runAt"] - datetime.now(UTC) > MAX_DELAY:
+            raise FieldError("at most 366 days ahead", field_name="runAt")
 
 
 class BulkSubmitSchema(Schema):
@@ -140,17 +173,6 @@ class StatusList(fields.String):
                 f"unknown status {', '.join(unknown)}; expected one of {', '.join(STATUSES)}"
             )
         return tuple(dict.fromkeys(names))
-
-
-class UtcDateTime(fields.AwareDateTime):
-    """An RFC 3339 time, in UTC: Postgres refuses offsets that Python accepts (+17:38)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        moment = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            return moment.astimezone(UTC)
-        except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-            raise FieldError("out of range") from exc
 
 
 class ListTasksQuery(Schema):

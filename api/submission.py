@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from api.metrics import SUBMITTED
@@ -75,6 +75,10 @@ def new_task(
         config.get("retryPolicy") or {}, base=RetryPolicy.from_json(definition.retry_policy)
     )
     manual = definition.type == TaskType.MANUAL.value
+    run_at = start_time(body)
+    if run_at is not None and deadline_at is not None:
+        # A deadline "since submission" counts from when the task may start, not its wait.
+        deadline_at += max(run_at - datetime.now(UTC), timedelta(0))
     return store.NewTask(
         id=uuid.uuid4(),
         owner=principal.subject,
@@ -91,7 +95,16 @@ def new_task(
         source=source,
         # A manual task never goes to a worker: no message now, none from the sweeper later.
         published=not manual,
+        run_at=run_at,
     )
+
+
+def start_time(body: dict[str, Any]) -> datetime | None:
+    """When a delayed submission may start (`runAt`, or `delay` ms from now); None: at once."""
+    if "delay" in body:
+        return datetime.now(UTC) + timedelta(milliseconds=body["delay"])
+    run_at: datetime | None = body.get("runAt")
+    return run_at
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -237,6 +250,10 @@ def submit(
 
 
 def publish(tasks: Sequence[store.Task], svc: Services) -> None:
-    """Publish after commit; what fails stays in Postgres for the sweeper (still a 201)."""
-    dispatches = [outbox.Dispatch.of(t) for t in tasks if t.type != TaskType.MANUAL.value]
+    """Publish after commit; what fails stays in Postgres for the sweeper (still a 201).
+
+    Only rows the insert stamped published: a manual task never gets a message, and a
+    delayed one waits in Postgres until the sweeper releases it when it falls due.
+    """
+    dispatches = [outbox.Dispatch.of(t) for t in tasks if t.published_at is not None]
     outbox.publish(svc.broker, svc.db, dispatches)

@@ -1,4 +1,4 @@
-"""Task status vocabulary, which moves are allowed, and priority ranks, names and broker order."""
+"""Task status vocabulary, which moves are allowed, why a task waits, and priority ranks."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ ALLOWED_FROM: dict[Status, frozenset[Status]] = {
 def can_move(current: Status, new: Status) -> bool:
     """Say whether a task in `current` may move to `new`."""
     return current in ALLOWED_FROM[new]
+
+
+class PendingReason(StrEnum):
+    """Why a PENDING task is not running yet, where the ledger can tell."""
+
+    SCHEDULED = "SCHEDULED"  # delayed: its runAt is still ahead
 
 
 class Priority(StrEnum):

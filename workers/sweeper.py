@@ -1,4 +1,4 @@
-"""The sweeper: publishes what Redis lost or never got, rescues dead attempts, enforces deadlines.
+"""The sweeper: releases due work, republishes what Redis lost, rescues dead attempts, deadlines.
 
 It runs as its own process (`taskexec beat`) rather than as Celery beat jobs, because its main
 duty is to repair the broker: it must keep working while Redis is down and must never wait in
@@ -20,9 +20,14 @@ from shared.status import ErrorKind, Status
 from workers.context import KILL_AFTER_TERM_SECONDS
 from workers.executor import Runtime
 from workers.failures import error_doc, worker_lost_failure
+from workers.release_wait import ReleaseWait
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
+#: Tasks one release round publishes at most (one statement, one Redis pipeline).
+RELEASE_BATCH = 500
+#: Wake this long after a task falls due, so the release finds it due on the database's clock.
+RELEASE_SLACK_SECONDS = 0.002
 #: What `Runtime.record_failure` returns when the task had moved on before the sweeper's write.
 MOVED_ON = frozenset({"superseded", "cancelled"})
 
@@ -53,7 +58,7 @@ class Sweeper:
     def publish_due(self) -> int:
         """Publish tasks that are due and whose message is missing or overdue."""
         with self.runtime.db.connection() as conn:
-            due = store.take_due_for_publish(conn, self.settings.republish_after)
+            due = store.take_due_for_publish(conn, self.settings.republish_after, RELEASE_BATCH)
         failed = outbox.publish(self.broker, self.runtime.db, due)
         if due:
             log.info("published %d waiting task(s)", len(due) - len(failed))
@@ -133,23 +138,51 @@ class Sweeper:
             log.warning("database back: renewed the lease of %d running attempt(s)", renewed)
         return renewed
 
+    def next_release_in(self) -> float | None:
+        """Seconds until the next waiting task (a delayed one, a long retry) falls due."""
+        with self.runtime.db.connection(autocommit=True) as conn:
+            return store.next_release_in(conn)
+
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        """Sweep every `sweep_interval` seconds until `stop` is set; survive outages."""
+        """Sweep every `sweep_interval` seconds until `stop` is set; survive outages.
+
+        Between rounds it sleeps until the earliest waiting task falls due, if that comes
+        sooner, and then only releases what is due; a NOTIFY from a delayed submission
+        wakes it to look again, so a delayed task starts on time without a fast poll.
+        """
         stop = stop or threading.Event()
         log.info("sweeper running every %.1fs", self.settings.sweep_interval)
+        waiter = ReleaseWait(self.settings.database_url, stop, self.settings.db_connect_timeout)
         database_lost = False
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                if database_lost:
-                    self.renew_leases_after_outage()
-                    database_lost = False
-                self.sweep_once()
-            except TaskexecError as exc:
-                database_lost = database_lost or isinstance(exc, ServiceUnavailable)
-                log.warning("sweep skipped: %s", exc.message)
-            except BROKER_ERRORS as exc:
-                log.warning("sweep skipped, broker unreachable: %s", exc)
-            except Exception:
-                log.exception("sweep failed")
-            stop.wait(max(self.settings.sweep_interval - (time.monotonic() - started), 0.05))
+        next_sweep = 0.0
+        try:
+            while not stop.is_set():
+                wait: float | None = None
+                try:
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + self.settings.sweep_interval
+                        if database_lost:
+                            self.renew_leases_after_outage()
+                            database_lost = False
+                        released = self.sweep_once()["published"]
+                    else:
+                        released = self.publish_due()
+                    waiter.listen()  # before the look-up: a submission after it wakes us
+                    due_in = self.next_release_in()
+                    if released >= RELEASE_BATCH:
+                        wait = 0.0  # more may be due than one round takes
+                    elif due_in is not None:
+                        wait = due_in + RELEASE_SLACK_SECONDS
+                except TaskexecError as exc:
+                    database_lost = database_lost or isinstance(exc, ServiceUnavailable)
+                    log.warning("sweep skipped: %s", exc.message)
+                except BROKER_ERRORS as exc:
+                    log.warning("sweep skipped, broker unreachable: %s", exc)
+                except Exception:
+                    log.exception("sweep failed")
+                # A round that overran its interval still leaves the database a short pause.
+                until_sweep = max(next_sweep - time.monotonic(), 0.05)
+                if not stop.is_set():
+                    waiter.sleep(until_sweep if wait is None else min(wait, until_sweep))
+        finally:
+            waiter.close()

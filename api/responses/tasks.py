@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, fields
@@ -10,7 +11,7 @@ from api.errors import ErrorBodySchema, error_body
 from api.pagination import TaskPaginationSchema
 from api.responses import STATUSES, enum_field, environment, nullable, rfc3339, time_field
 from shared.errors import TaskexecError
-from shared.status import ErrorKind, Priority, Status, TaskType
+from shared.status import ErrorKind, PendingReason, Priority, Status, TaskType
 from shared.store import Attempt, LogLine, Task
 
 # ------------------------------------------------------------------ a task
@@ -129,6 +130,22 @@ class TaskSchema(TaskSummarySchema):
     executionMetadata = fields.Nested(ExecutionMetadataSchema, required=True)
     cancellation = fields.Nested(CancellationSchema, metadata={"description": "Once requested"})
     attempts = fields.List(fields.Nested(AttemptSchema))
+    runAt = time_field(
+        "When it was asked to start (runAt or delay); null: at once", required=True, allow_none=True
+    )
+    pendingReason = enum_field(
+        [r.value for r in PendingReason],
+        required=True,
+        allow_none=True,
+        metadata={"description": "Why a PENDING task waits (SCHEDULED: runAt is ahead)"},
+    )
+
+
+def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | None:
+    """Why the task waits; None unless it is PENDING for a reason the ledger knows."""
+    if task.status != Status.PENDING or task.run_at is None:
+        return None
+    return PendingReason.SCHEDULED if task.run_at > (now or datetime.now(UTC)) else None
 
 
 def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
@@ -156,6 +173,8 @@ def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, An
                 "executionEnvironment": environment(task.worker_host, task.worker_pid),
                 "attempts": task.attempts,
             },
+            "runAt": rfc3339(task.run_at),
+            "pendingReason": pending_reason(task),
         }
     )
     if task.cancel_requested_at is not None:
@@ -177,11 +196,15 @@ class TaskCreatedSchema(Schema):
     id = fields.String(required=True, metadata={"format": "uuid"})
     status = enum_field(STATUSES, required=True)
     createdAt = time_field(required=True)
+    runAt = time_field("A delayed task's start time (absent for one that runs at once)")
 
 
 def task_created(task: Task) -> dict[str, Any]:
-    """The answer to `POST /api/v1/tasks`."""
-    return {"id": str(task.id), "status": task.status, "createdAt": rfc3339(task.created_at)}
+    """The answer to `POST /api/v1/tasks` (runAt only for a delayed task)."""
+    doc = {"id": str(task.id), "status": task.status, "createdAt": rfc3339(task.created_at)}
+    if task.run_at is not None:
+        doc["runAt"] = rfc3339(task.run_at)
+    return doc
 
 
 class TaskListSchema(Schema):
@@ -203,11 +226,14 @@ class BulkAcceptedSchema(Schema):
     id = fields.String(required=True, metadata={"format": "uuid"})
     status = enum_field(STATUSES, required=True)
     replayed = fields.Boolean(metadata={"description": "An idempotent replay"})
+    runAt = time_field("A delayed task's start time (absent for one that runs at once)")
 
 
 def bulk_accepted(index: int, task: Task, created: bool) -> dict[str, Any]:
     """A bulk item that was stored (or replayed: `created` False)."""
     doc: dict[str, Any] = {"index": index, "id": str(task.id), "status": task.status}
+    if task.run_at is not None:
+        doc["runAt"] = rfc3339(task.run_at)
     if not created:
         doc["replayed"] = True
     return doc

@@ -51,6 +51,8 @@ from shared.store.sweeps import (
     expired_leases,
     extend_running_leases,
     fail_task,
+    listen_for_releases,
+    next_release_in,
     take_due_for_publish,
     unpublish,
 )
@@ -116,6 +118,8 @@ __all__ = [
     "insert_tasks",
     "list_api_keys",
     "list_definitions",
+    "listen_for_releases",
+    "next_release_in",
     "list_tasks",
     "one",
     "ping",

@@ -13,7 +13,7 @@ from shared import outbox
 from shared.status import ACTIVE, ALLOWED_FROM, CLAIMABLE, Status
 from shared.store._rows import Conn, all_, one, statuses
 from shared.store.attempts import CANCEL_ERROR, Attempt, close_attempt
-from shared.store.tasks import Task
+from shared.store.tasks import RELEASE_CHANNEL, Task
 
 if TYPE_CHECKING:
     from shared.outbox import Dispatch
@@ -50,6 +50,29 @@ def take_due_for_publish(conn: Conn, republish_after: float, limit: int = 500) -
             (republish_after, limit),
         )
         return all_(cur, outbox.Dispatch)
+
+
+def next_release_in(conn: Conn) -> float | None:
+    """Seconds until the earliest waiting task that no message carries yet falls due.
+
+    None when none waits for a time still ahead (what is due already, the sweep just tried).
+    The difference is taken on the database's clock, the one the claim and the release use.
+    Served by the partial index tasks_release_due, whatever the number of waiting tasks.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float FROM tasks"
+            " WHERE published_at IS NULL AND status IN ('PENDING', 'RETRYING')"
+            " AND next_attempt_at > now()"
+        )
+        row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+
+def listen_for_releases(conn: Conn) -> None:
+    """Subscribe an autocommit connection to the NOTIFY a delayed submission sends."""
+    with conn.cursor() as cur:
+        cur.execute(f"LISTEN {RELEASE_CHANNEL}")
 
 
 def unpublish(conn: Conn, task_ids: Sequence[uuid.UUID]) -> None:

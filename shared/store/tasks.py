@@ -56,6 +56,7 @@ class Task:
     source: str
     created_at: datetime
     updated_at: datetime
+    run_at: datetime | None = None  # when the client asked it to start (runAt/delay), if it did
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,30 @@ class NewTask:
     deadline_at: datetime | None = None
     source: str = "tasks"
     published: bool = True  # the caller publishes right after commit (optimistic outbox)
+    run_at: datetime | None = None  # a delayed task: it waits here until then
 
+
+#: The sweeper LISTENs on it to learn that a delayed task may be due sooner than it thought.
+RELEASE_CHANNEL = "taskexec_release"
 
 _INSERT_COLUMNS = (
     "id, owner, task_definition_id, definition_version, workflow_instance_id, type, status,"
     " priority, executor, input, timeout_ms, retry_policy, deadline_at, source, published_at"
 )
 _INSERT_TEMPLATE = "(" + ", ".join(["%s"] * 14) + ", CASE WHEN %s THEN now() END)"
+# A batch with a delayed row: the row waits (next_attempt_at, no published_at) unless its time
+# has already come by the database's clock, which the claim and the sweeper also go by; the
+# NOTIFY (sent at commit, in the same round trip) wakes a sweeper to release it on time.
+_DELAYED_INSERT = (
+    f"NOTIFY {RELEASE_CHANNEL}; INSERT INTO tasks ({_INSERT_COLUMNS}, run_at, next_attempt_at)"
+    " VALUES %s RETURNING *"
+)
+_DELAYED_TEMPLATE = (
+    "("
+    + ", ".join(["%s"] * 14)
+    + ", CASE WHEN %s AND COALESCE(%s::timestamptz <= now(), true) THEN now() END"
+    + ", %s, %s)"
+)
 
 
 def insert_tasks(conn: Conn, tasks: Sequence[NewTask]) -> list[Task]:
@@ -91,38 +109,43 @@ def insert_tasks(conn: Conn, tasks: Sequence[NewTask]) -> list[Task]:
     A task marked `published` is stamped as if its message were already sent: the caller
     publishes right after commit, and if that fails (or the process dies first) the sweeper
     republishes it once `republish_after` has passed. This saves a write per submission.
+    A delayed task (`run_at`) is stored due at `run_at` and unpublished, so no message
+    exists until the sweeper releases it; only a batch holding one pays for the NOTIFY.
     """
     if not tasks:
         return []
-    rows = [
-        (
-            t.id,
-            t.owner,
-            t.task_definition_id,
-            t.definition_version,
-            t.workflow_instance_id,
-            t.type,
-            Status.PENDING.value,
-            t.priority,
-            t.executor,
-            Json(t.input),
-            t.timeout_ms,
-            Json(t.retry_policy),
-            t.deadline_at,
-            t.source,
-            t.published,
-        )
-        for t in tasks
-    ]
+    delayed = any(t.run_at is not None for t in tasks)
     with conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            f"INSERT INTO tasks ({_INSERT_COLUMNS}) VALUES %s RETURNING *",
-            rows,
-            template=_INSERT_TEMPLATE,
-            page_size=max(len(rows), 1),
-        )
+        if delayed:
+            rows = [(*_values(t), t.run_at, t.run_at, t.run_at) for t in tasks]
+            sql, template = _DELAYED_INSERT, _DELAYED_TEMPLATE
+        else:
+            rows = [_values(t) for t in tasks]
+            sql = f"INSERT INTO tasks ({_INSERT_COLUMNS}) VALUES %s RETURNING *"
+            template = _INSERT_TEMPLATE
+        psycopg2.extras.execute_values(cur, sql, rows, template=template, page_size=len(rows))
         return all_(cur, Task)
+
+
+def _values(t: NewTask) -> tuple[Any, ...]:
+    """A row's parameters for _INSERT_TEMPLATE."""
+    return (
+        t.id,
+        t.owner,
+        t.task_definition_id,
+        t.definition_version,
+        t.workflow_instance_id,
+        t.type,
+        Status.PENDING.value,
+        t.priority,
+        t.executor,
+        Json(t.input),
+        t.timeout_ms,
+        Json(t.retry_policy),
+        t.deadline_at,
+        t.source,
+        t.published,
+    )
 
 
 def get_task(conn: Conn, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
@@ -139,11 +162,14 @@ def anchor_deadline(conn: Conn, task_id: uuid.UUID, seconds: int) -> datetime | 
     """Set an active task's deadline to `seconds` after its stored creation time (DB clock).
 
     The Task API inserts a deadline from the API host's clock; this makes "since submission"
-    exact against the `created_at` it reports. None if the task has already finished.
+    exact against the `created_at` it reports. A delayed task's time counts from its `run_at`
+    (when it was asked to start, if later): its wait is not time it was given to finish.
+    None if the task has already finished.
     """
     with conn.cursor() as cur:
         cur.execute(
-            "UPDATE tasks SET deadline_at = created_at + make_interval(secs => %s)"
+            "UPDATE tasks SET deadline_at = GREATEST(created_at, run_at)"
+            " + make_interval(secs => %s)"
             " WHERE id = %s AND status = ANY(%s) RETURNING deadline_at",
             (seconds, task_id, _ACTIVE),
         )
