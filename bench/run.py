@@ -17,7 +17,7 @@ from bench.report import Report
 from bench.stack import SERVICE_QUEUE, Stack
 from bench.usage import Memory
 
-FIGURES = ("submit", "e2e", "latency", "listing", "memory")
+FIGURES = ("submit", "e2e", "latency", "delayed", "listing", "memory")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2e-rounds", type=int, default=2, help="turns the end-to-end variants take")
     p.add_argument("--concurrency", type=int, default=2 * cores, help="worker pool children")
     p.add_argument("--repetitions", type=int, default=50, help="samples per latency")
+    p.add_argument("--delayed-tasks", type=int, default=200, help="delayed tasks timed")
     p.add_argument("--api-workers", type=int, default=2 * cores, help="GUNICORN_WORKERS")
     p.add_argument("--api-threads", type=int, default=4, help="GUNICORN_THREADS")
     p.add_argument("--no-profile", dest="profile", action="store_false")
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.tasks, args.repetitions = 4.0, 1.0, 300, 10
+        args.delayed_tasks = 50
         args.rounds = 2
         args.profile_seconds = 3.0
     return args
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         # Imported only now: the raw-Celery baseline reads DATABASE_URL and REDIS_URL at import.
-        from bench import end_to_end, latency
+        from bench import delayed, end_to_end, latency
 
         report.meta["machine"] = machine(stack)
         for key, value in report.meta["machine"].items():
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             lat = latency.LatencySettings(args.repetitions, args.concurrency)
             latency.run(stack, report, api_url, lat)
             phase("latency")
+        if "delayed" in selected:
+            late = delayed.DelayedSettings(args.delayed_tasks, concurrency=args.concurrency)
+            delayed.run(stack, report, api_url, late)
+            phase("delayed")
         if "memory" in selected:
             memory.child("service gunicorn worker", api.pid)
             _memory_figures(report, memory)
