@@ -2,9 +2,11 @@
 
 Submissions are counted where tasks are created (api/submission.py) and cancels where they
 happen (api/operations.py), so views stay free of metrics code; latency and 429s are counted by
-an after-request hook. The ledger gauges (active tasks by status, queue depth per executor) are
-read from Postgres when scraped. Under gunicorn, set PROMETHEUS_MULTIPROC_DIR: every worker
-process writes its counts there and a scrape, served by any one of them, adds them all up.
+an after-request hook. The ledger gauges (active tasks by status, queue depth per executor,
+running and waiting per definition) are read from Postgres when scraped, and workers up and
+build info by api/gauges.py. Under gunicorn with several workers, PROMETHEUS_MULTIPROC_DIR is
+set (config/gunicorn.py): every worker process writes its counts there and a scrape, served by
+any one of them, adds them all up.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -28,14 +30,17 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.auth import public
+from api.gauges import BuildInfo, WorkersUp
 from api.services import Services, services
 from shared import store
 from shared.errors import AuthenticationError, TaskexecError
-from shared.status import ACTIVE, CLAIMABLE
+from shared.status import ACTIVE, CLAIMABLE, Status
 
 #: Seconds a ledger reading is reused: several Prometheus servers must not multiply the queries.
 LEDGER_CACHE_SECONDS = 5.0
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+#: Where init_app keeps the collectors read at scrape time (the ledger's, workers up, build).
+_SCRAPED = "taskexec_scraped"
 
 REQUEST_SECONDS = Histogram(
     "taskexec_http_request_duration_seconds",
@@ -93,6 +98,10 @@ class LedgerCollector:
         self._read_at = 0.0
         self._cached: list[Metric] = []
 
+    def describe(self) -> Iterator[Metric]:
+        """Every family the ledger yields, without reading it."""
+        yield from self._families([], {})
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             if time.monotonic() - self._read_at >= LEDGER_CACHE_SECONDS:
@@ -101,15 +110,23 @@ class LedgerCollector:
             yield from self._cached
 
     def _read(self) -> list[Metric]:
-        up = GaugeMetricFamily("taskexec_ledger_up", "1 when the ledger gauges could be read")
         try:
             with self.svc.db.connection() as conn:
                 groups = store.active_groups(conn)
-                executors = store.definition_executors(conn)
+                definitions = store.worker_definitions(conn)
         except TaskexecError:
+            up = GaugeMetricFamily("taskexec_ledger_up", "1 when the ledger gauges could be read")
             up.add_metric([], 0)
             return [up]
+        return self._families(groups, definitions)
+
+    @staticmethod
+    def _families(groups: list[store.ActiveGroup], definitions: dict[str, str]) -> list[Metric]:
+        up = GaugeMetricFamily("taskexec_ledger_up", "1 when the ledger gauges could be read")
         up.add_metric([], 1)
+        executors = set(definitions.values())
+        running = dict.fromkeys(definitions, 0)
+        waiting_by_definition = dict.fromkeys(definitions, 0)
         by_status = dict.fromkeys(sorted(s.value for s in ACTIVE), 0)
         depth = dict.fromkeys(executors, 0)
         oldest: dict[str, float] = {}
@@ -120,6 +137,11 @@ class LedgerCollector:
                 continue  # waits for a person, not for a worker
             if group.status in waiting:
                 depth[group.executor] = depth.get(group.executor, 0) + group.count
+                waiting_by_definition[group.definition] = (
+                    waiting_by_definition.get(group.definition, 0) + group.count
+                )
+            elif group.status == Status.RUNNING:
+                running[group.definition] = running.get(group.definition, 0) + group.count
             if group.oldest_pending_seconds is not None:
                 oldest[group.executor] = max(
                     oldest.get(group.executor, 0.0), group.oldest_pending_seconds
@@ -141,7 +163,27 @@ class LedgerCollector:
         )
         for executor, seconds in sorted(oldest.items()):
             age.add_metric([executor], seconds)
-        return [up, tasks, queue, age]
+        return [
+            up,
+            tasks,
+            queue,
+            age,
+            _by_definition("taskexec_running_tasks", "Attempts running now", running),
+            _by_definition(
+                "taskexec_waiting_tasks",
+                "Tasks waiting for a worker (PENDING or RETRYING)",
+                waiting_by_definition,
+            ),
+        ]
+
+
+def _by_definition(name: str, what: str, counts: dict[str, int]) -> Metric:
+    family = GaugeMetricFamily(
+        name, f"{what}, by definition (0 for an idle one)", labels=["definition"]
+    )
+    for definition, count in sorted(counts.items()):
+        family.add_metric([definition], count)
+    return family
 
 
 # ------------------------------------------------------------------ the endpoint
@@ -173,9 +215,10 @@ def scrape() -> Response:
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)
-    ledger = CollectorRegistry(auto_describe=False)
-    ledger.register(svc.ledger)
-    body += generate_latest(ledger)
+    scraped = CollectorRegistry(auto_describe=False)
+    for collector in current_app.extensions[_SCRAPED]:
+        scraped.register(collector)
+    body += generate_latest(scraped)
     return Response(body, mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
 
@@ -185,6 +228,7 @@ def init_app(app: Flask) -> None:
     if svc.settings.metrics_dir:
         Path(svc.settings.metrics_dir).mkdir(parents=True, exist_ok=True)
     svc.ledger = LedgerCollector(svc)
+    app.extensions[_SCRAPED] = [svc.ledger, WorkersUp(svc.settings), BuildInfo()]
     app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     # after_request hooks run last-registered first: this one, registered first, sees the
     # final status, after error handlers and the limiter's headers.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -128,16 +129,21 @@ def worker(executors: tuple[str, ...], concurrency: int | None, name: str | None
 def sweeper() -> None:
     """Run the sweeper: republish lost messages, rescue dead attempts, enforce deadlines."""
     from config.logging import configure_logging
-    from workers.sweeper import Sweeper
+    from workers.metrics import counting_sweeper
 
     settings = load_settings()
     configure_logging(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # It counts its lease rescues (served on TASKEXEC_METRICS_PORT, or into dev's directory).
+    sweeper, private_directory = counting_sweeper(settings)
     try:
-        Sweeper(settings).run_forever(stop)
+        sweeper.run_forever(stop)
     except KeyboardInterrupt:
         pass
+    finally:
+        if private_directory:
+            shutil.rmtree(private_directory, ignore_errors=True)
 
 
 # The sweeper's first name, kept so that existing Procfiles and compose files still start it.

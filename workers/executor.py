@@ -26,6 +26,7 @@ from shared.errors import (
 )
 from shared.status import CLAIMABLE, ErrorKind, Status
 from shared.validation import schema_errors
+from workers import metrics as worker_metrics
 from workers.context import AttemptContext
 from workers.failures import (
     Failure,
@@ -87,6 +88,7 @@ class Runtime:
         task = self._while_unavailable(self._claim, tid)
         if task is None:
             return self._not_claimed(tid)
+        worker_metrics.started(definition.id, task)  # its queue wait, from the claimed row
         # Every line logged during the attempt carries its number (task id and definition
         # are set by the Celery signal hooks in workers/log_context.py).
         with task_log_context(attempt=task.attempts):

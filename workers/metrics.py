@@ -1,11 +1,12 @@
-"""Worker metrics for Prometheus: deliveries, completions, retries and attempt durations.
+"""Worker metrics for Prometheus: deliveries, completions, retries, durations, queue waits.
 
 The pool's child processes count (prometheus_client's multiprocess mode: one file per process
 in a directory private to this worker) and the worker's main process serves the sum on
 TASKEXEC_METRICS_PORT. Under `taskexec dev`, whose processes all count into one shared
 directory (config/multiproc.py), the worker counts there and the API's /metrics serves it.
 Everything is set up in the main process before the pool forks, so prometheus_client is
-imported only after the directory is known.
+imported only after the directory is known. The sweeper counts its lease rescues the same way
+(`counting_sweeper`), and `install` also starts the worker's heartbeat (workers/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import multiproc
 from config.settings import Settings
+from workers import heartbeat
+
+if TYPE_CHECKING:
+    from shared.store import Task
+    from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,8 @@ TERMINAL_OUTCOMES = {
 }
 #: Attempts last from milliseconds (echo) to an hour (the sleep default): wide buckets.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: From a few milliseconds (an idle pool) to an hour (a backlog).
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class WorkerMetrics:
@@ -71,6 +79,20 @@ class WorkerMetrics:
             ["definition"],
             registry=registry,
         )
+        self.queue_wait = Histogram(
+            "taskexec_queue_wait_seconds",
+            "Submission to the start of the first attempt (both on the database's clock),"
+            " by definition",
+            ["definition"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        # Counted by the sweeper's process: no worker is left to count these attempts.
+        self.lease_rescues = Counter(
+            "taskexec_lease_rescues_total",
+            "Attempts the sweeper ended because their worker stopped renewing the lease",
+            registry=registry,
+        )
 
     def observe(self, definition: str, outcome: str, seconds: float | None) -> None:
         """Count one delivery and what it did; `seconds` is its duration when it ran."""
@@ -82,6 +104,31 @@ class WorkerMetrics:
             self.retries.labels(definition).inc()
         if seconds is not None and outcome not in ("skipped", "error"):
             self.durations.labels(definition).observe(seconds)
+
+
+def queue_wait(task: Task) -> float | None:
+    """Seconds a task waited for its first attempt (None for later attempts: retries wait
+    on purpose, and a redelivery's wait is the lost worker's, not the queue's)."""
+    if task.attempts != 1 or task.start_time is None:
+        return None
+    return max((task.start_time - task.created_at).total_seconds(), 0.0)
+
+
+def started(definition: str, task: Task) -> None:
+    """Observe the queue wait of an attempt just claimed (from the claim's row: no query)."""
+    seconds = queue_wait(task)
+    if seconds is not None and _RECORDER is not None and _RECORDER.metrics is not None:
+        _RECORDER.metrics.queue_wait.labels(definition).observe(seconds)
+
+
+def directory_for(settings: Settings) -> tuple[str, bool]:
+    """The directory this process counts into, and whether it is private (made here).
+
+    The one `taskexec dev` shares among all its processes, or else a private one.
+    """
+    if multiproc.is_shared(settings.metrics_dir):
+        return settings.metrics_dir, False  # already in the environment
+    return private_directory(), True
 
 
 def private_directory() -> str:
@@ -117,31 +164,12 @@ class _Recorder:
 
     def setup(self, **_: Any) -> None:
         """In the main process, before the pool forks: directory, then the metric objects."""
-        import sys
-
-        if multiproc.is_shared(self.settings.metrics_dir):
-            self.directory = self.settings.metrics_dir  # already exported: the environment's
-        else:
-            self.directory, self.private = private_directory(), True
-        if "prometheus_client" in sys.modules:
-            # Imported before the directory was known: re-read it, or children's counts
-            # would stay in their own memory, invisible to the main process.
-            from prometheus_client import values
-
-            values.ValueClass = values.get_value_class()
-        self.metrics = WorkerMetrics()
+        self.directory, self.private = directory_for(self.settings)
+        self.metrics = _metrics_in(self.directory)
 
     def start_server(self, **_: Any) -> None:
         """Once the pool runs: serve metrics (a busy port costs the metrics, not the worker)."""
-        if not self.settings.metrics_port:
-            log.info("worker metrics counted in %s, shared with the API", self.directory)
-            return
-        try:
-            serve(self.settings.metrics_port, self.directory)
-        except OSError as exc:
-            log.error("worker metrics not served on port %s: %s", self.settings.metrics_port, exc)
-            return
-        log.info("worker metrics on port %d from %s", self.settings.metrics_port, self.directory)
+        _serve_or_say(self.settings, self.directory, "worker")
 
     def cleanup(self, **_: Any) -> None:
         if self.private:
@@ -171,6 +199,51 @@ class _Recorder:
                 self.metrics.hard_timeouts.labels(definition.id).inc()
 
 
+def _metrics_in(directory: str) -> WorkerMetrics:
+    """The metric objects, counting into `directory` (already exported)."""
+    import sys
+
+    if "prometheus_client" in sys.modules:
+        # Imported before the directory was known: re-read it, or children's counts
+        # would stay in their own memory, invisible to the main process.
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()
+    return WorkerMetrics()
+
+
+def _serve_or_say(settings: Settings, directory: str, who: str) -> None:
+    if not settings.metrics_port:
+        log.info("%s metrics counted in %s, shared with the API", who, directory)
+        return
+    try:
+        serve(settings.metrics_port, directory)
+    except OSError as exc:
+        log.error("%s metrics not served on port %s: %s", who, settings.metrics_port, exc)
+        return
+    log.info("%s metrics on port %d from %s", who, settings.metrics_port, directory)
+
+
+def counting_sweeper(settings: Settings) -> tuple[Sweeper, str]:
+    """A sweeper that counts its lease rescues when served or shared, and the private
+    directory to remove when it stops ("" when none)."""
+    from workers.sweeper import Sweeper
+
+    class CountingSweeper(Sweeper):
+        def rescue_expired_leases(self) -> int:
+            rescued = super().rescue_expired_leases()
+            if rescued:
+                metrics.lease_rescues.inc(rescued)
+            return rescued
+
+    if not settings.metrics_port and not multiproc.is_shared(settings.metrics_dir):
+        return Sweeper(settings), ""
+    directory, private = directory_for(settings)
+    metrics = _metrics_in(directory)
+    _serve_or_say(settings, directory, "sweeper")
+    return CountingSweeper(settings), directory if private else ""
+
+
 def count(definition: str, outcome: str) -> None:
     """Count an outcome the worker's parent recorded for a child that died (no child counted it)."""
     if _RECORDER is not None and _RECORDER.metrics is not None:
@@ -181,10 +254,15 @@ _RECORDER: _Recorder | None = None
 
 
 def install(settings: Settings) -> bool:
-    """Count worker metrics when served (TASKEXEC_METRICS_PORT) or shared; say whether they are."""
+    """Beat in Redis; count worker metrics when served (TASKEXEC_METRICS_PORT) or shared.
+
+    Say whether metrics are counted.
+    """
+    from celery import signals
+
+    heartbeat.install(settings)
     if not settings.metrics_port and not multiproc.is_shared(settings.metrics_dir):
         return False
-    from celery import signals
 
     global _RECORDER
     recorder = _RECORDER = _Recorder(settings)

@@ -29,7 +29,7 @@ from shared.store.definitions import (
     list_definitions,
     publish_definitions,
 )
-from shared.store.gauges import ActiveGroup, active_groups, definition_executors, ping
+from shared.store.gauges import ActiveGroup, active_groups, ping, worker_definitions
 from shared.store.idempotency import (
     IdempotencyRecord,
     claim_idempotency,
@@ -97,7 +97,6 @@ __all__ = [
     "close_attempt",
     "complete_manual_task",
     "count_tasks",
-    "definition_executors",
     "definition_version_document",
     "definition_versions",
     "dict_cursor",
@@ -135,4 +134,5 @@ __all__ = [
     "task_logs",
     "touch_api_key",
     "unpublish",
+    "worker_definitions",
 ]

@@ -12,9 +12,10 @@ _ACTIVE = statuses(ACTIVE)
 
 @dataclass(frozen=True)
 class ActiveGroup:
-    """Active tasks of one status and executor, for the scrape-time gauges."""
+    """Active tasks of one status, definition and executor, for the scrape-time gauges."""
 
     status: str
+    definition: str
     executor: str
     manual: bool
     count: int
@@ -22,28 +23,30 @@ class ActiveGroup:
 
 
 def active_groups(conn: Conn, timeout_ms: int = 2000) -> list[ActiveGroup]:
-    """Count active tasks by status and executor (an index range over the active rows only)."""
+    """Count active tasks by status, definition and executor (an index range over the active
+    rows only)."""
     with conn.cursor() as cur:
         # A scrape must never pile up behind a slow database: give up rather than queue.
         cur.execute("SET LOCAL statement_timeout = %s", (timeout_ms,))
         cur.execute(
             """
-            SELECT status, executor, type = 'MANUAL' AS manual, count(*) AS count,
+            SELECT status, task_definition_id AS definition, executor,
+                type = 'MANUAL' AS manual, count(*) AS count,
                 EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'PENDING'))
                     ::float8 AS oldest_pending_seconds
             FROM tasks WHERE status = ANY(%s)
-            GROUP BY status, executor, type = 'MANUAL'
+            GROUP BY status, task_definition_id, executor, type = 'MANUAL'
             """,
             (_ACTIVE,),
         )
         return all_(cur, ActiveGroup)
 
 
-def definition_executors(conn: Conn) -> list[str]:
-    """List the executors that published definitions name (so an idle queue still reads 0)."""
+def worker_definitions(conn: Conn) -> dict[str, str]:
+    """Map each published definition that a worker runs to its executor (idle ones read 0)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT DISTINCT executor FROM task_definitions WHERE type <> 'MANUAL'")
-        return sorted(row[0] for row in cur.fetchall())
+        cur.execute("SELECT id, executor FROM task_definitions WHERE type <> 'MANUAL'")
+        return {str(row[0]): str(row[1]) for row in cur.fetchall()}
 
 
 def ping(conn: Conn) -> None:

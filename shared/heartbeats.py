@@ -1,0 +1,61 @@
+"""Workers up, as the API sees them: each worker refreshes its entry in one Redis sorted set.
+
+A worker's main process adds itself (its node name and queues) with Redis's own clock as the
+score every HEARTBEAT_SECONDS, from the loop that also consumes its messages, and removes
+itself at shutdown; the API counts the entries refreshed within STALE_AFTER_SECONDS, dropping
+older ones as it reads. One small script each way: a round trip per beat and per scrape,
+and no clock of ours is compared with another host's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: The sorted set of live workers: member = JSON [node, [queues]], score = last beat (Redis time).
+KEY = "taskexec:workers"
+HEARTBEAT_SECONDS = 10.0
+#: Three missed beats: a worker this quiet is down, or cut off from the broker (so idle anyway).
+STALE_AFTER_SECONDS = 30.0
+
+# TIME is Redis's clock; effects replication (the default since Redis 5) lets a script write
+# after reading it.
+_BEAT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[1], now[1] + now[2] / 1e6, ARGV[1])
+return 1
+"""
+_ALIVE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local now = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now[1] + now[2] / 1e6 - tonumber(ARGV[1]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+def member(node: str, queues: list[str]) -> str:
+    """The set member that names a worker and the queues it consumes."""
+    return json.dumps([node, sorted(queues)])
+
+
+def beat(client: Any, node: str, queues: list[str]) -> None:
+    """Say this worker is up (call every HEARTBEAT_SECONDS)."""
+    client.eval(_BEAT, 1, KEY, member(node, queues))
+
+
+def leave(client: Any, node: str, queues: list[str]) -> None:
+    """Say this worker stopped (at a warm shutdown; a killed one goes stale instead)."""
+    client.zrem(KEY, member(node, queues))
+
+
+def alive(client: Any, stale_after: float = STALE_AFTER_SECONDS) -> dict[str, list[str]]:
+    """Return the queues of every worker that beat within `stale_after` seconds, by node."""
+    found: dict[str, list[str]] = {}
+    for raw in client.eval(_ALIVE, 1, KEY, stale_after):
+        try:
+            node, queues = json.loads(raw)
+        except (TypeError, ValueError):
+            continue  # not ours: never let one odd entry cost the scrape
+        found[str(node)] = [str(q) for q in queues]
+    return found
