@@ -166,7 +166,7 @@ def get(
         if follow:
             _finish(doc["job_status"].get("status") == "status_succeeded")
         return
-    if len(ids) == 1 and _is_task_id(ids[0]):
+    if len(ids) == 1 and (follow or _is_task_id(ids[0])):  # only tasks and jobs are watched
         path = f"/api/v1/tasks/{quote(ids[0], safe='')}"
         task = client.call("GET", path)
         if follow:

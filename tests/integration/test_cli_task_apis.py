@@ -55,4 +55,6 @@ def test_get_lists_every_task_api_and_shows_one_by_name(service):
     missing = service.cli("get", "no-such-api")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
     assert service.cli("get", "--watch").returncode == 2
-    assert service.cli("get", "sleep", "--watch").returncode == 2
+    # With --watch, one argument is a task id (an API is not watched).
+    watched = service.cli("get", "sleep", "--watch")
+    assert watched.returncode == 1 and "NOT_FOUND" in watched.stderr
