@@ -98,7 +98,9 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
     `buffer_bytes`) without blocking; a thread gets it only once it is whole, and a request
     not whole `read_timeout` seconds after its first byte could be sent is answered 408 and
     closed. Idle and slow connections then cost a file descriptor and a few KiB each, and the
-    worker accepts as many as its file-descriptor limit allows.
+    worker accepts as many as its file-descriptor limit allows. A burst of them is accepted a
+    batch per event, gets a parser only once a request is whole, and expires in deadline
+    order: no turn of the loop costs work in proportion to the connections open.
 
     TLS and cleartext HTTP/2 need blocking reads before the request: with those, the worker
     behaves exactly like gthread (terminate TLS in front, as docs/security.md says).
