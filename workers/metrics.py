@@ -111,7 +111,9 @@ def queue_wait(task: Task) -> float | None:
     on purpose, and a redelivery's wait is the lost worker's, not the queue's)."""
     if task.attempts != 1 or task.start_time is None:
         return None
-    return max((task.start_time - task.created_at).total_seconds(), 0.0)
+    # A delayed task (runAt) waits for its time on purpose: the queue's share starts then.
+    due = max(task.created_at, task.run_at) if task.run_at is not None else task.created_at
+    return max((task.start_time - due).total_seconds(), 0.0)
 
 
 def started(definition: str, task: Task) -> None:
