@@ -83,6 +83,10 @@ def submit_task(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
          "executionConfig": {"timeout": 60000, "retryPolicy": {"maxRetries": 3}}}
     Response 201 (+ `Location: /api/v1/tasks/<id>`):
         {"id": "4f0c…", "status": "PENDING", "createdAt": "2023-07-15T14:30:00.000Z"}
+    Start later with `"runAt": "2026-12-01T09:00:00+01:00"` (RFC 3339 with an offset) or
+    `"delay": 60000` (ms), not both, at most 366 days ahead: the 201 then adds `runAt`, and
+    the task waits in Postgres (GET: PENDING, `pendingReason: SCHEDULED`) until the sweeper
+    releases it; a time already past runs at once (docs/scheduling.md).
     Idempotency: the same key with the same body from the same principal, within
     TASKEXEC_IDEMPOTENCY_TTL seconds, creates nothing and answers 200 with the original
     task's id, its current status and createdAt, and `Idempotent-Replayed: true`.

@@ -225,3 +225,14 @@ def test_a_deadline_since_submission_counts_from_run_at(backends):
             )
     finally:
         conn.close()
+
+
+def test_a_group_commit_batch_may_mix_delayed_and_immediate_rows(client, headers, backends):
+    """Without idempotency keys a bulk request is one group-commit flush: one INSERT for all."""
+    batch = [echo(), echo(delay=3_600_000), echo(runAt="2020-01-01T00:00:00Z"), echo()]
+    items = client.post(f"{URL}/bulk", json={"tasks": batch}, headers=headers).get_json()["items"]
+    stored = [row(backends.database_url, item["id"]) for item in items]
+    assert [t.published_at is not None for t in stored] == [True, False, True, True]
+    assert [t.run_at is not None for t in stored] == [False, True, True, False]
+    assert len({t.created_at for t in stored}) == 1  # one statement
+    assert messages(backends.redis_url) == 3
