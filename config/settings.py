@@ -68,6 +68,27 @@ def parse_rate(raw: str) -> str:
     return raw.strip()
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(raw: str) -> float | None:
+    """Seconds in a duration such as 90s, 15m, 12h, 30d or 2w; None for `off` (keep forever)."""
+    value = raw.strip().lower()
+    if value == "off":
+        return None
+    match = _DURATION.match(value)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError("expected a duration such as 90s, 12h or 30d, or off")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _duration(raw: str) -> str:
+    """A checked duration (or off), kept as spelled so that to_env gives it back unchanged."""
+    parse_duration(raw)
+    return raw.strip().lower()
+
+
 def _postgres_url(raw: str) -> str:
     if not raw.startswith(("postgres://", "postgresql://")):
         raise ValueError("expected a postgresql:// URL")
@@ -217,6 +238,14 @@ class Settings:
         default=3, metadata=_env("TASKEXEC_MAX_WORKER_LOST", _positive_int)
     )
     # Comma-separated modules exposing DEFINITIONS.
+    # How long a finished task (with its attempts, logs and idempotency record) is kept after
+    # its endTime; a definition's `retention` overrides both. Empty RETENTION_FAILED: the same.
+    retention: str = field(default="30d", metadata=_env("TASKEXEC_RETENTION", _duration))
+    retention_failed: str = field(default="", metadata=_env("TASKEXEC_RETENTION_FAILED", _duration))
+    # Seconds between the sweeper's purge rounds when nothing is left to purge.
+    purge_interval: float = field(
+        default=30.0, metadata=_env("TASKEXEC_PURGE_INTERVAL", _positive_float)
+    )
     definition_modules: str = field(default="", metadata=_env("TASKEXEC_DEFINITION_MODULES", _text))
     # 8 days: above the longest attempt the API accepts (a week) plus its hard-limit grace.
     visibility_timeout: int = field(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from config.settings import parse_duration
 from shared.status import TaskType
 
 DEFAULT_EXECUTOR = "standard-executor"
@@ -128,6 +129,12 @@ class TaskDefinition:
     security_context: dict[str, Any] = field(default_factory=lambda: {"securityLevel": "LOW"})
     resource_requirements: dict[str, Any] = field(default_factory=dict)
     default_config: dict[str, Any] = field(default_factory=dict)
+    # How long its finished tasks are kept (30d, 12h, off), over TASKEXEC_RETENTION(_FAILED).
+    retention: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.retention is not None:
+            parse_duration(self.retention)  # a typo fails at registration, not at purge time
 
     @property
     def celery_name(self) -> str:
@@ -155,6 +162,7 @@ class TaskDefinition:
             "security_context": self.security_context,
             "resource_requirements": self.resource_requirements,
             "default_config": self.default_config,
+            "retention": self.retention,
         }
 
 

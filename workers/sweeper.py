@@ -1,4 +1,4 @@
-"""The sweeper: releases due work, republishes what Redis lost, rescues dead attempts, deadlines.
+"""The sweeper: releases due work, republishes what Redis lost, rescues dead attempts, purges.
 
 It runs as its own process (`taskexec beat`) rather than as Celery beat jobs, because its main
 duty is to repair the broker: it must keep working while Redis is down and must never wait in
@@ -21,6 +21,7 @@ from workers.context import KILL_AFTER_TERM_SECONDS
 from workers.executor import Runtime
 from workers.failures import error_doc, worker_lost_failure
 from workers.release_wait import ReleaseWait
+from workers.retention import Purger
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
@@ -40,6 +41,7 @@ class Sweeper:
         self.broker = broker or Broker(settings)
         self.runtime = Runtime(settings, self.broker)
         self._last_purge = 0.0
+        self.purger = Purger(settings, self.runtime.db)
 
     def sweep_once(self) -> dict[str, int]:
         """Do one round; return counts of what it did."""
@@ -152,6 +154,12 @@ class Sweeper:
         """
         stop = stop or threading.Event()
         log.info("sweeper running every %.1fs", self.settings.sweep_interval)
+        # The purge has a thread of its own, so a large backlog never delays a release or a
+        # rescue; it stops with the loop.
+        purge = threading.Thread(
+            target=self.purger.run_forever, args=(stop,), name="purge", daemon=True
+        )
+        purge.start()
         waiter = ReleaseWait(self.settings.database_url, stop, self.settings.db_connect_timeout)
         database_lost = False
         next_sweep = 0.0
@@ -186,3 +194,4 @@ class Sweeper:
                     waiter.sleep(until_sweep if wait is None else min(wait, until_sweep))
         finally:
             waiter.close()
+            purge.join(timeout=5)

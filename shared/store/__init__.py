@@ -45,6 +45,7 @@ from shared.store.keys import (
     touch_api_key,
 )
 from shared.store.logs import LogLine, append_log, task_logs
+from shared.store.retention import definition_retentions, purge_expired_tasks, set_pinned
 from shared.store.sweeps import (
     close_abandoned_attempts,
     expired_deadlines,
@@ -97,6 +98,7 @@ __all__ = [
     "close_attempt",
     "complete_manual_task",
     "count_tasks",
+    "definition_retentions",
     "definition_version_document",
     "definition_versions",
     "dict_cursor",
@@ -124,10 +126,12 @@ __all__ = [
     "ping",
     "publish_definitions",
     "purge_expired_idempotency",
+    "purge_expired_tasks",
     "retry_due_in",
     "revoke_api_key",
     "scalar",
     "schedule_retry",
+    "set_pinned",
     "set_progress",
     "task_ids_of_workflow",
     "take_due_for_publish",

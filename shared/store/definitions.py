@@ -32,6 +32,7 @@ class DefinitionRow:
     default_config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    retention: str | None = None  # a duration overriding TASKEXEC_RETENTION(_FAILED), if any
 
 
 # The columns a definition writes (TaskDefinition.to_row's keys); the jsonb ones go as Json.
@@ -49,6 +50,7 @@ _COLUMNS = (
     "security_context",
     "resource_requirements",
     "default_config",
+    "retention",
 )
 _JSONB = frozenset(
     {

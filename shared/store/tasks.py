@@ -57,6 +57,7 @@ class Task:
     created_at: datetime
     updated_at: datetime
     run_at: datetime | None = None  # when the client asked it to start (runAt/delay), if it did
+    pinned: bool = False  # kept whatever its retention (POST /api/v1/tasks/{id}/pin)
 
 
 @dataclass(frozen=True)
