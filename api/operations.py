@@ -7,6 +7,7 @@ other, as flaskr's views share `get_post(id)`.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from api import submission
@@ -15,7 +16,8 @@ from api.services import services
 from shared import store
 from shared.broker import BROKER_ERRORS
 from shared.credentials import Principal
-from shared.errors import Conflict, TaskAlreadyFinished, TaskNotFound
+from shared.errors import Conflict, TaskAlreadyFinished, TaskexecError, TaskNotFound
+from shared.retention import Retention
 from shared.status import Status, TaskType
 
 
@@ -35,6 +37,28 @@ def owner_scope(principal: Principal) -> str | None:
 def load_task(conn: store.Conn, raw_id: str, principal: Principal) -> store.Task:
     """Return the task `raw_id` names if the caller may see it; 404 otherwise."""
     task = store.get_task(conn, parse_task_id(raw_id), owner_scope(principal))
+    if task is None:
+        raise TaskNotFound(f"task {raw_id} not found")
+    return task
+
+
+def expires_at(task: store.Task) -> datetime | None:
+    """When retention may delete `task` (GET's expiresAt); None while active, pinned or kept."""
+    if task.end_time is None or task.pinned:
+        return None  # spares the definition look-up for most reads
+    svc = services()
+    try:
+        override = svc.definitions.get(task.task_definition_id).retention
+    except TaskexecError:
+        return None  # its definition is gone: no purge class names it, so it is kept
+    retention = Retention.from_settings(svc.settings)
+    return retention.expires_at(task.status, task.end_time, task.pinned, override)
+
+
+def pin(raw_id: str, principal: Principal, pinned: bool) -> store.Task:
+    """Pin (keep whatever its retention) or unpin a task the caller may see; 404 otherwise."""
+    with services().db.connection() as conn:
+        task = store.set_pinned(conn, parse_task_id(raw_id), owner_scope(principal), pinned)
     if task is None:
         raise TaskNotFound(f"task {raw_id} not found")
     return task

@@ -209,7 +209,7 @@ def get_task(task_id: str) -> Response:
     with services().db.connection() as conn:
         task = operations.load_task(conn, task_id, current_principal())
         attempts = store.get_attempts(conn, task.id)
-    return jsonify(task_json(task, attempts))
+    return jsonify(task_json(task, attempts, expires_at=operations.expires_at(task)))
 
 
 @blp.route("", methods=["GET"], strict_slashes=False)
@@ -353,3 +353,43 @@ def complete_task(body: dict[str, Any], task_id: str) -> Response:
     """
     task, attempts = operations.complete_manual(task_id, current_principal(), body["output"])
     return jsonify(task_json(task, attempts))
+
+
+# ------------------------------------------------------------------ pins (retention)
+
+
+@blp.route("/<task_id>/pin", methods=["POST"])
+@requires("tasks:execute", when=lambda: not current_principal().is_admin)
+@blp.doc(
+    operationId="pinTask",
+    responses=openapi.responses({200: openapi.ok(TaskSchema, "The task, now pinned")}, 404),
+)
+def pin_task(task_id: str) -> Response:
+    """Pin a task: retention never deletes it (docs/operations.md, Retention and replay).
+
+    Response 200: the full task, as GET /api/v1/tasks/{id}, with "pinned": true and
+    "expiresAt": null. Needs tasks:execute on one's own task, or tasks:admin.
+    Errors: 404 unknown (or another principal's) task.
+    """
+    return _pinned(task_id, True)
+
+
+@blp.route("/<task_id>/pin", methods=["DELETE"])
+@requires("tasks:execute", when=lambda: not current_principal().is_admin)
+@blp.doc(
+    operationId="unpinTask",
+    responses=openapi.responses({200: openapi.ok(TaskSchema, "The task, unpinned")}, 404),
+)
+def unpin_task(task_id: str) -> Response:
+    """Unpin a task: its retention applies again (expiresAt counts from its endTime).
+
+    Response 200: the full task, with "pinned": false. Errors: 404 unknown task.
+    """
+    return _pinned(task_id, False)
+
+
+def _pinned(task_id: str, pinned: bool) -> Response:
+    task = operations.pin(task_id, current_principal(), pinned)
+    with services().db.connection() as conn:
+        attempts = store.get_attempts(conn, task.id)
+    return jsonify(task_json(task, attempts, expires_at=operations.expires_at(task)))

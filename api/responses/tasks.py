@@ -139,6 +139,14 @@ class TaskSchema(TaskSummarySchema):
         allow_none=True,
         metadata={"description": "Why a PENDING task waits (SCHEDULED: runAt is ahead)"},
     )
+    expiresAt = time_field(
+        "When retention may delete it; null while active, pinned, or kept forever",
+        required=True,
+        allow_none=True,
+    )
+    pinned = fields.Boolean(
+        required=True, metadata={"description": "Kept whatever its retention (pin/unpin)"}
+    )
 
 
 def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | None:
@@ -148,7 +156,9 @@ def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | N
     return PendingReason.SCHEDULED if task.run_at > (now or datetime.now(UTC)) else None
 
 
-def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+def task_json(
+    task: Task, attempts: list[Attempt] | None = None, expires_at: datetime | None = None
+) -> dict[str, Any]:
     """The full task, as `GET /api/v1/tasks/{id}` returns it."""
     doc = task_summary(task)
     duration = None
@@ -175,6 +185,8 @@ def task_json(task: Task, attempts: list[Attempt] | None = None) -> dict[str, An
             },
             "runAt": rfc3339(task.run_at),
             "pendingReason": pending_reason(task),
+            "expiresAt": rfc3339(expires_at),
+            "pinned": task.pinned,
         }
     )
     if task.cancel_requested_at is not None:
