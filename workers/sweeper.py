@@ -22,6 +22,7 @@ from workers.executor import Runtime
 from workers.failures import error_doc, worker_lost_failure
 from workers.release_wait import ReleaseWait
 from workers.retention import Purger
+from workers.schedule_fire import SCHEDULE_BATCH, ScheduleFirer
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
@@ -40,12 +41,14 @@ class Sweeper:
         self.settings = settings
         self.broker = broker or Broker(settings)
         self.runtime = Runtime(settings, self.broker)
+        self.schedules = ScheduleFirer(self.runtime.db, self.broker)
         self._last_purge = 0.0
         self.purger = Purger(settings, self.runtime.db)
 
     def sweep_once(self) -> dict[str, int]:
         """Do one round; return counts of what it did."""
         counts = {
+            "fired": self.schedules.fire_due(),
             "published": self.publish_due(),
             "rescued": self.rescue_expired_leases(),
             "timed_out": self.enforce_deadlines(),
@@ -141,9 +144,10 @@ class Sweeper:
         return renewed
 
     def next_release_in(self) -> float | None:
-        """Seconds until the next waiting task (a delayed one, a long retry) falls due."""
+        """Seconds until the next waiting task (a delayed one, a long retry) or schedule slot."""
         with self.runtime.db.connection(autocommit=True) as conn:
-            return store.next_release_in(conn)
+            due = (store.next_release_in(conn), store.next_schedule_in(conn))
+        return min((d for d in due if d is not None), default=None)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Sweep every `sweep_interval` seconds until `stop` is set; survive outages.
@@ -174,10 +178,11 @@ class Sweeper:
                             database_lost = False
                         released = self.sweep_once()["published"]
                     else:
+                        self.schedules.fire_due()
                         released = self.publish_due()
                     waiter.listen()  # before the look-up: a submission after it wakes us
                     due_in = self.next_release_in()
-                    if released >= RELEASE_BATCH:
+                    if released >= RELEASE_BATCH or self.schedules.claimed >= SCHEDULE_BATCH:
                         wait = 0.0  # more may be due than one round takes
                     elif due_in is not None:
                         wait = due_in + RELEASE_SLACK_SECONDS

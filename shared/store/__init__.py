@@ -1,8 +1,8 @@
 """All SQL of the service: functions that take a connection and return dataclasses, by table.
 
 `from shared import store` and `store.get_task(...)` reach every public name; the modules say
-which table each belongs to (tasks, attempts, logs, definitions, sweeps, gauges, keys,
-idempotency), and `_rows` holds the one typed row mapper they all return through.
+which table each belongs to (tasks, attempts, logs, definitions, schedules, sweeps, gauges,
+keys, idempotency), and `_rows` holds the one typed row mapper they all return through.
 """
 
 from shared.store._rows import Conn, Cursor, all_, dict_cursor, one, scalar
@@ -46,6 +46,20 @@ from shared.store.keys import (
 )
 from shared.store.logs import LogLine, append_log, task_logs
 from shared.store.retention import definition_retentions, purge_expired_tasks, set_pinned
+from shared.store.schedules import (
+    Schedule,
+    ScheduleFilter,
+    active_tasks_of,
+    claim_due_schedules,
+    delete_schedule,
+    get_schedule,
+    insert_schedule,
+    insert_schedule_tasks,
+    list_schedules,
+    next_schedule_in,
+    record_round,
+    update_schedule,
+)
 from shared.store.sweeps import (
     close_abandoned_attempts,
     expired_deadlines,
@@ -130,6 +144,18 @@ __all__ = [
     "retry_due_in",
     "revoke_api_key",
     "scalar",
+    "Schedule",
+    "ScheduleFilter",
+    "active_tasks_of",
+    "claim_due_schedules",
+    "delete_schedule",
+    "get_schedule",
+    "insert_schedule",
+    "insert_schedule_tasks",
+    "list_schedules",
+    "next_schedule_in",
+    "record_round",
+    "update_schedule",
     "schedule_retry",
     "set_pinned",
     "set_progress",

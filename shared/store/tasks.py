@@ -57,6 +57,8 @@ class Task:
     created_at: datetime
     updated_at: datetime
     run_at: datetime | None = None  # when the client asked it to start (runAt/delay), if it did
+    schedule_id: uuid.UUID | None = None  # the schedule that fired (or triggered) it
+    scheduled_for: datetime | None = None  # its slot; None when triggered by hand
     pinned: bool = False  # kept whatever its retention (POST /api/v1/tasks/{id}/pin)
 
 
@@ -189,6 +191,7 @@ class TaskFilter:
     task_definition_id: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    schedule_id: uuid.UUID | None = None
 
 
 def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
@@ -208,6 +211,7 @@ def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
         ("type", flt.type),
         ("workflow_instance_id", flt.workflow_instance_id),
         ("task_definition_id", flt.task_definition_id),
+        ("schedule_id", flt.schedule_id),
     ):
         if value is not None:
             where.append(f"{column} = %s")
