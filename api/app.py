@@ -9,7 +9,17 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import definitions, errors, health, metrics, openapi, task_apis, task_logs, tasks
+from api import (
+    definitions,
+    errors,
+    health,
+    metrics,
+    openapi,
+    replay,
+    task_apis,
+    task_logs,
+    tasks,
+)
 from api.auth import TokenVerifier, load_principal, public
 from api.limits import init_limiter
 from api.parsing import JSONProvider, check_body
@@ -50,7 +60,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     api = openapi.Api(app, spec_kwargs=openapi.spec_kwargs())
     openapi.register(api)
-    for blueprint in (definitions.blp, tasks.blp, task_logs.blp, task_apis.blp):
+    for blueprint in (definitions.blp, tasks.blp, replay.blp, task_logs.blp, task_apis.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)
     _mark_docs_public(app)

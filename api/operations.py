@@ -6,19 +6,23 @@ other, as flaskr's views share `get_post(id)`.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime
 from typing import Any
 
 from api import submission
 from api.metrics import CANCELLED
-from api.services import services
+from api.services import Services, services
 from shared import store
 from shared.broker import BROKER_ERRORS
 from shared.credentials import Principal
 from shared.errors import Conflict, TaskAlreadyFinished, TaskexecError, TaskNotFound
 from shared.retention import Retention
-from shared.status import Status, TaskType
+from shared.status import Priority, Status, TaskType
+
+#: A task in one of these may be replayed: it ended without doing its work.
+RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CANCELLED})
 
 
 def parse_task_id(raw: str) -> uuid.UUID:
@@ -134,3 +138,34 @@ def complete_manual(
             raise TaskAlreadyFinished(f"task {raw_id} is {status}", {"status": status})
         attempts = store.get_attempts(conn, task.id)
     return done, attempts
+
+
+def retry_row(
+    svc: Services, principal: Principal, original: store.Task, changes: dict[str, Any]
+) -> store.NewTask:
+    """Build the replay of `original`: same definition, workflow instance and owner.
+
+    `changes` may give another input, executionConfig or priority; otherwise the original's
+    are kept. The input is checked against the definition as it is now. 409 when the original
+    is not FAILED, TIMED_OUT or CANCELLED; 404 when its definition is gone; 422 bad input.
+    """
+    if original.status not in RETRYABLE:
+        raise Conflict(
+            f"task {original.id} is {original.status}; only FAILED, TIMED_OUT or CANCELLED"
+            " tasks are retried",
+            {"status": original.status},
+        )
+    definition = svc.definitions.get(original.task_definition_id)
+    config = changes.get("executionConfig") or {
+        "timeout": original.timeout_ms,
+        "retryPolicy": original.retry_policy,
+    }
+    body = {
+        "workflowInstanceId": original.workflow_instance_id,
+        "input": changes.get("input", original.input),
+        "priority": changes.get("priority") or Priority.from_rank(original.priority).value,
+        "executionConfig": config,
+    }
+    row = submission.new_task(principal, body, definition)
+    # An admin replaying someone's task replays it for them: the retry is theirs to see.
+    return dataclasses.replace(row, owner=original.owner, retry_of=original.id)

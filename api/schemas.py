@@ -185,6 +185,7 @@ class ListTasksQuery(Schema):
     type = fields.String(validate=validate.OneOf(TYPES))
     workflowInstanceId = fields.String(validate=_ID)
     taskDefinitionId = fields.String(validate=_ID)
+    scheduleId = fields.UUID(metadata={"description": "Tasks a schedule fired or triggered"})
     createdAfter = UtcDateTime(
         format="iso", metadata={"description": "RFC 3339; tasks created at or after it"}
     )
@@ -200,6 +201,70 @@ class ListTasksQuery(Schema):
         validate=validate.Length(min=1, max=200),
         metadata={"description": "The `nextCursor` of the previous page (instead of `page`)"},
     )
+
+
+#: The statuses a task can be replayed from (POST /api/v1/tasks/{id}/retry).
+RETRYABLE = (Status.FAILED.value, Status.TIMED_OUT.value, Status.CANCELLED.value)
+MAX_RETRY_BATCH = 1000
+
+
+class RetryTaskSchema(Schema):
+    """The optional body of `POST /api/v1/tasks/{id}/retry`: what the replay changes."""
+
+    class Meta:
+        unknown = RAISE
+
+    input = fields.Dict(
+        metadata={"description": "Instead of the original's; checked against the current schema"}
+    )
+    executionConfig = fields.Nested(
+        ExecutionConfigSchema,
+        metadata={"description": "Instead of the original's timeout and retry policy"},
+    )
+    priority = fields.String(
+        validate=validate.OneOf([p.value for p in Priority]),
+        metadata={"description": "Instead of the original's"},
+    )
+
+
+class RetryFilterSchema(Schema):
+    """Which tasks a retry by filter replays (each not yet retried, newest first)."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = StatusList(
+        validate=validate.ContainsOnly(RETRYABLE),
+        metadata={"description": "FAILED, TIMED_OUT or CANCELLED, comma-separated; default all"},
+    )
+    taskDefinitionId = fields.String(validate=_ID)
+    workflowInstanceId = fields.String(validate=_ID)
+    createdAfter = UtcDateTime(format="iso", metadata={"description": "RFC 3339, inclusive"})
+    createdBefore = UtcDateTime(format="iso", metadata={"description": "RFC 3339, exclusive"})
+
+
+class BulkRetrySchema(Schema):
+    """The body of `POST /api/v1/tasks/retry`: ids, or a filter with a limit."""
+
+    class Meta:
+        unknown = RAISE
+
+    ids = fields.List(
+        fields.String(validate=_ID), validate=validate.Length(min=1, max=MAX_RETRY_BATCH)
+    )
+    filter = fields.Nested(RetryFilterSchema)
+    limit = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_RETRY_BATCH),
+        metadata={"description": "With filter: at most this many tasks (default 100)"},
+    )
+
+    @validates_schema
+    def _ids_or_filter(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("ids" in data) == ("filter" in data):
+            raise FieldError("give either ids or filter", field_name="ids")
+        if "limit" in data and "filter" not in data:
+            raise FieldError("limit goes with filter", field_name="limit")
 
 
 class ListDefinitionsQuery(Schema):

@@ -209,7 +209,8 @@ def get_task(task_id: str) -> Response:
     with services().db.connection() as conn:
         task = operations.load_task(conn, task_id, current_principal())
         attempts = store.get_attempts(conn, task.id)
-    return jsonify(task_json(task, attempts, expires_at=operations.expires_at(task)))
+        retried_by = store.retries_of(conn, task.id)
+    return jsonify(task_json(task, attempts, retried_by, expires_at=operations.expires_at(task)))
 
 
 @blp.route("", methods=["GET"], strict_slashes=False)

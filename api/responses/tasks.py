@@ -147,6 +147,15 @@ class TaskSchema(TaskSummarySchema):
     pinned = fields.Boolean(
         required=True, metadata={"description": "Kept whatever its retention (pin/unpin)"}
     )
+    retryOf = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"format": "uuid", "description": "The task this one replays (a retry)"},
+    )
+    retriedBy = fields.List(
+        fields.String(metadata={"format": "uuid"}),
+        metadata={"description": "The retries of this task, oldest first (GET only)"},
+    )
 
 
 def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | None:
@@ -157,9 +166,12 @@ def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | N
 
 
 def task_json(
-    task: Task, attempts: list[Attempt] | None = None, expires_at: datetime | None = None
+    task: Task,
+    attempts: list[Attempt] | None = None,
+    retried_by: list[Any] | None = None,
+    expires_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The full task, as `GET /api/v1/tasks/{id}` returns it."""
+    """The full task, as `GET /api/v1/tasks/{id}` returns it (with its retries' ids)."""
     doc = task_summary(task)
     duration = None
     if task.start_time is not None and task.end_time is not None:
@@ -187,8 +199,11 @@ def task_json(
             "pendingReason": pending_reason(task),
             "expiresAt": rfc3339(expires_at),
             "pinned": task.pinned,
+            "retryOf": str(task.retry_of) if task.retry_of is not None else None,
         }
     )
+    if retried_by is not None:
+        doc["retriedBy"] = [str(tid) for tid in retried_by]
     if task.cancel_requested_at is not None:
         doc["cancellation"] = {
             "requestedAt": rfc3339(task.cancel_requested_at),
@@ -294,6 +309,42 @@ def cancel_refused(task_id: str, error: TaskexecError) -> dict[str, Any]:
 class BulkCancelResultSchema(Schema):
     items = fields.List(
         fields.Raw(metadata={"oneOf": ["CancelResult", "CancelRefused"]}), required=True
+    )
+
+
+# ------------------------------------------------------------------ replaying
+
+
+class TaskRetriedSchema(Schema):
+    id = fields.String(required=True, metadata={"format": "uuid", "description": "The new task"})
+    status = enum_field(STATUSES, required=True)
+    createdAt = time_field(required=True)
+    retryOf = fields.String(required=True, metadata={"format": "uuid"})
+
+
+def task_retried(task: Task) -> dict[str, Any]:
+    """The answer to a retry: the new task and the one it replays."""
+    return {
+        "id": str(task.id),
+        "status": task.status,
+        "createdAt": rfc3339(task.created_at),
+        "retryOf": str(task.retry_of),
+    }
+
+
+class RetryRefusedSchema(Schema):
+    retryOf = fields.String(required=True, metadata={"description": "The task not replayed"})
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+def retry_refused(task_id: str, error: TaskexecError) -> dict[str, Any]:
+    """A task of a bulk retry that was not replayed, and why."""
+    return {"retryOf": task_id, "error": error_body(error)}
+
+
+class BulkRetryResultSchema(Schema):
+    items = fields.List(
+        fields.Raw(metadata={"oneOf": ["TaskRetried", "RetryRefused"]}), required=True
     )
 
 

@@ -83,6 +83,7 @@ from shared.store.tasks import (
     get_task,
     insert_tasks,
     list_tasks,
+    retries_of,
     task_ids_of_workflow,
 )
 
@@ -159,6 +160,7 @@ __all__ = [
     "schedule_retry",
     "set_pinned",
     "set_progress",
+    "retries_of",
     "task_ids_of_workflow",
     "take_due_for_publish",
     "task_logs",

@@ -60,6 +60,7 @@ class Task:
     schedule_id: uuid.UUID | None = None  # the schedule that fired (or triggered) it
     scheduled_for: datetime | None = None  # its slot; None when triggered by hand
     pinned: bool = False  # kept whatever its retention (POST /api/v1/tasks/{id}/pin)
+    retry_of: uuid.UUID | None = None  # the task this one replays (POST …/{id}/retry)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class NewTask:
     source: str = "tasks"
     published: bool = True  # the caller publishes right after commit (optimistic outbox)
     run_at: datetime | None = None  # a delayed task: it waits here until then
+    retry_of: uuid.UUID | None = None  # a replay: the failed (or cancelled) task it repeats
 
 
 #: The sweeper LISTENs on it to learn that a delayed task may be due sooner than it thought.
@@ -88,9 +90,10 @@ RELEASE_CHANNEL = "taskexec_release"
 
 _INSERT_COLUMNS = (
     "id, owner, task_definition_id, definition_version, workflow_instance_id, type, status,"
-    " priority, executor, input, timeout_ms, retry_policy, deadline_at, source, published_at"
+    " priority, executor, input, timeout_ms, retry_policy, deadline_at, source, retry_of,"
+    " published_at"
 )
-_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * 14) + ", CASE WHEN %s THEN now() END)"
+_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * 15) + ", CASE WHEN %s THEN now() END)"
 # A batch with a delayed row: the row waits (next_attempt_at, no published_at) unless its time
 # has already come by the database's clock, which the claim and the sweeper also go by; the
 # NOTIFY (sent at commit, in the same round trip) wakes a sweeper to release it on time.
@@ -100,7 +103,7 @@ _DELAYED_INSERT = (
 )
 _DELAYED_TEMPLATE = (
     "("
-    + ", ".join(["%s"] * 14)
+    + ", ".join(["%s"] * 15)
     + ", CASE WHEN %s AND COALESCE(%s::timestamptz <= now(), true) THEN now() END"
     + ", %s, %s)"
 )
@@ -147,6 +150,7 @@ def _values(t: NewTask) -> tuple[Any, ...]:
         Json(t.retry_policy),
         t.deadline_at,
         t.source,
+        t.retry_of,
         t.published,
     )
 
@@ -192,6 +196,7 @@ class TaskFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     schedule_id: uuid.UUID | None = None
+    unretried: bool = False  # only tasks no retry names yet (a retry by filter)
 
 
 def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
@@ -222,6 +227,8 @@ def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
     if flt.created_before is not None:
         where.append("created_at < %s")
         params.append(flt.created_before)
+    if flt.unretried:
+        where.append("NOT EXISTS (SELECT 1 FROM tasks r WHERE r.retry_of = tasks.id)")
     return " AND ".join(where), params
 
 
@@ -327,6 +334,13 @@ def cancel_task(
         current = one(cur, Task)
         assert current is not None  # the row is locked FOR UPDATE above
         return CancelOutcome(current, previous, cancelled=False)
+
+
+def retries_of(conn: Conn, task_id: uuid.UUID) -> list[uuid.UUID]:
+    """List the ids of the tasks that replay `task_id`, oldest first."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM tasks WHERE retry_of = %s ORDER BY created_at, id", (task_id,))
+        return [row[0] for row in cur.fetchall()]
 
 
 def task_ids_of_workflow(
