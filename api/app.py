@@ -23,6 +23,7 @@ from api import (
 from api.auth import TokenVerifier, load_principal, public
 from api.limits import init_limiter
 from api.parsing import JSONProvider, check_body
+from api.schedules import blp as schedules_blp
 from api.services import Services
 from config.settings import Settings
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     openapi.register(api)
     for blueprint in (definitions.blp, tasks.blp, replay.blp, task_logs.blp, task_apis.blp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(schedules_blp)
     app.register_blueprint(health.blp)
     _mark_docs_public(app)
     errors.register(app)

@@ -255,6 +255,7 @@ def list_tasks(query: dict[str, Any]) -> Response:
         type=query.get("type"),
         workflow_instance_id=query.get("workflowInstanceId"),
         task_definition_id=query.get("taskDefinitionId"),
+        schedule_id=query.get("scheduleId"),
         created_after=query.get("createdAfter"),
         created_before=query.get("createdBefore"),
     )

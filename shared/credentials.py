@@ -24,6 +24,8 @@ PERMISSIONS: tuple[str, ...] = (
     "tasks:definitions:list",
     "tasks:definitions:read",
     "tasks:admin",
+    "schedules:read",
+    "schedules:write",
 )
 WILDCARD = "*"
 KEY_PREFIX = "tes_"

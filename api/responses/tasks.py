@@ -79,6 +79,10 @@ class TaskSummarySchema(Schema):
     priority = enum_field([p.value for p in Priority], required=True)
     createdAt = time_field(required=True)
     updatedAt = time_field(required=True)
+    scheduleId = fields.String(
+        required=True, allow_none=True, metadata={"format": "uuid", "description": "Its schedule"}
+    )
+    scheduledFor = time_field("The schedule's slot it fired for", required=True, allow_none=True)
 
 
 def task_summary(task: Task) -> dict[str, Any]:
@@ -92,6 +96,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "priority": Priority.from_rank(task.priority).value,
         "createdAt": rfc3339(task.created_at),
         "updatedAt": rfc3339(task.updated_at),
+        "scheduleId": None if task.schedule_id is None else str(task.schedule_id),
+        "scheduledFor": rfc3339(task.scheduled_for),
     }
 
 
