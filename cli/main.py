@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import admin, client, dev, processes
+from cli import admin, client, dev, processes, replay
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +30,7 @@ for command in (
     client.get,
     client.logs,
     client.cancel,
+    replay.retry,
     client.complete,
     client.delete,
     client.list_tasks,
