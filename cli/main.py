@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import admin, client, dev, processes, replay
+from cli import admin, client, dev, processes, replay, schedules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,5 +35,6 @@ for command in (
     client.delete,
     client.list_tasks,
     client.definitions,
+    schedules.schedules,
 ):
     main.add_command(command)
