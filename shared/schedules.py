@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -78,9 +79,15 @@ def _cron_after(timing: Timing, after: datetime) -> datetime:
     so it fires once. A slot is always an instant strictly after `after`.
     """
     assert timing.cron is not None
-    zone = ZoneInfo(timing.timezone)
+    return _cron_next(timing.cron, timing.timezone, after)
+
+
+# Schedules sharing a cron and zone (10,000 on `* * * * *`) share each computation.
+@functools.lru_cache(maxsize=4096)
+def _cron_next(cron: str, timezone: str, after: datetime) -> datetime:
+    zone = ZoneInfo(timezone)
     wall = after.astimezone(zone).replace(tzinfo=None)
-    walk = croniter(timing.cron, wall)
+    walk = croniter(cron, wall)
     while True:
         candidate: datetime = walk.get_next(datetime)
         slot = candidate.replace(tzinfo=zone, fold=0).astimezone(UTC)

@@ -57,7 +57,7 @@ from shared.store.schedules import (
     insert_schedule_tasks,
     list_schedules,
     next_schedule_in,
-    record_round,
+    record_rounds,
     update_schedule,
 )
 from shared.store.sweeps import (
@@ -155,7 +155,7 @@ __all__ = [
     "insert_schedule_tasks",
     "list_schedules",
     "next_schedule_in",
-    "record_round",
+    "record_rounds",
     "update_schedule",
     "schedule_retry",
     "set_pinned",

@@ -185,26 +185,25 @@ def claim_due_schedules(conn: Conn, limit: int) -> tuple[list[Schedule], datetim
         return due, row[0]
 
 
-def record_round(
-    conn: Conn,
-    schedule_id: uuid.UUID,
-    *,
-    next_run_at: datetime | None,
-    last_run_at: datetime | None,
-    skipped: int,
-    last_skipped_at: datetime | None,
-) -> None:
-    """Advance a fired schedule (skipped slots counted, visible on the schedule)."""
+def record_rounds(conn: Conn, rounds: Sequence[tuple[Any, ...]]) -> None:
+    """record_round for many schedules in one statement: (id, next_run_at, last_run_at,
+    skipped, last_skipped_at) each."""
+    if not rounds:
+        return
     with conn.cursor() as cur:
-        cur.execute(
+        psycopg2.extras.execute_values(
+            cur,
             """
-            UPDATE schedules SET next_run_at = %s,
-                last_run_at = COALESCE(%s, last_run_at),
-                skipped_count = skipped_count + %s,
-                last_skipped_at = COALESCE(%s, last_skipped_at)
-            WHERE id = %s
+            UPDATE schedules s SET next_run_at = v.next_run_at,
+                last_run_at = COALESCE(v.last_run_at, s.last_run_at),
+                skipped_count = s.skipped_count + v.skipped,
+                last_skipped_at = COALESCE(v.last_skipped_at, s.last_skipped_at)
+            FROM (VALUES %s) v(id, next_run_at, last_run_at, skipped, last_skipped_at)
+            WHERE s.id = v.id
             """,
-            (next_run_at, last_run_at, skipped, last_skipped_at, schedule_id),
+            rounds,
+            template="(%s::uuid, %s::timestamptz, %s::timestamptz, %s::bigint, %s::timestamptz)",
+            page_size=len(rounds),
         )
 
 
