@@ -19,8 +19,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Every test that finds, starts or stops servers or processes of its own (a few minutes).
-SELECTION = ["tests/integration", "tests/api/test_smoke.py", "tests/api/test_health.py"]
+#: One test of each way the suite finds or starts what it needs: the fixtures' private servers,
+#: the embedded servers of `taskexec dev`, worker and sweeper processes, a live gunicorn, the
+#: CLI. The whole of tests/integration here took 8 minutes and proved nothing more.
+SELECTION = [
+    "tests/integration/test_servers.py",
+    "tests/integration/test_private_postgres.py",
+    "tests/integration/test_dev_command.py",
+    "tests/integration/test_attempt_watcher.py",
+    "tests/integration/test_smoke.py",
+    "tests/integration/test_migrations.py",
+    "tests/integration/test_delivery.py",
+    "tests/integration/test_outbox.py",
+    "tests/integration/test_cli_client.py",
+    "tests/api/test_smoke.py",
+    "tests/api/test_health.py",
+]
 #: Where local services keep their Unix sockets, which a network namespace does not hide.
 SOCKET_DIRS = ["/run/postgresql", "/var/run/postgresql", "/run/redis", "/var/run/redis"]
 #: What must not answer inside: the machine's PostgreSQL and Redis.
