@@ -53,6 +53,18 @@ def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def position(query: dict[str, Any]) -> tuple[int | None, tuple[datetime, uuid.UUID] | None]:
+    """A list query's page number or cursor position (one of them); 400 when both are given."""
+    if "cursor" in query and "page" in query:
+        raise ValidationError(
+            "give either page or cursor",
+            {"field": "cursor", "issue": "cannot be combined with page", "location": "query"},
+        )
+    if "cursor" in query:
+        return None, decode_cursor(query["cursor"])
+    return query.get("page", 1), None
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """Read a `cursor` parameter back into a position; 400 naming `cursor` if it is not one."""
     try:

@@ -8,7 +8,7 @@ from marshmallow import RAISE, Schema, fields, validate, validates_schema
 from marshmallow import ValidationError as FieldError
 
 from api.pagination import MAX_PAGE
-from api.schemas import ExecutionConfigSchema, UtcDateTime
+from api.schemas import TaskTemplateSchema, UtcDateTime
 from shared.schedules import (
     DEFAULT_CATCHUP_MS,
     MIN_INTERVAL_MS,
@@ -16,26 +16,10 @@ from shared.schedules import (
     valid_cron,
     valid_timezone,
 )
-from shared.status import Priority
 
 _ID = validate.Length(min=1, max=200)
 #: A year: a longer catch-up window would fire slots a whole outage late.
 _MAX_CATCHUP_MS = 366 * 24 * 3600 * 1000
-
-
-class TaskTemplateSchema(Schema):
-    """What each fired task is submitted with (checked like `POST /api/v1/tasks`)."""
-
-    class Meta:
-        unknown = RAISE
-
-    taskDefinitionId = fields.String(required=True, validate=_ID)
-    workflowInstanceId = fields.String(allow_none=True, validate=_ID)
-    input = fields.Dict(load_default=dict, metadata={"description": "Checked against inputSchema"})
-    priority = fields.String(
-        load_default=Priority.MEDIUM.value, validate=validate.OneOf([p.value for p in Priority])
-    )
-    executionConfig = fields.Nested(ExecutionConfigSchema, load_default=dict)
 
 
 def _cron(value: str) -> None:

@@ -12,7 +12,7 @@ from marshmallow import RAISE
 from api import openapi, operations, submission
 from api.auth import current_principal, requires
 from api.metrics import SUBMITTED
-from api.pagination import decode_cursor, encode_cursor, page_doc
+from api.pagination import encode_cursor, page_doc, position
 from api.parsing import Blueprint
 from api.responses.schedules import (
     ScheduleListSchema,
@@ -132,13 +132,7 @@ def list_schedules(query: dict[str, Any]) -> Response:
 
     Errors: 400 naming the parameter (page with cursor, bad cursor, limit outside 1..100).
     """
-    if "cursor" in query and "page" in query:
-        raise ValidationError(
-            "give either page or cursor",
-            {"field": "cursor", "issue": "cannot be combined with page", "location": "query"},
-        )
-    after = decode_cursor(query["cursor"]) if "cursor" in query else None
-    page: int | None = None if after else query.get("page", 1)
+    page, after = position(query)
     limit = query["limit"]
     flt = store.ScheduleFilter(
         owner=operations.owner_scope(current_principal()),

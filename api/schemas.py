@@ -61,8 +61,8 @@ class UtcDateTime(fields.AwareDateTime):
             raise FieldError("out of range") from exc
 
 
-class SubmitTaskSchema(Schema):
-    """The body of `POST /api/v1/tasks`."""
+class TaskTemplateSchema(Schema):
+    """A task as it is submitted: also the template each of a schedule's slots fires."""
 
     class Meta:
         unknown = RAISE
@@ -74,6 +74,11 @@ class SubmitTaskSchema(Schema):
         load_default=Priority.MEDIUM.value, validate=validate.OneOf([p.value for p in Priority])
     )
     executionConfig = fields.Nested(ExecutionConfigSchema, load_default=dict)
+
+
+class SubmitTaskSchema(TaskTemplateSchema):
+    """The body of `POST /api/v1/tasks`: a task template, plus when and how to submit it."""
+
     idempotencyKey = fields.String(validate=validate.Length(min=1, max=200))
     runAt = UtcDateTime(
         format="iso",

@@ -10,7 +10,7 @@ from marshmallow import RAISE
 from api import openapi, operations, submission
 from api.auth import current_principal, requires
 from api.limits import bulk_limit
-from api.pagination import decode_cursor, encode_cursor, page_doc
+from api.pagination import encode_cursor, page_doc, position
 from api.parsing import Blueprint
 from api.responses.tasks import (
     BulkCancelResultSchema,
@@ -241,13 +241,7 @@ def list_tasks(query: dict[str, Any]) -> Response:
     outside 1..100, unknown parameter, bad cursor, page together with cursor).
     """
     svc = services()
-    if "cursor" in query and "page" in query:
-        raise ValidationError(
-            "give either page or cursor",
-            {"field": "cursor", "issue": "cannot be combined with page", "location": "query"},
-        )
-    after = decode_cursor(query["cursor"]) if "cursor" in query else None
-    page: int | None = None if after else query.get("page", 1)
+    page, after = position(query)
     limit = query["limit"]
     flt = store.TaskFilter(
         owner=operations.owner_scope(current_principal()),
