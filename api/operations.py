@@ -11,10 +11,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from api import submission
 from api.metrics import CANCELLED
 from api.services import Services, services
-from shared import store
+from shared import store, task_rows
 from shared.broker import BROKER_ERRORS
 from shared.credentials import Principal
 from shared.errors import Conflict, TaskAlreadyFinished, TaskexecError, TaskNotFound
@@ -127,7 +126,7 @@ def complete_manual(
     schema = version["output_schema"] if version else None
     if schema is None:  # recorded before version history existed: the current definition
         schema = svc.definitions.get(task.task_definition_id).output_schema
-    error = submission.output_errors(task.task_definition_id, schema, output)
+    error = task_rows.output_errors(task.task_definition_id, schema, output)
     if error is not None:
         raise error
     with svc.db.connection() as conn:
@@ -166,6 +165,6 @@ def retry_row(
         "priority": changes.get("priority") or Priority.from_rank(original.priority).value,
         "executionConfig": config,
     }
-    row = submission.new_task(principal, body, definition)
+    row = task_rows.new_task(principal, body, definition)
     # An admin replaying someone's task replays it for them: the retry is theirs to see.
     return dataclasses.replace(row, owner=original.owner, retry_of=original.id)

@@ -23,7 +23,7 @@ from api.responses.schedules import (
 from api.responses.tasks import TaskCreatedSchema, task_created
 from api.schedule_schemas import CreateScheduleSchema, ListSchedulesQuery, PatchScheduleSchema
 from api.services import services
-from shared import store
+from shared import store, task_rows
 from shared.errors import NotFound, ValidationError
 from shared.schedules import Timing, first_run, template_row
 
@@ -52,7 +52,7 @@ _COLUMNS = {
 def _check_template(template: dict[str, Any]) -> None:
     """Validate a task template exactly as a submission: 404 unknown definition, 422 input."""
     definition = services().definitions.get(template["taskDefinitionId"])
-    error = submission.input_errors(definition, template.get("input", {}))
+    error = task_rows.input_errors(definition, template.get("input", {}))
     if error is not None:
         raise error
 

@@ -13,7 +13,7 @@ from api.parsing import Blueprint
 from api.responses import cortex
 from api.schemas import SubmitJobSchema
 from api.services import services
-from shared import store
+from shared import store, task_rows
 from shared.errors import DefinitionNotFound, ServiceUnavailable, TaskNotFound, ValidationError
 from shared.status import ACTIVE, TERMINAL
 
@@ -106,7 +106,7 @@ def submit_job(body: dict[str, Any] | None, api_name: str) -> tuple[Response, in
         deadline_at = datetime.now(UTC) + timedelta(seconds=timeout)
         # The attempt's own time limit also stops the job if the sweeper is not running.
         task_body["executionConfig"] = {"timeout": min(definition.timeout_ms, timeout * 1000)}
-    row = submission.new_task(
+    row = task_rows.new_task(
         principal, task_body, definition, deadline_at=deadline_at, source="task_apis"
     )
     task = submission.submit(svc, principal, [row])[0].task

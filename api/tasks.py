@@ -37,7 +37,7 @@ from api.schemas import (
     load_bulk_item,
 )
 from api.services import services
-from shared import store
+from shared import store, task_rows
 from shared.errors import TaskexecError, ValidationError
 
 blp = Blueprint(
@@ -97,7 +97,7 @@ def submit_task(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
     principal = current_principal()
     key = _idempotency_key(body)
     definition = svc.definitions.get(body["taskDefinitionId"])
-    row = submission.new_task(principal, body, definition)
+    row = task_rows.new_task(principal, body, definition)
     keys = [(key, submission.request_hash(body))] if key else []
     accepted = submission.submit(svc, principal, [row], keys)[0]
     task = accepted.task
@@ -174,7 +174,7 @@ def submit_bulk(body: dict[str, Any]) -> tuple[Response, int]:
         try:
             item = load_bulk_item(schema, index, raw)
             definition = svc.definitions.get(item["taskDefinitionId"])
-            rows.append(submission.new_task(principal, item, definition))
+            rows.append(task_rows.new_task(principal, item, definition))
             key = item.get("idempotencyKey")
             keys.append((key, submission.request_hash(item)) if key else None)
             positions.append(index)
