@@ -33,12 +33,18 @@ CREATE INDEX IF NOT EXISTS webhooks_owner_created ON webhooks (owner, created_at
 CREATE TABLE IF NOT EXISTS webhook_events (
     id uuid PRIMARY KEY,
     type text NOT NULL,
-    task_id uuid NOT NULL,
+    -- Null for an event about no task (webhook.test).
+    task_id uuid,
     -- The task row as it was when its status changed (to_jsonb of the row): the delivery's
     -- `data` is rendered from it, so a late delivery still says what happened then.
     task jsonb,
+    -- The `data` of an event about no task (webhook.test), sent as it is.
+    data jsonb,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Retention deletes old events (their deliveries cascade) oldest first.
+CREATE INDEX IF NOT EXISTS webhook_events_created ON webhook_events (created_at);
 
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id uuid PRIMARY KEY,
@@ -50,6 +56,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     status text NOT NULL DEFAULT 'PENDING',
     attempts integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    -- The retry horizon counts from here (a redelivery restarts it); null: from created_at.
+    retry_from timestamptz,
     -- A deliverer's claim: another deliverer may take the row once it lapses.
     locked_until timestamptz,
     last_attempt_at timestamptz,

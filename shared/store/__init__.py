@@ -29,6 +29,27 @@ from shared.store.definitions import (
     list_definitions,
     publish_definitions,
 )
+from shared.store.deliveries import (
+    DELIVERY_STATUSES,
+    TEST_EVENT,
+    Claimed,
+    Delivery,
+    Outcome,
+    attempts_of_tasks,
+    count_deliveries,
+    due_deliveries,
+    enqueue_test_event,
+    fail_undeliverable,
+    get_delivery,
+    lease_deliveries,
+    list_deliveries,
+    next_delivery_in,
+    purge_old_events,
+    record_delivered,
+    record_failed_attempt,
+    redeliver,
+    retries_of_tasks,
+)
 from shared.store.gauges import ActiveGroup, active_groups, ping, worker_definitions
 from shared.store.idempotency import (
     IdempotencyRecord,
@@ -88,6 +109,25 @@ from shared.store.tasks import (
 )
 
 __all__ = [
+    "DELIVERY_STATUSES",
+    "TEST_EVENT",
+    "Claimed",
+    "Delivery",
+    "Outcome",
+    "attempts_of_tasks",
+    "count_deliveries",
+    "due_deliveries",
+    "enqueue_test_event",
+    "fail_undeliverable",
+    "get_delivery",
+    "lease_deliveries",
+    "list_deliveries",
+    "next_delivery_in",
+    "purge_old_events",
+    "record_delivered",
+    "record_failed_attempt",
+    "redeliver",
+    "retries_of_tasks",
     "ActiveGroup",
     "ApiKey",
     "Attempt",

@@ -1,0 +1,421 @@
+"""Webhook events and their deliveries: the delivery log, redelivery, claiming and retrying."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg2.extras import Json
+
+from shared.store._rows import Conn, all_, one, scalar
+
+#: The statuses of a delivery; PENDING ones are (or will be) tried, the others are final.
+DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
+#: The type of the event `POST /api/v1/webhooks/{id}/test` sends.
+TEST_EVENT = "webhook.test"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One row of the delivery log: an event sent (or to be sent) to one subscription."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID
+    webhook_id: uuid.UUID
+    type: str
+    task_id: uuid.UUID | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    locked_until: datetime | None
+    last_attempt_at: datetime | None
+    response_status: int | None
+    response_time_ms: int | None
+    error: str | None
+    created_at: datetime
+
+
+# ------------------------------------------------------------------ the log (API side)
+
+
+def _log_where(
+    webhook_id: uuid.UUID, status: str | None, task_id: uuid.UUID | None
+) -> tuple[str, list[Any]]:
+    clause, params = "webhook_id = %s", [webhook_id]
+    if status is not None:
+        clause += " AND status = %s"
+        params.append(status)
+    if task_id is not None:
+        clause += " AND task_id = %s"
+        params.append(task_id)
+    return clause, params
+
+
+def list_deliveries(
+    conn: Conn,
+    webhook_id: uuid.UUID,
+    *,
+    status: str | None = None,
+    task_id: uuid.UUID | None = None,
+    limit: int,
+    offset: int = 0,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Delivery]:
+    """Page through one subscription's deliveries, newest first (created_at DESC, id DESC).
+
+    The contract mirrors `list_tasks`: page by `offset`, or pass `after` = the (created_at, id)
+    of the last row of the previous page (`api.pagination.encode_cursor(d.created_at, d.id)` /
+    `decode_cursor`) for a cursor page; `after` ignores `offset`. `status` is one of
+    DELIVERY_STATUSES, `task_id` the task the event is about. The caller checks that the
+    subscription is visible to its principal; this reads only `webhook_id`'s rows. Ask for
+    `limit + 1` rows to learn whether another page follows.
+    """
+    clause, params = _log_where(webhook_id, status, task_id)
+    if after is not None:
+        clause += " AND (created_at, id) < (%s, %s)"
+        params += [after[0], after[1]]
+        offset = 0
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT * FROM webhook_deliveries WHERE {clause}"
+            " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
+        return all_(cur, Delivery)
+
+
+def count_deliveries(
+    conn: Conn,
+    webhook_id: uuid.UUID,
+    *,
+    status: str | None = None,
+    task_id: uuid.UUID | None = None,
+) -> int:
+    """Count one subscription's deliveries matching the log's filters (for `pagination`)."""
+    clause, params = _log_where(webhook_id, status, task_id)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM webhook_deliveries WHERE {clause}", params)
+        return scalar(cur, int)
+
+
+def get_delivery(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:
+    """One delivery of `webhook_id`; None when there is none (or it belongs to another one)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT * FROM webhook_deliveries WHERE id = %s AND webhook_id = %s",
+            (delivery_id, webhook_id),
+        )
+        return one(cur, Delivery)
+
+
+def redeliver(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:
+    """Make a delivery PENDING and due now; return it, or None when `webhook_id` has no such one.
+
+    Any delivery may be redelivered, whatever its status: a DELIVERED one is sent again (same
+    `webhook-id`, so a receiver that deduplicates ignores it), a FAILED one gets a fresh retry
+    horizon counted from now, a PENDING one is brought forward (one in flight is not
+    interrupted: the lease is kept, so no two deliverers send it at once). `attempts` keeps
+    counting. The deliverers are woken (NOTIFY taskexec_webhooks at commit). A disabled
+    subscription's deliveries fail when claimed ("subscription disabled: ..."), so the
+    caller should re-enable it first (or refuse with 409).
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE webhook_deliveries
+            SET status = 'PENDING', next_attempt_at = greatest(now(), coalesce(locked_until, now())),
+                retry_from = now(), error = CASE WHEN status = 'PENDING' THEN error END
+            WHERE id = %s AND webhook_id = %s
+            RETURNING *
+            """,
+            (delivery_id, webhook_id),
+        )
+        delivery = one(cur, Delivery)
+        if delivery is not None:
+            cur.execute("SELECT pg_notify('taskexec_webhooks', '')")
+        return delivery
+
+
+def enqueue_test_event(conn: Conn, webhook_id: uuid.UUID, data: dict[str, Any]) -> Delivery:
+    """Queue a `webhook.test` event for one subscription (`POST /api/v1/webhooks/{id}/test`).
+
+    `data` is the event's `data` (for example `{"webhookId": ..., "message": ...}`); the
+    delivery has no task. Returns the PENDING delivery (its `event_id` is the `webhook-id`
+    the receiver sees), which shows in the log like any other. The deliverers are woken.
+    """
+    event_id, delivery_id = uuid.uuid4(), uuid.uuid4()
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO webhook_events (id, type, task_id, task, data) VALUES (%s, %s, NULL, NULL, %s)",
+            (event_id, TEST_EVENT, Json(data)),
+        )
+        cur.execute(
+            "INSERT INTO webhook_deliveries (id, event_id, webhook_id, type, task_id)"
+            " VALUES (%s, %s, %s, %s, NULL) RETURNING *",
+            (delivery_id, event_id, webhook_id, TEST_EVENT),
+        )
+        delivery = one(cur, Delivery)
+        cur.execute("SELECT pg_notify('taskexec_webhooks', '')")
+    assert delivery is not None
+    return delivery
+
+
+# ------------------------------------------------------------------ the deliverer's side
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery a deliverer holds (until `locked_until`), with what sending it needs."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID
+    webhook_id: uuid.UUID
+    type: str
+    task_id: uuid.UUID | None
+    attempts: int  # including the one about to be made
+    created_at: datetime
+    retry_from: datetime | None  # when a redelivery restarted the retry horizon
+    locked_until: datetime
+    event_created_at: datetime
+    task: dict[str, Any] | None  # the task row as it was at the change (to_jsonb)
+    data: dict[str, Any] | None  # a test event's data
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    disabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None
+
+
+def due_deliveries(
+    conn: Conn, *, limit: int, busy: Sequence[uuid.UUID] = ()
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Lock up to `limit` due, unleased deliveries (FOR UPDATE SKIP LOCKED), oldest due first.
+
+    Returns (delivery id, webhook id) pairs; `busy` subscriptions (at their concurrency cap
+    in this deliverer) are skipped. The rows stay locked until the transaction ends: the
+    caller picks the ones it takes and passes them to `lease_deliveries` in it.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT id, webhook_id FROM webhook_deliveries
+            WHERE status = 'PENDING' AND next_attempt_at <= now()
+              AND NOT (webhook_id = ANY (%s::uuid[]))
+            ORDER BY next_attempt_at
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+            """,
+            ([str(b) for b in busy], limit),
+        )
+        return [(row[0], row[1]) for row in cur.fetchall()]
+
+
+def lease_deliveries(conn: Conn, ids: Sequence[uuid.UUID], lease_seconds: float) -> list[Claimed]:
+    """Lease the locked deliveries `ids` for `lease_seconds` and count the attempt.
+
+    `next_attempt_at` moves to the lease's end with `locked_until`, so a delivery whose
+    deliverer dies mid-send becomes due again when the lease lapses, and the due index
+    never walks rows that are in flight.
+    """
+    if not ids:
+        return []
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE webhook_deliveries d
+            SET attempts = d.attempts + 1,
+                locked_until = now() + make_interval(secs => %s),
+                next_attempt_at = now() + make_interval(secs => %s)
+            FROM webhook_events e, webhooks w
+            WHERE d.id = ANY (%s::uuid[]) AND e.id = d.event_id AND w.id = d.webhook_id
+            RETURNING d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts,
+                d.created_at, d.retry_from, d.locked_until, e.created_at AS event_created_at,
+                e.task, e.data, w.url, w.secret, w.previous_secret,
+                w.previous_secret_expires_at, w.disabled, w.disabled_reason, w.failing_since
+            """,
+            (lease_seconds, lease_seconds, [str(i) for i in ids]),
+        )
+        return all_(cur, Claimed)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended."""
+
+    delivered: bool
+    response_status: int | None
+    response_time_ms: int | None
+    error: str | None
+
+
+def record_delivered(conn: Conn, claimed: Claimed, outcome: Outcome) -> bool:
+    """Mark a leased delivery DELIVERED and its subscription healthy; False if the lease was lost.
+
+    The lease check (`locked_until` unchanged) makes an attempt whose deliverer overran its
+    lease (another took the row over) record nothing.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE webhook_deliveries
+            SET status = 'DELIVERED', locked_until = NULL, last_attempt_at = now(),
+                response_status = %s, response_time_ms = %s, error = NULL
+            WHERE id = %s AND locked_until = %s
+            """,
+            (outcome.response_status, outcome.response_time_ms, claimed.id, claimed.locked_until),
+        )
+        if cur.rowcount == 0:
+            return False
+        if claimed.failing_since is not None:
+            cur.execute(
+                "UPDATE webhooks SET failing_since = NULL WHERE id = %s AND failing_since IS NOT NULL",
+                (claimed.webhook_id,),
+            )
+        return True
+
+
+def record_failed_attempt(
+    conn: Conn,
+    claimed: Claimed,
+    outcome: Outcome,
+    retry_in: float | None,
+    disable_after: float | None,
+) -> bool:
+    """Record a failed attempt: PENDING again in `retry_in` seconds, or FAILED when None.
+
+    The subscription's `failing_since` is set if unset; once it lies more than
+    `disable_after` seconds back (None: never disable), the subscription is disabled with
+    the reason, and its deliveries then fail when claimed. False if the lease was lost.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE webhook_deliveries
+            SET status = CASE WHEN %(retry)s::float8 IS NULL THEN 'FAILED' ELSE 'PENDING' END,
+                next_attempt_at = CASE WHEN %(retry)s::float8 IS NULL THEN next_attempt_at
+                    ELSE now() + make_interval(secs => %(retry)s::float8) END,
+                locked_until = NULL, last_attempt_at = now(),
+                response_status = %(status)s, response_time_ms = %(ms)s, error = %(error)s
+            WHERE id = %(id)s AND locked_until = %(lease)s
+            """,
+            {
+                "retry": retry_in,
+                "status": outcome.response_status,
+                "ms": outcome.response_time_ms,
+                "error": outcome.error,
+                "id": claimed.id,
+                "lease": claimed.locked_until,
+            },
+        )
+        if cur.rowcount == 0:
+            return False
+        cur.execute(
+            """
+            UPDATE webhooks SET failing_since = coalesce(failing_since, now())
+            WHERE id = %s AND NOT disabled
+            RETURNING failing_since, failing_since < now() - make_interval(secs => %s)
+            """,
+            (claimed.webhook_id, disable_after if disable_after is not None else 1e12),
+        )
+        row = cur.fetchone()
+        if row is not None and row[1] and disable_after is not None:
+            reason = (
+                f"deliveries failing since {row[0].isoformat()} (last: {outcome.error or 'error'})"
+            )
+            cur.execute(
+                "UPDATE webhooks SET disabled = true, disabled_reason = %s, disabled_at = now(),"
+                " updated_at = now() WHERE id = %s AND NOT disabled",
+                (reason[:500], claimed.webhook_id),
+            )
+        return True
+
+
+def fail_undeliverable(conn: Conn, claimed: Claimed, error: str) -> bool:
+    """Mark a leased delivery FAILED without an attempt (its subscription is disabled)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhook_deliveries SET status = 'FAILED', locked_until = NULL,"
+            " attempts = greatest(attempts - 1, 0), error = %s"
+            " WHERE id = %s AND locked_until = %s",
+            (error, claimed.id, claimed.locked_until),
+        )
+        return cur.rowcount > 0
+
+
+def next_delivery_in(conn: Conn) -> float | None:
+    """Seconds until the next pending delivery is due (0 if one is); None when none is pending."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
+            " FROM webhook_deliveries WHERE status = 'PENDING'"
+        )
+        row = cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return max(0.0, float(row[0]))
+
+
+def attempts_of_tasks(conn: Conn, task_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    """Map each task to its attempts, first to last (one query for a batch of deliveries)."""
+    from shared.store.attempts import Attempt  # the attempts table's row
+
+    ids = sorted({str(t) for t in task_ids})
+    found: dict[uuid.UUID, list[Any]] = {}
+    if not ids:
+        return found
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT * FROM task_attempts WHERE task_id = ANY (%s::uuid[]) ORDER BY task_id, attempt",
+            (ids,),
+        )
+        for attempt in all_(cur, Attempt):
+            found.setdefault(attempt.task_id, []).append(attempt)
+    return found
+
+
+def retries_of_tasks(conn: Conn, task_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """Map each task to the ids of the tasks that replay it, oldest first."""
+    ids = sorted({str(t) for t in task_ids})
+    found: dict[uuid.UUID, list[uuid.UUID]] = {}
+    if not ids:
+        return found
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT retry_of, id FROM tasks WHERE retry_of = ANY (%s::uuid[])"
+            " ORDER BY created_at, id",
+            (ids,),
+        )
+        for retry_of, tid in cur.fetchall():
+            found.setdefault(retry_of, []).append(tid)
+    return found
+
+
+# ------------------------------------------------------------------ retention
+
+
+def purge_old_events(conn: Conn, older_than_seconds: float, limit: int) -> int:
+    """Delete at most `limit` events older than the period, with their deliveries; return how many.
+
+    An event with a PENDING delivery (a redelivery of an old event) is kept until it ends.
+    Oldest first; rows another purger holds are skipped, so several may run at once. A full
+    batch means more may remain.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            DELETE FROM webhook_events WHERE id IN (
+                SELECT e.id FROM webhook_events e
+                WHERE e.created_at < now() - make_interval(secs => %s)
+                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                  WHERE d.event_id = e.id AND d.status = 'PENDING')
+                ORDER BY e.created_at
+                LIMIT %s FOR UPDATE SKIP LOCKED)
+            """,
+            (older_than_seconds, limit),
+        )
+        return int(cur.rowcount)
