@@ -26,6 +26,8 @@ PERMISSIONS: tuple[str, ...] = (
     "tasks:admin",
     "schedules:read",
     "schedules:write",
+    "webhooks:read",
+    "webhooks:write",
 )
 WILDCARD = "*"
 KEY_PREFIX = "tes_"

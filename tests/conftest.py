@@ -108,7 +108,8 @@ def clean_db(backends: Backends) -> Iterator[None]:
     """Empty the tables a test writes (definitions stay published) and the private Redis."""
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute(
-            "TRUNCATE tasks, task_attempts, task_logs, idempotency_keys, api_keys, schedules"
+            "TRUNCATE tasks, task_attempts, task_logs, idempotency_keys, api_keys, schedules,"
+            " webhooks, webhook_events, webhook_deliveries"
         )
     redis_lib.Redis.from_url(backends.redis_url).flushall()
     yield

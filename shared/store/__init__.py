@@ -107,6 +107,16 @@ from shared.store.tasks import (
     retries_of,
     task_ids_of_workflow,
 )
+from shared.store.webhooks import (
+    Webhook,
+    WebhookFilter,
+    delete_webhook,
+    get_webhook,
+    insert_webhook,
+    list_webhooks,
+    rotate_webhook_secret,
+    update_webhook,
+)
 
 __all__ = [
     "DELIVERY_STATUSES",
@@ -207,4 +217,12 @@ __all__ = [
     "touch_api_key",
     "unpublish",
     "worker_definitions",
+    "Webhook",
+    "WebhookFilter",
+    "delete_webhook",
+    "get_webhook",
+    "insert_webhook",
+    "list_webhooks",
+    "rotate_webhook_secret",
+    "update_webhook",
 ]
