@@ -23,6 +23,7 @@ class Heartbeat:
         self.client: Any = None
         self.node = ""
         self.queues: list[str] = []
+        self.slots: int | None = None
 
     def start(self, sender: Any = None, **_: Any) -> None:
         import redis
@@ -32,6 +33,7 @@ class Heartbeat:
         )
         self.node = str(sender.hostname)
         self.queues = sorted(sender.app.amqp.queues.consume_from)
+        self.slots = slots(sender)
         self.beat()
         sender.timer.call_repeatedly(heartbeats.HEARTBEAT_SECONDS, self.beat)
 
@@ -39,7 +41,7 @@ class Heartbeat:
         import redis
 
         try:
-            heartbeats.beat(self.client, self.node, self.queues)
+            heartbeats.beat(self.client, self.node, self.queues, self.slots)
         except redis.RedisError as exc:  # the broker is away: the consumer says so already
             log.debug("heartbeat not written: %s", exc)
 
@@ -48,9 +50,21 @@ class Heartbeat:
 
         if self.client is not None:
             try:
-                heartbeats.leave(self.client, self.node, self.queues)
+                heartbeats.leave(self.client, self.node, self.queues, self.slots)
             except redis.RedisError:
                 pass  # it goes stale instead
+
+
+def slots(consumer: Any) -> int | None:
+    """The tasks this worker runs at once: its pool's size (`--concurrency`), None if unknown."""
+    controller = getattr(consumer, "controller", None)
+    for value in (
+        getattr(controller, "concurrency", None),
+        getattr(getattr(consumer, "pool", None), "limit", None),
+    ):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def install(settings: Settings) -> None:

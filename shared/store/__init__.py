@@ -66,6 +66,7 @@ from shared.store.keys import (
     touch_api_key,
 )
 from shared.store.logs import LogLine, append_log, task_logs
+from shared.store.queues import ExecutorCounts, QueuedByOwner, executor_counts, top_queued_owners
 from shared.store.retention import definition_retentions, purge_expired_tasks, set_pinned
 from shared.store.schedules import (
     Schedule,
@@ -145,10 +146,12 @@ __all__ = [
     "Conn",
     "Cursor",
     "DefinitionRow",
+    "ExecutorCounts",
     "Heartbeat",
     "IdempotencyRecord",
     "LogLine",
     "NewTask",
+    "QueuedByOwner",
     "Task",
     "TaskFilter",
     "active_groups",
@@ -168,6 +171,7 @@ __all__ = [
     "definition_versions",
     "dict_cursor",
     "end_abandoned_attempt",
+    "executor_counts",
     "expired_deadlines",
     "expired_leases",
     "extend_running_leases",
@@ -214,6 +218,7 @@ __all__ = [
     "task_ids_of_workflow",
     "take_due_for_publish",
     "task_logs",
+    "top_queued_owners",
     "touch_api_key",
     "unpublish",
     "worker_definitions",
