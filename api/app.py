@@ -15,6 +15,7 @@ from api import (
     health,
     metrics,
     openapi,
+    queues,
     replay,
     task_apis,
     task_logs,
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for blueprint in (definitions.blp, tasks.blp, replay.blp, task_logs.blp, task_apis.blp):
         api.register_blueprint(blueprint)
     api.register_blueprint(schedules_blp)
+    api.register_blueprint(queues.blp)
     app.register_blueprint(health.blp)
     _mark_docs_public(app)
     errors.register(app)

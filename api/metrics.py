@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.auth import public
-from api.gauges import BuildInfo, WorkersUp
+from api.gauges import BuildInfo, QueueGauges, WorkersUp
 from api.services import Services, services
 from shared import store
 from shared.errors import AuthenticationError, TaskexecError
@@ -228,7 +228,12 @@ def init_app(app: Flask) -> None:
     if svc.settings.metrics_dir:
         Path(svc.settings.metrics_dir).mkdir(parents=True, exist_ok=True)
     svc.ledger = LedgerCollector(svc)
-    app.extensions[_SCRAPED] = [svc.ledger, WorkersUp(svc.settings), BuildInfo()]
+    app.extensions[_SCRAPED] = [
+        svc.ledger,
+        WorkersUp(svc.settings),
+        QueueGauges(svc.settings, svc.db),
+        BuildInfo(),
+    ]
     app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     # after_request hooks run last-registered first: this one, registered first, sees the
     # final status, after error handlers and the limiter's headers.
