@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import admin, client, dev, processes, replay, schedules
+from cli import admin, client, dev, processes, queues, replay, schedules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,5 +36,6 @@ for command in (
     client.list_tasks,
     client.definitions,
     schedules.schedules,
+    queues.queues,
 ):
     main.add_command(command)

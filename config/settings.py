@@ -270,6 +270,34 @@ class Settings:
     flower_basic_auth: str = field(
         default="", metadata=_env("TASKEXEC_FLOWER_BASIC_AUTH", _text, sensitive=True)
     )
+    # Webhook deliveries (docs/webhooks.md, "How deliveries work"). Receivers on loopback,
+    # private, link-local or metadata addresses are refused unless this is on (development).
+    webhook_allow_private: bool = field(
+        default=False, metadata=_env("TASKEXEC_WEBHOOK_ALLOW_PRIVATE", _bool)
+    )
+    # Seconds one attempt may take (connect, send, answer) before it counts as failed.
+    webhook_timeout: float = field(
+        default=10.0, metadata=_env("TASKEXEC_WEBHOOK_TIMEOUT", _positive_float)
+    )
+    # How long a delivery is retried (backoff with jitter) before it is marked FAILED.
+    webhook_retry_horizon: str = field(
+        default="24h", metadata=_env("TASKEXEC_WEBHOOK_RETRY_HORIZON", _duration)
+    )
+    # A subscription whose deliveries have failed without a success for this long is disabled.
+    webhook_disable_after: str = field(
+        default="5d", metadata=_env("TASKEXEC_WEBHOOK_DISABLE_AFTER", _duration)
+    )
+    # Events (and their delivered or failed deliveries) older than this are deleted.
+    webhook_retention: str = field(
+        default="7d", metadata=_env("TASKEXEC_WEBHOOK_RETENTION", _duration)
+    )
+    # Attempts in flight in one deliverer process, and to any one subscription.
+    webhook_concurrency: int = field(
+        default=32, metadata=_env("TASKEXEC_WEBHOOK_CONCURRENCY", _positive_int)
+    )
+    webhook_subscription_concurrency: int = field(
+        default=8, metadata=_env("TASKEXEC_WEBHOOK_SUBSCRIPTION_CONCURRENCY", _positive_int)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
