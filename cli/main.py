@@ -19,6 +19,7 @@ for command in (
     processes.api,
     processes.worker,
     processes.sweeper,
+    processes.deliverer,
     processes.beat,  # hidden: the sweeper's old name
     processes.flower,
     # administering it, straight in Postgres

@@ -1,4 +1,4 @@
-"""Commands that become one long-running process each: api, worker, sweeper, flower."""
+"""Commands that become one long-running process each: api, worker, sweeper, deliverer, flower."""
 
 from __future__ import annotations
 
@@ -144,6 +144,22 @@ def sweeper() -> None:
     finally:
         if private_directory:
             shutil.rmtree(private_directory, ignore_errors=True)
+
+
+@click.command()
+def deliverer() -> None:
+    """Run the webhook deliverer: send signed task events to subscriptions, with retries."""
+    from config.logging import configure_logging
+    from workers.deliverer import Deliverer
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        Deliverer(settings).run_forever(stop)
+    except KeyboardInterrupt:
+        pass
 
 
 # The sweeper's first name, kept so that existing Procfiles and compose files still start it.

@@ -8,12 +8,12 @@ with RFC 3339 UTC times; `cortex` speaks Cortex's snake_case (seed 003).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import fields, validate
 
 from shared.status import Status
+from shared.task_document import environment, rfc3339  # noqa: F401 - re-exported
 
 STATUSES = [s.value for s in Status]
 
@@ -40,16 +40,3 @@ def nullable(schema_name: str, **kw: Any) -> fields.Raw:
     `allOf: [{$ref}]` with `nullable` admits no null under 3.0.3's reading of `nullable`.
     """
     return fields.Raw(metadata={"anyOf": [schema_name, _NULL]}, **kw)
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """Format a time as RFC 3339 UTC with a `Z`, to the millisecond."""
-    if value is None:
-        return None
-    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
-def environment(host: str | None, pid: int | None) -> str | None:
-    """Where an attempt runs: `<worker host>:<process id>`."""
-    return f"{host}:{pid}" if host else None

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, fields
 
 from api.errors import ErrorBodySchema, error_body
 from api.pagination import TaskPaginationSchema
-from api.responses import STATUSES, enum_field, environment, nullable, rfc3339, time_field
+from api.responses import STATUSES, enum_field, nullable, time_field
 from shared.errors import TaskexecError
 from shared.status import ErrorKind, PendingReason, Priority, Status, TaskType
-from shared.store import Attempt, LogLine, Task
+from shared.store import LogLine, Task
+
+# The task document's builders live in shared (webhook deliveries render the same document);
+# views and other response modules import them from here, as before.
+from shared.task_document import (  # noqa: F401
+    attempt_json,
+    pending_reason,
+    retry_policy_json,
+    rfc3339,
+    task_json,
+    task_summary,
+)
 
 # ------------------------------------------------------------------ a task
 
@@ -23,14 +33,6 @@ class RetryPolicyOutSchema(Schema):
     backoffMultiplier = fields.Float(required=True)
     retryOnTimeout = fields.Boolean()
     jitter = fields.Float()
-
-
-def retry_policy_json(policy: dict[str, Any]) -> dict[str, Any]:
-    """A stored retry policy as the seed writes it (`"backoffMultiplier": 2`, not 2.0)."""
-    multiplier = policy.get("backoffMultiplier")
-    if isinstance(multiplier, float) and multiplier.is_integer():
-        return {**policy, "backoffMultiplier": int(multiplier)}
-    return policy
 
 
 class TaskErrorSchema(Schema):
@@ -56,18 +58,6 @@ class AttemptSchema(Schema):
     error = nullable("TaskError", required=True)
 
 
-def attempt_json(attempt: Attempt) -> dict[str, Any]:
-    """One attempt of a task's history."""
-    return {
-        "attempt": attempt.attempt,
-        "status": attempt.status,
-        "startTime": rfc3339(attempt.started_at),
-        "endTime": rfc3339(attempt.ended_at),
-        "executionEnvironment": environment(attempt.worker_host, attempt.worker_pid),
-        "error": attempt.error,
-    }
-
-
 class TaskSummarySchema(Schema):
     """A task in a list."""
 
@@ -83,22 +73,6 @@ class TaskSummarySchema(Schema):
         required=True, allow_none=True, metadata={"format": "uuid", "description": "Its schedule"}
     )
     scheduledFor = time_field("The schedule's slot it fired for", required=True, allow_none=True)
-
-
-def task_summary(task: Task) -> dict[str, Any]:
-    """The fields of a task in a list."""
-    return {
-        "id": str(task.id),
-        "taskDefinitionId": task.task_definition_id,
-        "workflowInstanceId": task.workflow_instance_id,
-        "status": task.status,
-        "type": task.type,
-        "priority": Priority.from_rank(task.priority).value,
-        "createdAt": rfc3339(task.created_at),
-        "updatedAt": rfc3339(task.updated_at),
-        "scheduleId": None if task.schedule_id is None else str(task.schedule_id),
-        "scheduledFor": rfc3339(task.scheduled_for),
-    }
 
 
 class TaskExecutionConfigSchema(Schema):
@@ -162,64 +136,6 @@ class TaskSchema(TaskSummarySchema):
         fields.String(metadata={"format": "uuid"}),
         metadata={"description": "The retries of this task, oldest first (GET only)"},
     )
-
-
-def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | None:
-    """Why the task waits; None unless it is PENDING for a reason the ledger knows."""
-    if task.status != Status.PENDING or task.run_at is None:
-        return None
-    return PendingReason.SCHEDULED if task.run_at > (now or datetime.now(UTC)) else None
-
-
-def task_json(
-    task: Task,
-    attempts: list[Attempt] | None = None,
-    retried_by: list[Any] | None = None,
-    expires_at: datetime | None = None,
-) -> dict[str, Any]:
-    """The full task, as `GET /api/v1/tasks/{id}` returns it (with its retries' ids)."""
-    doc = task_summary(task)
-    duration = None
-    if task.start_time is not None and task.end_time is not None:
-        duration = int((task.end_time - task.start_time).total_seconds() * 1000)
-    doc.update(
-        {
-            "definitionVersion": task.definition_version,
-            "input": task.input,
-            "output": task.output,
-            "error": task.error,
-            "progress": task.progress,
-            "executionConfig": {
-                "timeout": task.timeout_ms,
-                "retryPolicy": retry_policy_json(task.retry_policy),
-                "executor": task.executor,
-            },
-            "executionMetadata": {
-                "startTime": rfc3339(task.start_time),
-                "endTime": rfc3339(task.end_time),
-                "duration": duration,
-                "executionEnvironment": environment(task.worker_host, task.worker_pid),
-                "attempts": task.attempts,
-            },
-            "runAt": rfc3339(task.run_at),
-            "pendingReason": pending_reason(task),
-            "expiresAt": rfc3339(expires_at),
-            "pinned": task.pinned,
-            "retryOf": str(task.retry_of) if task.retry_of is not None else None,
-        }
-    )
-    if retried_by is not None:
-        doc["retriedBy"] = [str(tid) for tid in retried_by]
-    if task.cancel_requested_at is not None:
-        doc["cancellation"] = {
-            "requestedAt": rfc3339(task.cancel_requested_at),
-            "reason": task.cancel_reason,
-            "by": task.cancelled_by,
-            "force": task.cancel_force,
-        }
-    if attempts is not None:
-        doc["attempts"] = [attempt_json(a) for a in attempts]
-    return doc
 
 
 # ------------------------------------------------------------------ submitting and listing

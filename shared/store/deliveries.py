@@ -44,7 +44,7 @@ class Delivery:
 def _log_where(
     webhook_id: uuid.UUID, status: str | None, task_id: uuid.UUID | None
 ) -> tuple[str, list[Any]]:
-    clause, params = "webhook_id = %s", [webhook_id]
+    clause, params = "webhook_id = %s", list[Any]([webhook_id])
     if status is not None:
         clause += " AND status = %s"
         params.append(status)
@@ -126,7 +126,8 @@ def redeliver(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Deli
         cur.execute(
             """
             UPDATE webhook_deliveries
-            SET status = 'PENDING', next_attempt_at = greatest(now(), coalesce(locked_until, now())),
+            SET status = 'PENDING',
+                next_attempt_at = greatest(now(), coalesce(locked_until, now())),
                 retry_from = now(), error = CASE WHEN status = 'PENDING' THEN error END
             WHERE id = %s AND webhook_id = %s
             RETURNING *
@@ -149,7 +150,8 @@ def enqueue_test_event(conn: Conn, webhook_id: uuid.UUID, data: dict[str, Any]) 
     event_id, delivery_id = uuid.uuid4(), uuid.uuid4()
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO webhook_events (id, type, task_id, task, data) VALUES (%s, %s, NULL, NULL, %s)",
+            "INSERT INTO webhook_events (id, type, task_id, task, data)"
+            " VALUES (%s, %s, NULL, NULL, %s)",
             (event_id, TEST_EVENT, Json(data)),
         )
         cur.execute(
@@ -273,7 +275,8 @@ def record_delivered(conn: Conn, claimed: Claimed, outcome: Outcome) -> bool:
             return False
         if claimed.failing_since is not None:
             cur.execute(
-                "UPDATE webhooks SET failing_since = NULL WHERE id = %s AND failing_since IS NOT NULL",
+                "UPDATE webhooks SET failing_since = NULL"
+                " WHERE id = %s AND failing_since IS NOT NULL",
                 (claimed.webhook_id,),
             )
         return True
@@ -370,7 +373,8 @@ def attempts_of_tasks(conn: Conn, task_ids: Iterable[uuid.UUID]) -> dict[uuid.UU
         return found
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT * FROM task_attempts WHERE task_id = ANY (%s::uuid[]) ORDER BY task_id, attempt",
+            "SELECT * FROM task_attempts WHERE task_id = ANY (%s::uuid[])"
+            " ORDER BY task_id, attempt",
             (ids,),
         )
         for attempt in all_(cur, Attempt):
@@ -419,3 +423,13 @@ def purge_old_events(conn: Conn, older_than_seconds: float, limit: int) -> int:
             (older_than_seconds, limit),
         )
         return int(cur.rowcount)
+
+
+#: The channel the task trigger, `redeliver` and `enqueue_test_event` NOTIFY at commit.
+DELIVERY_CHANNEL = "taskexec_webhooks"
+
+
+def listen_for_deliveries(conn: Conn) -> None:
+    """Subscribe an autocommit connection to the NOTIFY a new or redelivered delivery sends."""
+    with conn.cursor() as cur:
+        cur.execute(f"LISTEN {DELIVERY_CHANNEL}")

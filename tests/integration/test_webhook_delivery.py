@@ -1,0 +1,619 @@
+"""Webhook deliveries against a real HTTP receiver: signatures, retries, outages, SSRF."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psycopg2
+import pytest
+from standardwebhooks.webhooks import Webhook as Verifier
+
+from cli.base import ledger
+from config.settings import Settings
+from shared import store
+from shared.webhook_signing import new_secret
+from tests.helpers import submit, task_row, wait_for, wait_for_status
+from workers.deliverer import Deliverer
+
+pytestmark = pytest.mark.integration
+
+ALL_EVENTS = [
+    "task.started",
+    "task.retrying",
+    "task.completed",
+    "task.failed",
+    "task.timed_out",
+    "task.cancelled",
+]
+
+
+# ---------------------------------------------------------------- a real receiver
+
+
+class Receiver:
+    """A threaded HTTP server recording every request; behaviour per path.
+
+    `plan[path]` is a list of status codes answered in turn (the last one repeats); a
+    status of 0 hangs for `hang_seconds`; 302 redirects to /elsewhere.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.plan: dict[str, list[int]] = {}
+        self.hang_seconds = 30.0
+        self.lock = threading.Lock()
+        self._release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                with receiver.lock:
+                    seen = [r for r in receiver.requests if r["path"] == self.path]
+                    plan = receiver.plan.get(self.path, [200])
+                    status = plan[min(len(seen), len(plan) - 1)]
+                    receiver.requests.append(
+                        {
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                            "at": time.monotonic(),
+                        }
+                    )
+                if status == 0:
+                    receiver._release.wait(receiver.hang_seconds)
+                    status = 200
+                self.send_response(status)
+                if status == 302:
+                    self.send_header("location", "/elsewhere")
+                self.send_header("content-length", "2")
+                self.end_headers()
+                try:
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+    def close(self) -> None:
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(clean_db: None) -> None:
+    """Every test starts without subscriptions, events or tasks."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------- subscriptions and events
+
+
+def subscribe(
+    database_url: str,
+    url: str,
+    events: list[str] | None = None,
+    owner: str = "alice",
+    **columns: Any,
+) -> tuple[uuid.UUID, str]:
+    """Store a subscription as the API does; return its id and secret."""
+    webhook_id, secret = uuid.uuid4(), new_secret()
+    values = {"events": events or ALL_EVENTS, **columns}
+    names = ", ".join(values)
+    with ledger(database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO webhooks (id, owner, url, secret, {names})"
+            f" VALUES (%s, %s, %s, %s, {', '.join(['%s'] * len(values))})",
+            [webhook_id, owner, url, secret, *values.values()],
+        )
+    return webhook_id, secret
+
+
+def finish_tasks(database_url: str, count: int, status: str = "COMPLETED") -> list[uuid.UUID]:
+    """Insert tasks and move them to `status` in one transaction: the trigger's events."""
+    rows = [task_row() for _ in range(count)]
+    with ledger(database_url) as conn:
+        store.insert_tasks(conn, rows)
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE tasks SET status = %s, end_time = now() WHERE id = ANY(%s)",
+                (status, [r.id for r in rows]),
+            )
+    return [r.id for r in rows]
+
+
+def deliveries(database_url: str, webhook_id: uuid.UUID) -> list[store.Delivery]:
+    with ledger(database_url) as conn:
+        return store.list_deliveries(conn, webhook_id, limit=1000)
+
+
+def verify(secret: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Check a request as a receiver would, with the standardwebhooks package."""
+    return dict(Verifier(secret).verify(request["body"], request["headers"]))
+
+
+@pytest.fixture
+def webhook_settings(settings: Settings) -> Settings:
+    return settings.with_overrides(
+        webhook_allow_private=True,
+        webhook_timeout=2.0,
+        webhook_concurrency=16,
+        webhook_subscription_concurrency=2,
+    )
+
+
+@pytest.fixture
+def deliverer(webhook_settings: Settings) -> Iterator[Callable[..., Deliverer]]:
+    """Start in-process deliverers (a thread each, the real loop); stop them afterwards."""
+    running: list[tuple[Deliverer, threading.Event, threading.Thread]] = []
+
+    def start(**overrides: Any) -> Deliverer:
+        worker = Deliverer(webhook_settings.with_overrides(**overrides))
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
+        thread.start()
+        running.append((worker, stop, thread))
+        return worker
+
+    yield start
+    for worker, stop, thread in running:
+        stop.set()
+        thread.join(15)
+        worker.db.close()
+
+
+# ---------------------------------------------------------------- from real worker runs
+
+
+@pytest.mark.slow
+def test_each_event_type_from_real_runs_arrives_signed_with_the_task_as_get_shows_it(
+    client, auth, backends, processes, receiver, deliverer, webhook_settings
+):
+    headers = auth.key()
+    _, secret = subscribe(backends.database_url, receiver.url("/all"))
+    processes.settings = webhook_settings
+    processes.worker(concurrency=2)
+    processes.sweeper()
+    deliverer()
+
+    done = submit(client, headers, "echo", {"hello": "webhooks"})
+    failed = submit(
+        client,
+        headers,
+        "flaky",
+        {"failTimes": 100},
+        executionConfig={"retryPolicy": {"maxRetries": 1, "retryInterval": 100}},
+    )
+    timed_out = submit(
+        client,
+        headers,
+        "sleep",
+        {"seconds": 5, "ignoreSoftLimit": True},
+        executionConfig={"timeout": 300, "retryPolicy": {"maxRetries": 0}},
+    )
+    cancelled = submit(client, headers, "sleep", {"seconds": 30})
+    wait_for_status(client, headers, cancelled, {"RUNNING"})
+    assert client.post(f"/api/v1/tasks/{cancelled}/cancel", headers=headers).status_code == 200
+    for tid in (done, failed, timed_out, cancelled):
+        wait_for_status(client, headers, tid, {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}, 60)
+
+    wanted = {
+        done: {"task.started", "task.completed"},
+        failed: {"task.started", "task.retrying", "task.failed"},
+        timed_out: {"task.started", "task.timed_out"},
+        cancelled: {"task.started", "task.cancelled"},
+    }
+
+    def received() -> dict[str, set[str]]:
+        seen: dict[str, set[str]] = {}
+        for request in receiver.at("/all"):
+            doc = json.loads(request["body"])
+            seen.setdefault(doc["data"]["id"], set()).add(doc["type"])
+        return seen
+
+    wait_for(lambda: all(wanted[t] <= received().get(t, set()) for t in wanted), 30)
+    by_type: dict[tuple[str, str], dict[str, Any]] = {}
+    for request in receiver.at("/all"):
+        doc = verify(secret, request)  # raises unless the signature is right
+        assert request["headers"]["content-type"] == "application/json"
+        assert request["headers"]["webhook-id"]
+        by_type[(doc["data"]["id"], doc["type"])] = doc
+    final = by_type[(done, "task.completed")]
+    # The data is the task exactly as GET returns it (the task has not changed since).
+    assert final["data"] == client.get(f"/api/v1/tasks/{done}", headers=headers).get_json()
+    assert final["data"]["output"] == {"hello": "webhooks"}
+    started = by_type[(done, "task.started")]
+    assert started["data"]["status"] == "RUNNING"  # the task as it was at that change
+    assert by_type[(failed, "task.failed")]["data"]["error"] is not None
+    assert by_type[(cancelled, "task.cancelled")]["data"]["status"] == "CANCELLED"
+    timestamp = datetime.fromisoformat(final["timestamp"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - timestamp).total_seconds()) < 120
+
+
+def test_events_are_filtered_by_type_and_owner(backends, receiver, deliverer):
+    subscribe(backends.database_url, receiver.url("/completed"), ["task.completed"])
+    subscribe(backends.database_url, receiver.url("/failed"), ["task.failed"])
+    subscribe(backends.database_url, receiver.url("/bob"), ALL_EVENTS, owner="bob")
+    subscribe(backends.database_url, receiver.url("/admin"), ALL_EVENTS, owner="root", admin=True)
+    deliverer()
+    finish_tasks(backends.database_url, 2, "COMPLETED")
+    finish_tasks(backends.database_url, 1, "FAILED")
+    wait_for(lambda: len(receiver.at("/admin")) == 3)
+    wait_for(lambda: len(receiver.at("/completed")) == 2 and len(receiver.at("/failed")) == 1)
+    time.sleep(0.5)
+    assert receiver.at("/bob") == []  # alice's tasks only reach alice (and an admin)
+
+
+# ---------------------------------------------------------------- durability
+
+
+def test_receiver_down_then_up_every_event_is_delivered(backends, deliverer):
+    port = free_port()
+    webhook_id, secret = subscribe(backends.database_url, f"http://127.0.0.1:{port}/hook")
+    deliverer()
+    finish_tasks(backends.database_url, 5)
+
+    def all_failed_once() -> bool:
+        rows = deliveries(backends.database_url, webhook_id)
+        return len(rows) == 5 and all(r.attempts >= 1 and r.error for r in rows)
+
+    wait_for(all_failed_once, 10)
+    assert all(r.status == "PENDING" for r in deliveries(backends.database_url, webhook_id))
+    up = Receiver(port)
+    try:
+        wait_for(lambda: len({r["headers"]["webhook-id"] for r in up.at("/hook")}) == 5, 30)
+        rows = wait_for(
+            lambda: (
+                [
+                    r
+                    for r in deliveries(backends.database_url, webhook_id)
+                    if r.status == "DELIVERED"
+                ]
+                if all(
+                    r.status == "DELIVERED" for r in deliveries(backends.database_url, webhook_id)
+                )
+                else None
+            ),
+            10,
+        )
+        assert all(r.attempts >= 2 and r.response_status == 200 and r.error is None for r in rows)
+        for request in up.at("/hook"):
+            verify(secret, request)
+    finally:
+        up.close()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_right_after_a_finish_loses_no_event(
+    client, auth, backends, processes, receiver, deliverer, webhook_settings
+):
+    headers = auth.key()
+    subscribe(backends.database_url, receiver.url("/hook"), ["task.completed"])
+    processes.settings = webhook_settings
+    worker = processes.worker(concurrency=1)
+    tid = submit(client, headers, "echo", {"n": 1})
+    wait_for_status(client, headers, tid, {"COMPLETED"})
+    os.killpg(worker.pid, signal.SIGKILL)  # no deliverer ran yet: only the ledger has it
+    worker.wait(10)
+    deliverer()
+    wait_for(lambda: receiver.at("/hook"), 10)
+    doc = json.loads(receiver.at("/hook")[0]["body"])
+    assert doc["type"] == "task.completed" and doc["data"]["id"] == tid
+
+
+# ---------------------------------------------------------------- isolation and retries
+
+
+def test_a_hanging_receiver_delays_only_its_own_deliveries(backends, receiver, deliverer):
+    receiver.plan["/hang"] = [0]
+    subscribe(backends.database_url, receiver.url("/hang"))
+    subscribe(backends.database_url, receiver.url("/ok"))
+    deliverer(webhook_timeout=10.0)
+    finish_tasks(backends.database_url, 10)
+    started = time.monotonic()
+    wait_for(lambda: len(receiver.at("/ok")) == 10, 5)
+    assert time.monotonic() - started < 3.0
+    # The hanging subscription holds at most its cap (2) of the pool.
+    assert len(receiver.at("/hang")) == 2
+
+
+def test_5xx_then_2xx_is_retried_with_the_same_webhook_id(backends, receiver, deliverer):
+    receiver.plan["/flaky"] = [500, 503, 200]
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/flaky"))
+    deliverer()
+    finish_tasks(backends.database_url, 1)
+    wait_for(lambda: len(receiver.at("/flaky")) == 3, 15)
+    ids = {r["headers"]["webhook-id"] for r in receiver.at("/flaky")}
+    assert len(ids) == 1
+    row = wait_for(
+        lambda: next(
+            (d for d in deliveries(backends.database_url, webhook_id) if d.status == "DELIVERED"),
+            None,
+        ),
+        5,
+    )
+    assert row.attempts == 3 and row.response_status == 200 and str(row.event_id) in ids
+    times = [r["at"] for r in receiver.at("/flaky")]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.4 and gaps[1] >= 0.9  # backoff: about 1 s, then about 2 s
+
+
+def test_a_redirect_is_not_followed(backends, receiver, deliverer):
+    receiver.plan["/moved"] = [302]
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/moved"))
+    deliverer()
+    finish_tasks(backends.database_url, 1)
+    row = wait_for(
+        lambda: next((d for d in deliveries(backends.database_url, webhook_id) if d.error), None)
+    )
+    assert row.response_status == 302 and "redirect" in (row.error or "")
+    assert row.status == "PENDING"  # a failed attempt: retried later
+    time.sleep(0.3)
+    assert receiver.at("/elsewhere") == []
+
+
+def test_retries_end_at_the_horizon_and_a_failing_subscription_is_disabled(
+    backends, receiver, deliverer
+):
+    receiver.plan["/down"] = [500]
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/down"))
+    deliverer(webhook_retry_horizon="3s", webhook_disable_after="2s")
+    finish_tasks(backends.database_url, 1)
+    row = wait_for(
+        lambda: next(
+            (d for d in deliveries(backends.database_url, webhook_id) if d.status == "FAILED"),
+            None,
+        ),
+        15,
+    )
+    assert row.attempts >= 2 and row.response_status == 500 and row.error == "HTTP 500: ok"
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT disabled, disabled_reason FROM webhooks WHERE id = %s", (webhook_id,))
+        disabled, reason = cur.fetchone()
+    assert disabled and "failing since" in reason and "HTTP 500" in reason
+    # A disabled subscription gets no new event, and a redelivery fails without a request.
+    finish_tasks(backends.database_url, 1)
+    assert len(deliveries(backends.database_url, webhook_id)) == 1
+    count = len(receiver.at("/down"))
+    with ledger(backends.database_url) as conn:
+        assert store.redeliver(conn, webhook_id, row.id) is not None
+    failed = wait_for(
+        lambda: next(
+            (
+                d
+                for d in deliveries(backends.database_url, webhook_id)
+                if d.status == "FAILED" and "disabled" in (d.error or "")
+            ),
+            None,
+        ),
+        5,
+    )
+    assert failed.id == row.id and len(receiver.at("/down")) == count
+
+
+def test_a_success_clears_failing_since(backends, receiver, deliverer):
+    receiver.plan["/once"] = [500, 200]
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/once"))
+    deliverer()
+    finish_tasks(backends.database_url, 1)
+
+    def failing_since() -> Any:
+        with ledger(backends.database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT failing_since FROM webhooks WHERE id = %s", (webhook_id,))
+            return cur.fetchone()[0]
+
+    wait_for(failing_since, 5)
+    wait_for(lambda: len(receiver.at("/once")) == 2, 10)
+    wait_for(lambda: failing_since() is None, 5)
+
+
+# ---------------------------------------------------------------- safety
+
+
+def test_a_private_address_is_refused_without_the_flag(backends, receiver, deliverer):
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/private"))
+    deliverer(webhook_allow_private=False)
+    finish_tasks(backends.database_url, 1)
+    row = wait_for(
+        lambda: next(
+            (d for d in deliveries(backends.database_url, webhook_id) if d.status == "FAILED"),
+            None,
+        )
+    )
+    assert "127.0.0.1" in (row.error or "") and "loopback" in (row.error or "")
+    assert row.response_status is None
+    assert receiver.at("/private") == []
+
+
+# ---------------------------------------------------------------- several deliverers
+
+
+@pytest.mark.slow
+def test_two_deliverers_send_each_delivery_once(backends, receiver, processes, webhook_settings):
+    subscribe(backends.database_url, receiver.url("/a"))
+    subscribe(backends.database_url, receiver.url("/b"))
+    processes.settings = webhook_settings.with_overrides(webhook_subscription_concurrency=8)
+    for _ in range(2):
+        processes._spawn("deliverer", [sys.executable, "-m", "cli", "deliverer"], None)
+    finish_tasks(backends.database_url, 150)
+    wait_for(lambda: len(receiver.at("/a")) >= 150 and len(receiver.at("/b")) >= 150, 60)
+    time.sleep(1.0)
+    for path in ("/a", "/b"):
+        ids = [r["headers"]["webhook-id"] for r in receiver.at(path)]
+        assert len(ids) == 150 and len(set(ids)) == 150
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, attempts, count(*) FROM webhook_deliveries GROUP BY 1, 2")
+        assert cur.fetchall() == [("DELIVERED", 1, 300)]
+    logs = " ".join(open(p.log_path).read() for p in processes.procs)  # type: ignore[attr-defined]
+    assert "deliverer running" in logs
+
+
+# ---------------------------------------------------------------- rotation, tests, redelivery
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_until_it_expires(backends, receiver, deliverer):
+    old, new = new_secret(), new_secret()
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/rotated"))
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhooks SET secret = %s, previous_secret = %s,"
+            " previous_secret_expires_at = now() + interval '1 hour' WHERE id = %s",
+            (new, old, webhook_id),
+        )
+    deliverer()
+    finish_tasks(backends.database_url, 1)
+    wait_for(lambda: receiver.at("/rotated"))
+    request = receiver.at("/rotated")[0]
+    signatures = request["headers"]["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    verify(old, request)
+    verify(new, request)
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhooks SET previous_secret_expires_at = now() - interval '1 second'"
+            " WHERE id = %s",
+            (webhook_id,),
+        )
+    finish_tasks(backends.database_url, 1)
+    wait_for(lambda: len(receiver.at("/rotated")) == 2)
+    later = receiver.at("/rotated")[1]
+    assert len(later["headers"]["webhook-signature"].split(" ")) == 1
+    verify(new, later)
+    with pytest.raises(Exception, match="No matching signature"):
+        verify(old, later)
+
+
+def test_a_test_event_and_a_redelivery(backends, receiver, deliverer):
+    webhook_id, secret = subscribe(backends.database_url, receiver.url("/t"))
+    deliverer()
+    with ledger(backends.database_url) as conn:
+        queued = store.enqueue_test_event(conn, webhook_id, {"webhookId": str(webhook_id)})
+    assert queued.status == "PENDING" and queued.type == "webhook.test"
+    wait_for(lambda: receiver.at("/t"))
+    doc = verify(secret, receiver.at("/t")[0])
+    assert doc["type"] == "webhook.test" and doc["data"] == {"webhookId": str(webhook_id)}
+    row = wait_for(
+        lambda: next(
+            (d for d in deliveries(backends.database_url, webhook_id) if d.status == "DELIVERED"),
+            None,
+        )
+    )
+    with ledger(backends.database_url) as conn:
+        again = store.redeliver(conn, webhook_id, row.id)
+        assert store.redeliver(conn, uuid.uuid4(), row.id) is None  # another subscription's
+    assert again is not None and again.status == "PENDING"
+    wait_for(lambda: len(receiver.at("/t")) == 2)
+    first, second = receiver.at("/t")
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"] == str(row.event_id)
+    final = wait_for(
+        lambda: next(
+            (
+                d
+                for d in deliveries(backends.database_url, webhook_id)
+                if d.status == "DELIVERED" and d.attempts == 2
+            ),
+            None,
+        )
+    )
+    assert final.id == row.id
+
+
+def test_the_delivery_log_pages_newest_first_with_filters(backends, receiver):
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/log"))
+    tasks = finish_tasks(backends.database_url, 3)
+    finish_tasks(backends.database_url, 2, "FAILED")
+    with ledger(backends.database_url) as conn:
+        everything = store.list_deliveries(conn, webhook_id, limit=10)
+        assert len(everything) == 5 == store.count_deliveries(conn, webhook_id)
+        order = [(d.created_at, d.id) for d in everything]
+        assert order == sorted(order, reverse=True)
+        first = store.list_deliveries(conn, webhook_id, limit=2)
+        rest = store.list_deliveries(
+            conn, webhook_id, limit=10, after=(first[-1].created_at, first[-1].id)
+        )
+        assert [d.id for d in first + rest] == [d.id for d in everything]
+        failed = store.list_deliveries(conn, webhook_id, limit=10, task_id=tasks[0])
+        assert [d.task_id for d in failed] == [tasks[0]] and failed[0].type == "task.completed"
+        assert store.count_deliveries(conn, webhook_id, status="PENDING") == 5
+        assert store.count_deliveries(conn, webhook_id, status="DELIVERED") == 0
+        assert store.get_delivery(conn, uuid.uuid4(), everything[0].id) is None
+
+
+def test_old_events_and_their_deliveries_are_purged_in_batches(backends, receiver, deliverer):
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/old"))
+    worker = deliverer(webhook_retention="1h")
+    finish_tasks(backends.database_url, 4)
+    wait_for(lambda: len(receiver.at("/old")) == 4)
+    wait_for(
+        lambda: all(d.status == "DELIVERED" for d in deliveries(backends.database_url, webhook_id))
+    )
+    finish_tasks(backends.database_url, 1)  # a fresh one stays
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhook_events SET created_at = now() - interval '2 hours'"
+            " WHERE id IN (SELECT event_id FROM webhook_deliveries WHERE status = 'DELIVERED')"
+        )
+    assert worker.purge(threading.Event()) == 4
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM webhook_events")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT count(*) FROM webhook_deliveries")
+        assert cur.fetchone()[0] == 1
+
+
+def test_an_event_is_written_in_the_status_change_transaction(backends, receiver):
+    subscribe(backends.database_url, receiver.url("/tx"))
+    row = task_row()
+    conn = psycopg2.connect(backends.database_url)
+    try:
+        store.insert_tasks(conn, [row])
+        conn.commit()
+        with conn.cursor() as cur:
+            cur.execute("UPDATE tasks SET status = 'COMPLETED' WHERE id = %s", (row.id,))
+        conn.rollback()  # the change did not happen: neither did its event
+    finally:
+        conn.close()
+    with ledger(backends.database_url) as check, check.cursor() as cur:
+        cur.execute("SELECT count(*) FROM webhook_events")
+        assert cur.fetchone()[0] == 0
