@@ -43,7 +43,7 @@ LOOPBACK = "127.0.0.1"
 @click.option("--concurrency", default=2, show_default=True, help="Worker child processes.")
 @click.option("--flower/--no-flower", default=False, help="Also run Flower on port 5555.")
 def dev(host: str, port: int, data_dir: str, concurrency: int, flower: bool) -> None:
-    """Run migrations, the API, a worker, the sweeper (and Flower) in the foreground.
+    """Run migrations, the API, a worker, the sweeper, the deliverer (and Flower) in the foreground.
 
     DATABASE_URL and REDIS_URL are used when set; otherwise embedded PostgreSQL and Redis
     servers are started under --data-dir. Ctrl-C, SIGTERM or SIGHUP stops everything.
@@ -128,11 +128,14 @@ def _start(
     flower: bool,
     data: Path,
 ) -> str | None:
-    """Start the API, a worker, the sweeper and maybe Flower; return Flower's credentials."""
+    """Start the API, a worker, the sweeper, the deliverer, maybe Flower; return Flower's auth."""
     supervisor.start("api", api_command(port, workers=2, host=host))
     executors = default_executors(settings.definition_modules)
     supervisor.start("worker", worker_command(executors, concurrency, "dev@%h"))
     supervisor.start("sweeper", [sys.executable, "-m", "cli", "sweeper"])
+    # Webhooks: receivers on this machine are refused unless TASKEXEC_WEBHOOK_ALLOW_PRIVATE
+    # is set, as in production (the variable reaches it through the environment).
+    supervisor.start("deliverer", [sys.executable, "-m", "cli", "deliverer"])
     if not flower:
         return None
     auth = settings.flower_basic_auth or _secret_file(

@@ -13,8 +13,16 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import IO
 
-COLOURS = {"api": 36, "worker": 33, "sweeper": 35, "flower": 32, "redis": 31, "postgres": 34}
-LABEL_WIDTH = 7
+COLOURS = {
+    "api": 36,
+    "worker": 33,
+    "sweeper": 35,
+    "deliverer": 95,
+    "flower": 32,
+    "redis": 31,
+    "postgres": 34,
+}
+LABEL_WIDTH = 9
 
 #: What stops `taskexec dev`: Ctrl-C, `kill` (and systemd, Docker...), a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

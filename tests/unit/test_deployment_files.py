@@ -19,7 +19,7 @@ from gunicorn.config import Config as GunicornConfig
 from cli.main import main as taskexec
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = {"release", "web", "worker", "sweeper", "flower"}
+PROCESSES = {"release", "web", "worker", "sweeper", "deliverer", "flower"}
 #: Procfile process -> compose service, where the names differ.
 COMPOSE_NAME = {"web": "api", "release": "migrate"}
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
@@ -69,7 +69,7 @@ def check_command(args: list[str]) -> None:
 # ------------------------------------------------------------------ Procfile
 
 
-def test_procfile_names_the_five_processes():
+def test_procfile_names_the_six_processes():
     assert set(procfile()) == PROCESSES
 
 
