@@ -26,6 +26,7 @@ from api.limits import init_limiter
 from api.parsing import JSONProvider, check_body
 from api.schedules import blp as schedules_blp
 from api.services import Services
+from api.webhooks import blp as webhooks_blp
 from config.settings import Settings
 
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for blueprint in (definitions.blp, tasks.blp, replay.blp, task_logs.blp, task_apis.blp):
         api.register_blueprint(blueprint)
     api.register_blueprint(schedules_blp)
+    api.register_blueprint(webhooks_blp)
     api.register_blueprint(queues.blp)
     app.register_blueprint(health.blp)
     _mark_docs_public(app)
