@@ -68,6 +68,7 @@ from shared.store.keys import (
 )
 from shared.store.logs import LogLine, append_log, task_logs
 from shared.store.queues import ExecutorCounts, QueuedByOwner, executor_counts, top_queued_owners
+from shared.store.replay import lock_retries_by_filter
 from shared.store.retention import definition_retentions, purge_expired_tasks, set_pinned
 from shared.store.schedules import (
     Schedule,
@@ -192,6 +193,7 @@ __all__ = [
     "list_definitions",
     "list_tasks",
     "listen_for_releases",
+    "lock_retries_by_filter",
     "next_release_in",
     "one",
     "ping",
