@@ -10,6 +10,7 @@ from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import (
+    console,
     definitions,
     errors,
     health,
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Served from the installed swagger-ui-bundle: the docs render without internet access.
+        OPENAPI_SWAGGER_UI_URL=console.api_docs.URL,
     )
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # checks, so oversize or too-deep requests count and their 413/400 carry the headers.
     metrics.init_app(app)  # first: its timer covers authentication and limits too
     app.before_request(load_principal)
+    console.init_app(app)  # a console page's principal comes from its session cookie
     init_limiter(app, settings)
     app.before_request(lambda: check_body(settings))
 
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     api.register_blueprint(webhooks_blp)
     api.register_blueprint(queues.blp)
     app.register_blueprint(health.blp)
+    console.register(app)
     _mark_docs_public(app)
     errors.register(app)
     app.after_request(_no_store)

@@ -298,6 +298,14 @@ class Settings:
     webhook_subscription_concurrency: int = field(
         default=8, metadata=_env("TASKEXEC_WEBHOOK_SUBSCRIPTION_CONCURRENCY", _positive_int)
     )
+    # Encrypts and signs the console's session cookie; unset, a random one is kept in Redis
+    # (shared by every API process; sessions end when Redis loses it).
+    console_secret: str = field(
+        default="", metadata=_env("TASKEXEC_CONSOLE_SECRET", _text, sensitive=True)
+    )
+    console_session_seconds: int = field(
+        default=28_800, metadata=_env("TASKEXEC_CONSOLE_SESSION_SECONDS", _positive_int)
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

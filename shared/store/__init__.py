@@ -21,6 +21,7 @@ from shared.store.attempts import (
     schedule_retry,
     set_progress,
 )
+from shared.store.console import MinuteCount, finished_per_minute, log_tail
 from shared.store.definitions import (
     DefinitionRow,
     definition_version_document,
@@ -153,6 +154,7 @@ __all__ = [
     "Heartbeat",
     "IdempotencyRecord",
     "LogLine",
+    "MinuteCount",
     "NewTask",
     "QueuedByOwner",
     "Task",
@@ -180,6 +182,7 @@ __all__ = [
     "extend_running_leases",
     "fail_task",
     "finish_attempt",
+    "finished_per_minute",
     "get_api_key",
     "get_attempt",
     "get_attempts",
@@ -193,6 +196,7 @@ __all__ = [
     "list_definitions",
     "list_tasks",
     "listen_for_releases",
+    "log_tail",
     "lock_retries_by_filter",
     "next_release_in",
     "one",
