@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: dev test test-isolated lint typecheck unit bench clean
+.PHONY: dev test test-isolated lint typecheck unit bench clean browsers
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,13 +19,21 @@ dev: $(STAMP)
 
 ## Install, then lint, type-check and run every test suite (unit, api, integration, reliability),
 ## then the tests that depend on their surroundings again, in a network namespace with no services.
-test: $(STAMP) lint typecheck
+test: $(STAMP) browsers lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python tests/isolated.py $(PYTEST_ARGS)
 
 ## Only the run in a network namespace with no services (root; otherwise it says why it skips).
 test-isolated: $(STAMP)
 	$(BIN)/python tests/isolated.py $(PYTEST_ARGS)
+
+## Debian's headless Chromium and its driver for tests/browser, installed when missing (as root;
+## elsewhere it says what to install, and the browser tests skip, except in CI where they fail).
+browsers:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "browser tests need: apt-get install chromium chromium-driver"; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

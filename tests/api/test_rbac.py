@@ -25,7 +25,11 @@ QUERY = {"task_apis.get_api": "jobID={id}"}
 ALSO_NEEDS = {"task_apis.list_apis": "tasks:list"}
 # Routes a second permission opens on its own (issue 17: the owner with tasks:execute, or any
 # task with tasks:admin).
-ALSO_OPENED_BY = {"tasks.pin_task": "tasks:admin", "tasks.unpin_task": "tasks:admin"}
+ALSO_OPENED_BY = {
+    "tasks.pin_task": "tasks:admin",
+    "tasks.unpin_task": "tasks:admin",
+    "console.pin": "tasks:admin",
+}
 
 
 def routes(app: Flask) -> Iterator[tuple[str, str, str, Any]]:

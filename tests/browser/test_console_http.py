@@ -1,0 +1,217 @@
+"""The console over HTTP, without a browser: sign-in, cookie, CSRF, permissions, escaping.
+
+The browser tests (test_console_browser.py) show the same pages working in Chromium; these
+pin the rules a browser cannot show on its own (cookie flags, a forged POST's status).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from api.console import api_docs, session
+from tests.helpers import submit
+
+XSS = "<script>alert(1)</script>"
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html[:2000]
+    return match.group(1)
+
+
+def sign_in(client: Any, secret: str) -> str:
+    """Sign in through the form; return the session's CSRF token."""
+    form = client.get("/console/login", headers=BROWSER)
+    assert form.status_code == 200
+    done = client.post(
+        "/console/login",
+        data={"apiKey": secret, "csrf": _csrf(form.get_data(as_text=True))},
+        headers=BROWSER,
+    )
+    assert done.status_code == 303, done.get_data(as_text=True)[:2000]
+    page = client.get("/console/tasks", headers=BROWSER)
+    assert page.status_code == 200
+    return _csrf(page.get_data(as_text=True))
+
+
+@pytest.fixture
+def admin_key(auth) -> str:
+    return auth.key("*")["X-API-Key"]
+
+
+def test_a_browser_without_a_session_goes_to_the_sign_in_form(client):
+    response = client.get("/console/tasks?status=RUNNING", headers=BROWSER)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/console/login?next=")
+    # A script (no HTML in Accept) gets the API's 401 envelope instead of a redirect.
+    scripted = client.get("/console/tasks")
+    assert scripted.status_code == 401
+    assert scripted.get_json()["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_sign_in_sets_a_strict_httponly_expiring_cookie(client, admin_key, settings):
+    sign_in(client, admin_key)
+    form = client.get("/console/login", headers=BROWSER)
+    cookie = form.headers["Set-Cookie"]
+    assert f"{session.COOKIE}=" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    assert f"Max-Age={settings.console_session_seconds}" in cookie
+    assert "Secure" not in cookie  # plain http here; over https it is Secure (next test)
+    # The cookie does not show the key it holds.
+    assert admin_key not in cookie and admin_key.split("_")[2] not in cookie
+
+
+def test_the_cookie_is_secure_behind_https(client, admin_key):
+    response = client.get("/console/login", headers=BROWSER, base_url="https://localhost")
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_a_wrong_key_is_refused_and_the_form_says_why(client):
+    form = client.get("/console/login", headers=BROWSER)
+    response = client.post(
+        "/console/login",
+        data={"apiKey": "tes_nosuchkey000_" + "x" * 32, "csrf": _csrf(form.get_data(True))},
+        headers=BROWSER,
+    )
+    assert response.status_code == 401
+    assert "invalid API key" in response.get_data(as_text=True)
+
+
+def test_a_jwt_signs_in_too(client, auth):
+    token = auth.token(["tasks:list", "tasks:read"])["Authorization"].split()[1]
+    sign_in(client, token)
+    assert "alice" in client.get("/console/tasks", headers=BROWSER).get_data(as_text=True)
+
+
+def test_a_forged_cookie_is_no_session(client):
+    client.set_cookie(session.COOKIE, "gAAAAAforged", path="/console")
+    response = client.get("/console/tasks", headers=BROWSER)
+    assert response.status_code == 302
+
+
+def test_a_post_without_the_csrf_token_is_refused(client, admin_key):
+    sign_in(client, admin_key)
+    tid = submit(client, {"X-API-Key": admin_key}, "sleep", {"seconds": 30})
+    refused = client.post(f"/console/tasks/{tid}/cancel", data={"mode": "force"}, headers=BROWSER)
+    assert refused.status_code == 403
+    assert "CSRF" in refused.get_data(as_text=True)
+    task = client.get(f"/api/v1/tasks/{tid}", headers={"X-API-Key": admin_key}).get_json()
+    assert task["status"] == "PENDING"
+
+
+def test_cancel_through_the_console(client, admin_key):
+    csrf = sign_in(client, admin_key)
+    tid = submit(client, {"X-API-Key": admin_key}, "sleep", {"seconds": 30})
+    done = client.post(
+        f"/console/tasks/{tid}/cancel",
+        data={"mode": "graceful", "reason": "console test", "csrf": csrf},
+        headers=BROWSER,
+    )
+    assert done.status_code == 303
+    page = client.get(done.headers["Location"], headers=BROWSER).get_data(as_text=True)
+    assert "CANCELLED" in page and "console test" in page
+    again = client.post(
+        f"/console/tasks/{tid}/cancel", data={"mode": "force", "csrf": csrf}, headers=BROWSER
+    )
+    assert again.status_code == 409
+    assert "already CANCELLED" in again.get_data(as_text=True)
+
+
+def test_a_read_only_key_sees_no_actions_and_its_forged_post_is_refused(client, auth):
+    admin = auth.key("*")
+    reader = auth.key(["tasks:read", "tasks:list"])["X-API-Key"]
+    tid = submit(client, admin, "sleep", {"seconds": 30})  # both keys are alice's: her task
+    csrf = sign_in(client, reader)
+    page = client.get(f"/console/tasks/{tid}", headers=BROWSER)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "cancel-form" not in html and 'id="retry"' not in html and 'id="pin"' not in html
+    forged = client.post(
+        f"/console/tasks/{tid}/cancel", data={"mode": "force", "csrf": csrf}, headers=BROWSER
+    )
+    assert forged.status_code == 403
+    assert "tasks:cancel" in forged.get_data(as_text=True)
+    assert client.get(f"/api/v1/tasks/{tid}", headers=admin).get_json()["status"] == "PENDING"
+
+
+def test_another_owners_task_is_not_found(client, auth):
+    theirs = submit(client, auth.key("*", owner="bob"), "sleep", {"seconds": 30})
+    sign_in(client, auth.key(["tasks:read", "tasks:list"], owner="carol")["X-API-Key"])
+    assert client.get(f"/console/tasks/{theirs}", headers=BROWSER).status_code == 404
+    rows = client.get("/console/tasks/rows", headers=BROWSER).get_data(as_text=True)
+    assert theirs not in rows
+
+
+def test_user_data_is_escaped(client, admin_key):
+    headers = {"X-API-Key": admin_key}
+    tid = submit(client, headers, "echo", {"note": XSS}, workflowInstanceId="wf-" + XSS[:20])
+    sign_in(client, admin_key)
+    html = client.get(f"/console/tasks/{tid}", headers=BROWSER).get_data(as_text=True)
+    assert XSS not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "Content-Security-Policy" in client.get("/console/tasks", headers=BROWSER).headers
+
+
+def test_submit_form_checks_input_with_the_api(client, admin_key):
+    csrf = sign_in(client, admin_key)
+    bad = client.post(
+        "/console/definitions/sleep/submit",
+        data={"input": '{"seconds": "soon"}', "priority": "HIGH", "csrf": csrf},
+        headers=BROWSER,
+    )
+    assert bad.status_code == 422
+    assert "seconds" in bad.get_data(as_text=True)
+    good = client.post(
+        "/console/definitions/sleep/submit",
+        data={"input": '{"seconds": 1}', "priority": "HIGH", "csrf": csrf},
+        headers=BROWSER,
+    )
+    assert good.status_code == 303
+    tid = good.headers["Location"].rsplit("/", 1)[1]
+    task = client.get(f"/api/v1/tasks/{tid}", headers={"X-API-Key": admin_key}).get_json()
+    assert task["priority"] == "HIGH" and task["input"] == {"seconds": 1}
+
+
+def test_every_page_renders(client, admin_key):
+    sign_in(client, admin_key)
+    tid = submit(client, {"X-API-Key": admin_key}, "echo", {"a": 1})
+    for url in (
+        "/console/tasks",
+        "/console/tasks?status=PENDING&status=RUNNING&limit=50",
+        "/console/tasks/rows",
+        f"/console/tasks/{tid}",
+        f"/console/tasks/{tid}/live",
+        "/console/definitions",
+        "/console/definitions/sleep",
+        "/console/queues",
+        "/console/queues/live",
+        "/console/schedules",
+    ):
+        response = client.get(url, headers=BROWSER)
+        assert response.status_code == 200, (url, response.get_data(as_text=True)[:3000])
+    bad = client.get("/console/tasks?createdAfter=yesterday", headers=BROWSER)
+    assert bad.status_code == 400 and "createdAfter" in bad.get_data(as_text=True)
+    assert client.get(f"/console/tasks/{uuid.uuid4()}", headers=BROWSER).status_code == 404
+
+
+def test_sign_out_ends_the_session(client, admin_key):
+    csrf = sign_in(client, admin_key)
+    out = client.post("/console/logout", data={"csrf": csrf}, headers=BROWSER)
+    assert out.status_code == 303
+    assert client.get("/console/tasks", headers=BROWSER).status_code == 302
+
+
+def test_api_docs_load_swagger_ui_from_this_server(client):
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sources and all(s.startswith(api_docs.URL) for s in sources), sources
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200 and len(asset.data) > 1000, source
+    assert client.get(api_docs.URL + "index.html").status_code == 404
