@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import admin, client, dev, processes, queues, replay, schedules
+from cli import admin, client, dev, processes, queues, replay, schedules, webhooks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,5 +38,6 @@ for command in (
     client.definitions,
     schedules.schedules,
     queues.queues,
+    webhooks.webhooks,
 ):
     main.add_command(command)
