@@ -25,7 +25,7 @@ def init_app(app: Flask) -> None:
 def register(app: Flask) -> None:
     """Register the console's pages and the API docs' assets."""
     # Imported for their routes, which they add to the blueprint.
-    from api.console import definitions, login, queues, schedules, tasks  # noqa: F401
+    from api.console import definitions, login, queues, schedules, tasks, webhooks  # noqa: F401
     from api.console.blueprint import bp
 
     app.register_blueprint(bp)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from shared.store import MinuteCount
 from shared.task_document import rfc3339
 
-WIDTH = 720
-HEIGHT = 240
+WIDTH = 960
+HEIGHT = 260
 LEFT = 44  # room for the y-axis labels
 RIGHT = 8
 TOP = 12
@@ -102,9 +102,11 @@ def build(minutes: list[MinuteCount]) -> Chart:
         )
         if (len(minutes) - 1 - index) % LABEL_EVERY == 0:
             x_ticks.append(Tick(round(x + slot / 2, 2), minute))
+    # Whole numbers only: top is 1, 2 or 5 x 10^n, so steps of top/5 (or 1) are integers.
+    step = top // 5 if top >= 5 else 1
     y_ticks = [
-        Tick(round(baseline - plot_height * fraction, 2), _count(top * fraction))
-        for fraction in (0, 0.25, 0.5, 0.75, 1)
+        Tick(round(baseline - plot_height * count / top, 2), str(count))
+        for count in range(0, top + 1, step)
     ]
     return Chart(
         width=WIDTH,
@@ -118,7 +120,3 @@ def build(minutes: list[MinuteCount]) -> Chart:
         total_completed=sum(m.completed for m in minutes),
         total_failed=sum(m.failed for m in minutes),
     )
-
-
-def _count(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"

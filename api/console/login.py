@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import make_response, redirect, request, url_for
+from flask import current_app, make_response, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from api.auth import public
 from api.console import session
-from api.console.blueprint import bp, render, safe_next
+from api.console.blueprint import SECTIONS, bp, render, safe_next
 from api.services import services
+from shared.credentials import Principal
 from shared.errors import AuthenticationError, ServiceUnavailable
 
 
@@ -38,7 +39,7 @@ def login_submit() -> Response:
     credential = request.form.get("apiKey", "")
     target = safe_next(_next())
     try:
-        session.authenticate(credential)
+        principal = session.authenticate(credential)
     except (AuthenticationError, ServiceUnavailable) as exc:
         status = 503 if isinstance(exc, ServiceUnavailable) else 401
         current = session.current() or session.new_session()
@@ -46,10 +47,20 @@ def login_submit() -> Response:
             "login.html", status, csrf_token=current.csrf, next=target, problem=exc.message
         )
         return make_response(body, status)
+    if not _next():
+        target = landing(principal)
     # A new CSRF token at sign-in: a token planted before it is worth nothing after.
     response = redirect(target, code=303)
     session.write(response, services().settings, session.new_session(credential.strip()))
     return response
+
+
+def landing(principal: Principal) -> str:
+    """The first section the principal may see (the tasks, for most)."""
+    for endpoint, _label, permission in SECTIONS:
+        if principal.can(permission) and endpoint in current_app.view_functions:
+            return url_for(endpoint)
+    return url_for("console.logout")
 
 
 @bp.route("/logout", methods=["GET"])

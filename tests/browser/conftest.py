@@ -61,8 +61,8 @@ def stack(
     """gunicorn with two workers (the session secret comes from Redis: both must agree)."""
     logs = tmp_path_factory.mktemp("console-stack")
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE tasks, api_keys, schedules CASCADE")
-    settings = base_settings.with_overrides(definition_modules=MODULE)
+        cur.execute("TRUNCATE tasks, api_keys, schedules, webhooks CASCADE")
+    settings = base_settings.with_overrides(definition_modules=MODULE, webhook_allow_private=True)
     processes = Processes(settings, logs)
     try:
         processes.worker(concurrency=2)

@@ -21,6 +21,7 @@ from tests.browser.conftest import DESKTOP, PHONE, Stack
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
 XSS = "<script>alert(1)</script>"
+MAX_SHOT_HEIGHT = 1800  # the API docs page is far longer: its top half shows enough
 
 
 def wait(driver: Any, timeout: float = 15) -> WebDriverWait:
@@ -40,8 +41,12 @@ def sign_in(driver: Any, stack: Stack, key: str) -> None:
 def shot(driver: Any, folder: Path, name: str) -> None:
     """Save a screenshot of the whole page at the current width."""
     width = driver.get_window_size()["width"]
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, max(DESKTOP[1] if width >= DESKTOP[0] else PHONE[1], height))
+    # The window's own bars take some of its height: add them, so the page fits whole.
+    height = driver.execute_script(
+        "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight"
+    )
+    least = DESKTOP[1] if width >= DESKTOP[0] else PHONE[1]
+    driver.set_window_size(width, min(max(least, height), MAX_SHOT_HEIGHT))
     driver.save_screenshot(str(folder / f"{name}.png"))
 
 
@@ -72,12 +77,12 @@ def test_sign_in_and_find_a_submitted_task(stack, browser, screenshots):
     sign_in(browser, stack, stack.admin)
     browser.find_element(By.NAME, "workflowInstanceId").send_keys("wf-browser-find")
     browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
-    link = wait(browser).until(ec.presence_of_element_located((By.LINK_TEXT, tid[:12] + "…")))
-    rows = browser.find_elements(By.CSS_SELECTOR, "#task-rows tbody tr")
-    assert len(rows) == 1
+    wait(browser).until(ec.presence_of_element_located((By.LINK_TEXT, tid[:12] + "…")))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#task-rows tbody tr")) == 1
     assert fits_the_width(browser)
     shot(browser, screenshots, "tasks")
-    link.click()
+    # The table is replaced every few seconds: follow the link's address, not an element.
+    browser.get(browser.execute_script("return document.querySelector('#task-rows tbody a').href"))
     wait(browser).until(ec.text_to_be_present_in_element((By.ID, "task-status"), "COMPLETED"))
     assert "ORD-42" in browser.find_element(By.ID, "task-output").text
     # Times are shown in the viewer's zone (India here), with the UTC time on hover.
@@ -249,6 +254,24 @@ def test_schedules_are_listed(stack, browser, screenshots):
     shot(browser, screenshots, "schedules")
 
 
+def test_webhooks_show_their_delivery_log(stack, browser, screenshots):
+    desktop(browser)
+    created = stack.api(
+        "POST",
+        "/api/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hooks/taskexec", "description": "billing sync"},
+    )
+    assert created.status_code == 201, created.text
+    wid = created.json()["id"]
+    assert stack.api("POST", f"/api/v1/webhooks/{wid}/test").status_code == 202
+    sign_in(browser, stack, stack.admin)
+    browser.get(stack.url + "/console/webhooks")
+    browser.find_element(By.PARTIAL_LINK_TEXT, "127.0.0.1:9/hooks/taskexec").click()
+    log = wait(browser).until(ec.presence_of_element_located((By.ID, "deliveries")))
+    assert "webhook.test" in log.text
+    shot(browser, screenshots, "webhooks")
+
+
 def test_pages_are_readable_at_phone_width(stack, browser, screenshots):
     tid = stack.submit("echo", {"phone": True})
     sign_in(browser, stack, stack.admin)
@@ -270,16 +293,7 @@ def test_pages_are_readable_at_phone_width(stack, browser, screenshots):
 def test_the_api_docs_render_with_the_network_unreachable(stack, browser, screenshots):
     desktop(browser)
     browser.get(stack.url + "/api/v1/docs")
-    # The internet really is out of reach from this browser...
-    outside = browser.execute_async_script(
-        """
-        const done = arguments[arguments.length - 1];
-        fetch("https://cdn.jsdelivr.net/npm/swagger-ui-dist/swagger-ui.css", {mode: "no-cors"})
-          .then(() => done("reached"), () => done("unreachable"));
-        """
-    )
-    assert outside == "unreachable"
-    # ...and Swagger UI still draws the whole API from this server's own files.
+    # Swagger UI draws the whole API from this server's own files...
     title = wait(browser, 20).until(
         ec.visibility_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title"))
     )
@@ -289,4 +303,13 @@ def test_the_api_docs_render_with_the_network_unreachable(stack, browser, screen
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert sources and all(s.startswith(stack.url) for s in sources), sources
+    # ...while the internet (the CDN the page used to load them from) is out of its reach.
+    outside = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        fetch("https://cdn.jsdelivr.net/npm/swagger-ui-dist/swagger-ui.css", {mode: "no-cors"})
+          .then(() => done("reached"), () => done("unreachable"));
+        """
+    )
+    assert outside == "unreachable"
     shot(browser, screenshots, "api-docs")

@@ -215,3 +215,54 @@ def test_api_docs_load_swagger_ui_from_this_server(client):
         asset = client.get(source)
         assert asset.status_code == 200 and len(asset.data) > 1000, source
     assert client.get(api_docs.URL + "index.html").status_code == 404
+
+
+def test_webhooks_and_their_delivery_log(app_with, auth):
+    client = app_with(webhook_allow_private=True).test_client()
+    admin = auth.key("*")
+    created = client.post(
+        "/api/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hook?x=<b>", "description": XSS},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.get_json()
+    wid = created.get_json()["id"]
+    assert client.post(f"/api/v1/webhooks/{wid}/test", headers=admin).status_code == 202
+    csrf = sign_in(client, admin["X-API-Key"])
+    listing = client.get("/console/webhooks", headers=BROWSER).get_data(as_text=True)
+    assert "127.0.0.1:9/hook" in listing and XSS not in listing
+    page = client.get(f"/console/webhooks/{wid}", headers=BROWSER)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "webhook.test" in html and "PENDING" in html
+    delivery = re.search(r"/deliveries/([0-9a-f-]{36})/redeliver", html)
+    assert delivery
+    again = client.post(
+        f"/console/webhooks/{wid}/deliveries/{delivery.group(1)}/redeliver",
+        data={"csrf": csrf},
+        headers=BROWSER,
+    )
+    assert again.status_code == 303
+    # A reader sees the log but no redeliver button, and a forged redeliver is refused.
+    reader = auth.key(["webhooks:read"])["X-API-Key"]
+    reader_csrf = sign_in_anywhere(client, reader)
+    html = client.get(f"/console/webhooks/{wid}", headers=BROWSER).get_data(as_text=True)
+    assert "webhook.test" in html and "/redeliver" not in html
+    forged = client.post(
+        f"/console/webhooks/{wid}/deliveries/{delivery.group(1)}/redeliver",
+        data={"csrf": reader_csrf},
+        headers=BROWSER,
+    )
+    assert forged.status_code == 403
+
+
+def sign_in_anywhere(client: Any, secret: str) -> str:
+    """Sign in with a key that may not list tasks; return the CSRF token of the session."""
+    form = client.get("/console/login", headers=BROWSER)
+    done = client.post(
+        "/console/login",
+        data={"apiKey": secret, "csrf": _csrf(form.get_data(as_text=True))},
+        headers=BROWSER,
+    )
+    assert done.status_code == 303
+    page = client.get("/console/logout", headers=BROWSER)
+    return _csrf(page.get_data(as_text=True))

@@ -3,7 +3,12 @@
 (function () {
   "use strict";
 
-  var dateTime = new Intl.DateTimeFormat(undefined, {
+  var thisYear = new Date().getFullYear();
+  var sameYear = new Intl.DateTimeFormat(undefined, {
+    month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
+  });
+  var otherYear = new Intl.DateTimeFormat(undefined, {
     year: "numeric", month: "short", day: "numeric",
     hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
   });
@@ -13,7 +18,9 @@
   function localize(root) {
     root.querySelectorAll("time[datetime]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
-      if (!isNaN(when)) { el.textContent = dateTime.format(when); }
+      if (!isNaN(when)) {
+        el.textContent = (when.getFullYear() === thisYear ? sameYear : otherYear).format(when);
+      }
     });
     root.querySelectorAll("[data-time]").forEach(function (el) {
       var when = new Date(el.getAttribute("data-time"));
