@@ -24,6 +24,25 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def link_options(timeout: int) -> dict[str, int]:
+    """libpq options that find a silently dead link to Postgres within about `timeout` seconds.
+
+    A partition drops packets without a reset: a query sent on a pooled connection would wait
+    for the kernel's retransmissions (some 15 minutes) instead of failing, and a request would
+    hang instead of answering 503. Data unacknowledged for `timeout` seconds, or an idle link
+    silent to three keepalive probes a second apart, now ends the connection with an error.
+    The server's kernel acknowledges and answers probes however busy Postgres is, so a slow
+    query is never cut short by this.
+    """
+    return {
+        "keepalives": 1,
+        "keepalives_idle": timeout,
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": timeout * 1000,
+    }
+
+
 class Database:
     """A connection pool for one DSN that re-creates itself after a fork (never share sockets)."""
 
@@ -58,6 +77,7 @@ class Database:
                         self.dsn,
                         connect_timeout=self.connect_timeout,
                         application_name=f"taskexec-{pid}",
+                        **link_options(self.connect_timeout),
                         **({"options": self.options} if self.options else {}),
                     )
                     # psycopg2 closes a returned connection once `minconn` are idle, so
@@ -140,6 +160,8 @@ def _closed_by_server(conn: psycopg2.extensions.connection) -> bool:
 def connect(dsn: str, connect_timeout: int = 5) -> psycopg2.extensions.connection:
     """Open one plain connection (migrations, CLI, tests)."""
     try:
-        return psycopg2.connect(dsn, connect_timeout=connect_timeout)
+        return psycopg2.connect(
+            dsn, connect_timeout=connect_timeout, **link_options(connect_timeout)
+        )
     except UNAVAILABLE_ERRORS as exc:
         raise ServiceUnavailable(f"cannot connect to the database: {exc}".strip()) from exc
