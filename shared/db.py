@@ -7,6 +7,7 @@ import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -24,7 +25,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def link_options(timeout: int) -> dict[str, int]:
+def link_options(timeout: int) -> dict[str, Any]:
     """libpq options that find a silently dead link to Postgres within about `timeout` seconds.
 
     A partition drops packets without a reset: a query sent on a pooled connection would wait
