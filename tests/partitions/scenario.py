@@ -1,0 +1,154 @@
+"""One partition scenario: steady load, a nemesis cutting and healing links, then the verdict."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.credentials import mint_token
+from tests.helpers import JWT_SECRET
+from tests.partitions.fleet import API_HOSTS, WORKER_HOSTS, Fleet, connect
+from tests.partitions.load import Load, PartitionLedger
+from tests.partitions.verdicts import PartitionVerdict, report
+from tests.reliability.scenario import FACTOR
+
+HEADERS = {"Authorization": "Bearer " + mint_token(JWT_SECRET, "partitions", ["*"])}
+#: How long a cut holds in the short form: longer than the suite's 4 s lease, so a cut worker's
+#: attempts are given to others while it cannot say it still runs them.
+HOLD = 6.0
+
+
+@dataclass
+class Window:
+    """One cut, from cut to heal: the host cut off, on the monotonic and the wall clock."""
+
+    host: str
+    began: float
+    healed: float
+    healed_at: float  # epoch
+
+
+#: A strike cuts, holds, heals and returns its window; the driver records it.
+Strike = Callable[[PartitionLedger, random.Random], Window]
+
+
+def link_cut(host: str, services: tuple[str, ...], hold: float = HOLD) -> Strike:
+    """Cut `host` from the named servers of the data host ("postgres", "redis") for `hold` s."""
+
+    def strike(ledger: PartitionLedger, rng: random.Random) -> Window:
+        fleet = ledger.fleet
+        addresses = [fleet.address_of(name) for name in services]
+        began, at = time.monotonic(), time.time()
+        for address in addresses:
+            fleet.net.cut(host, address)
+        time.sleep(hold)
+        for address in addresses:
+            fleet.net.heal(host, address)
+        return _healed(ledger, f"{host}-{'+'.join(services)}", host, began, at)
+
+    return strike
+
+
+def isolation(host: str, hold: float) -> Strike:
+    """Take a host off the network entirely (its veth down) for `hold` seconds."""
+
+    def strike(ledger: PartitionLedger, rng: random.Random) -> Window:
+        began, at = time.monotonic(), time.time()
+        ledger.fleet.net.isolate(host)
+        time.sleep(hold)
+        ledger.fleet.net.rejoin(host)
+        return _healed(ledger, f"{host}-isolated", host, began, at)
+
+    return strike
+
+
+def _healed(ledger: PartitionLedger, kind: str, host: str, began: float, at: float) -> Window:
+    healed, healed_at = time.monotonic(), time.time()
+    ledger.cut(kind, at, healed_at, [host] if host in WORKER_HOSTS else [])
+    return Window(host, began, healed, healed_at)
+
+
+def run(
+    fleet: Fleet,
+    name: str,
+    seed: int,
+    strike: Strike,
+    rounds: int = 1,
+    pause: tuple[float, float] = (1.0, 2.0),
+    warmup: float = 1.5,
+    after: float = 3.0,
+) -> tuple[PartitionLedger, PartitionVerdict, list[Window]]:
+    """Run the load, strike `rounds` times (soak: FACTOR times more), heal, settle, judge."""
+    ledger = PartitionLedger(name, fleet, HEADERS)
+    rng = random.Random(seed)
+    loads = [Load(ledger, random.Random(seed * 100 + n)) for n in range(2)]
+    for load in loads:
+        load.start()
+    windows = []
+    try:
+        time.sleep(warmup)
+        for number in range(rounds * FACTOR):
+            if number:
+                time.sleep(rng.uniform(*pause))
+            windows.append(strike(ledger, rng))
+            # Recovery: a task submitted after the heal completes (through either API host).
+            ledger.probe(since=windows[-1].healed_at)
+        time.sleep(after)
+    finally:
+        for load in loads:
+            load.stop()
+    ledger.settle(timeout=120)
+    verdict = judge(ledger, windows)
+    report(verdict)
+    return ledger, verdict, windows
+
+
+def judge(ledger: PartitionLedger, windows: list[Window]) -> PartitionVerdict:
+    """The fault suite's verdict, plus what only a partition shows."""
+    base = ledger.verdict()
+    refused: Counter[str] = Counter()
+    slowest = 0.0
+    for at, host, kind, status, took in ledger.api.log:
+        if kind != "submit" or not any(w.began <= at <= w.healed + 1 for w in windows):
+            continue
+        slowest = max(slowest, took)
+        if status != 201:
+            refused[f"{host} {status if status > 0 else 'no answer'}"] += 1
+    ids = [uuid.UUID(t) for t in ledger.tasks]
+    with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE status = 'SUPERSEDED'),"
+            " count(DISTINCT task_id) FILTER (WHERE status = 'COMPLETED') -"
+            " count(*) FILTER (WHERE status = 'COMPLETED')"
+            " FROM task_attempts WHERE task_id = ANY(%s)",
+            (ids,),
+        )
+        superseded, doubled = cur.fetchone()
+    rejoin = []
+    for window in windows:
+        if window.host in WORKER_HOSTS:
+            took = ledger.rejoined(window.host, window.healed_at)
+            if took is not None:
+                rejoin.append(took)
+    crashed = [f"{s.role}@{s.host}" for s in ledger.fleet.services if not s.running()]
+    if crashed:
+        base.notes["crashed"] = ",".join(crashed)
+    for bulk_outcome, count in sorted(ledger.bulk_items.items()):
+        base.notes[f"bulk_{bulk_outcome.lower()}"] = count
+    return PartitionVerdict(base, -doubled, refused, superseded, rejoin, slowest)
+
+
+def answered_during(ledger: PartitionLedger, windows: list[Window], host: str) -> Counter[int]:
+    """What one API host answered to submits while a cut was in force."""
+    total: Counter[int] = Counter()
+    for window in windows:
+        total += ledger.answered(host, window.began, window.healed)
+    return total
+
+
+__all__ = ["API_HOSTS", "HOLD", "Window", "answered_during", "isolation", "link_cut", "run"]
