@@ -25,7 +25,7 @@ from api.schedule_schemas import CreateScheduleSchema, ListSchedulesQuery, Patch
 from api.services import services
 from shared import store, task_rows
 from shared.errors import NotFound, ValidationError
-from shared.schedules import Timing, first_run, template_row
+from shared.schedules import Timing, fired_task, next_run_after_edit
 
 blp = Blueprint(
     "schedules",
@@ -57,7 +57,11 @@ def _check_template(template: dict[str, Any]) -> None:
         raise error
 
 
-def _next_run(values: dict[str, Any], created_at: datetime) -> datetime | None:
+def _next_run(
+    values: dict[str, Any], created_at: datetime, pending: datetime | None = None
+) -> datetime | None:
+    """The first slot after now; with `pending` (a due slot not yet fired), the first at or
+    after it (shared.schedules.next_run_after_edit)."""
     timing = Timing(
         cron=values.get("cron"),
         interval_ms=values.get("interval_ms"),
@@ -66,7 +70,7 @@ def _next_run(values: dict[str, Any], created_at: datetime) -> datetime | None:
         start_at=values.get("start_at"),
         end_at=values.get("end_at"),
     )
-    return first_run(timing, datetime.now(UTC))
+    return next_run_after_edit(timing, pending, datetime.now(UTC))
 
 
 def _load(conn: store.Conn, raw_id: str, lock: bool = False) -> store.Schedule:
@@ -173,7 +177,9 @@ def update_schedule(body: dict[str, Any], schedule_id: str) -> Response:
     """Change any field; `paused: true|false` pauses and resumes; `nextRunAt` is recomputed.
 
     Giving `cron` drops `interval` and the other way round. Resuming does not fire the
-    slots missed while paused: the next slot is the first after now.
+    slots missed while paused: the next slot is the first after now. A slot already due but
+    not yet fired when an active schedule is edited still fires (if the new timing has it).
+    The PATCH and a sweeper's round take the same row lock, so neither overwrites the other.
     Errors: 400 malformed, 404 unknown schedule or definition, 422 input fails the schema.
     """
     if "task" in body:
@@ -199,7 +205,11 @@ def update_schedule(body: dict[str, Any], schedule_id: str) -> Response:
                 "endAt must be after startAt",
                 {"field": "endAt", "issue": "not after startAt", "location": "body"},
             )
-        values["next_run_at"] = _next_run(merged, row.created_at)
+        # A due slot the sweeper has not fired yet is kept, unless the schedule was or
+        # becomes paused (a pause skips the slots it covers).
+        stays_active = not row.paused and not values.get("paused", False)
+        pending = row.next_run_at if stays_active else None
+        values["next_run_at"] = _next_run(merged, row.created_at, pending)
         row = store.update_schedule(conn, row.id, values)
     return jsonify(schedule_json(row))
 
@@ -223,22 +233,24 @@ def delete_schedule(schedule_id: str) -> tuple[str, int]:
 @blp.doc(
     operationId="triggerSchedule",
     responses=openapi.responses(
-        {201: openapi.ok(TaskCreatedSchema, "The new task", ("Location",))}, 404
+        {201: openapi.ok(TaskCreatedSchema, "The new task", ("Location",))}, 404, 422
     ),
 )
 def trigger_schedule(schedule_id: str) -> tuple[Response, int, dict[str, str]]:
     """Fire the schedule's task now, outside its slot sequence (`scheduledFor` null).
 
     The task belongs to the schedule's owner and carries its `scheduleId`; the overlap
-    policy does not apply. Errors: 404 unknown schedule, or its definition is gone.
+    policy does not apply. It is built as a submission's, so its input is checked against
+    the definition's current schema. Errors: 404 unknown schedule, or its definition is
+    gone; 422 its input no longer matches the definition's schema.
     """
     svc = services()
     with svc.db.connection() as conn:
         row = _load(conn, schedule_id)
     definition = svc.definitions.get(row.task["taskDefinitionId"])
-    fields = template_row(row.task, definition, row.owner, schedule_id=row.id, scheduled_for=None)
+    new = store.SlotTask(fired_task(row.task, definition, row.owner), row.id, None)
     with svc.db.connection() as conn:
-        task = store.insert_schedule_tasks(conn, [fields])[0]
+        task = store.insert_schedule_tasks(conn, [new])[0]
     submission.publish([task], svc)
     SUBMITTED.labels(task.task_definition_id).inc()
     location = url_for("tasks.get_task", task_id=str(task.id))

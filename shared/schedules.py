@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,13 +10,21 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 
-from shared.definitions import RetryPolicy
-from shared.status import Priority, TaskType
+from shared import store, task_rows
+from shared.credentials import Principal
+from shared.store import NewTask
 
 #: The overlap policies a schedule may name.
 OVERLAP_POLICIES = ("ALLOW", "SKIP", "CANCEL_PREVIOUS")
 DEFAULT_CATCHUP_MS = 60_000
 MIN_INTERVAL_MS = 1000
+#: Why a slot was skipped (the schedule's lastSkipReason).
+SKIP_CATCHUP = "CATCHUP_WINDOW"  # missed by longer than catchupWindow (no sweeper ran)
+SKIP_OVERLAP = "OVERLAP"  # overlapPolicy SKIP (or CANCEL_PREVIOUS catching up)
+SKIP_DEFINITION = "DEFINITION_NOT_FOUND"  # the template's definition is not published
+SKIP_INPUT = "INPUT_INVALID"  # the input no longer matches the definition's schema
+SKIP_TEMPLATE = "TEMPLATE_INVALID"  # the template cannot make a task for another reason
+SKIP_REASONS = (SKIP_CATCHUP, SKIP_OVERLAP, SKIP_DEFINITION, SKIP_INPUT, SKIP_TEMPLATE)
 #: Slots one schedule fires at most per sweep round (the rest next round, still in order).
 MAX_FIRES_PER_ROUND = 100
 #: Missed cron slots counted one by one at most; past that the skip count is a lower bound.
@@ -155,36 +162,25 @@ def first_run(timing: Timing, now: datetime) -> datetime | None:
     return next_slot(timing, now - _TINY)
 
 
-def template_row(
-    template: dict[str, Any],
-    definition: Any,
-    owner: str,
-    *,
-    schedule_id: uuid.UUID,
-    scheduled_for: datetime | None,
-) -> dict[str, Any]:
-    """The NewTask fields for a schedule's task template (validated when the schedule was
-    written), built as a submission builds its row: the definition's defaults, overridden by
-    the template's priority and executionConfig.
+def next_run_after_edit(timing: Timing, pending: datetime | None, now: datetime) -> datetime | None:
+    """The slot an edited (or resumed) schedule waits for next.
+
+    `pending`: the slot it was waiting for, when that slot is already due but not yet fired
+    and the schedule stays active (not paused before or after the edit). The edit keeps it:
+    the first slot of the new timing at or after it, so a PATCH in the second between a slot
+    and the sweeper's round does not lose that slot. Otherwise, the first slot after now: a
+    pause does not fire the slots it covered.
     """
-    config = template.get("executionConfig") or {}
-    policy = RetryPolicy.from_json(
-        config.get("retryPolicy") or {}, base=RetryPolicy.from_json(definition.retry_policy)
-    )
-    return {
-        "id": uuid.uuid4(),
-        "owner": owner,
-        "task_definition_id": definition.id,
-        "definition_version": definition.version,
-        "workflow_instance_id": template.get("workflowInstanceId"),
-        "type": definition.type,
-        "priority": Priority(template.get("priority") or Priority.MEDIUM.value).rank,
-        "executor": definition.executor,
-        "input": template.get("input", {}),
-        "timeout_ms": int(config.get("timeout") or definition.timeout_ms),
-        "retry_policy": policy.to_json(),
-        "source": "schedules",
-        "published": definition.type != TaskType.MANUAL.value,
-        "schedule_id": schedule_id,
-        "scheduled_for": scheduled_for,
-    }
+    if pending is not None and pending <= now:
+        return next_slot(timing, pending - _TINY)
+    return first_run(timing, now)
+
+
+def fired_task(template: dict[str, Any], definition: store.DefinitionRow, owner: str) -> NewTask:
+    """The task row a schedule's template fires, built exactly as a submission's row.
+
+    The input is checked against the definition's current schema (InputValidationError when
+    it no longer matches), and the retry policy, timeout and executor come from the
+    definition, overridden by the template's executionConfig and priority.
+    """
+    return task_rows.new_task(Principal(subject=owner), template, definition, source="schedules")

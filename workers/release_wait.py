@@ -7,6 +7,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg2
 import psycopg2.extensions
@@ -27,8 +28,15 @@ class ReleaseWait:
     after running the handler), so a thread waits for the event and writes to the pipe.
     """
 
-    def __init__(self, dsn: str, stop: threading.Event, connect_timeout: int = 5) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        stop: threading.Event,
+        connect_timeout: int = 5,
+        listen: Callable[[store.Conn], None] = store.listen_for_releases,
+    ) -> None:
         self.dsn = dsn
+        self._listen = listen  # which channel: releases, or schedules (the schedule thread)
         self.connect_timeout = connect_timeout
         self._conn: psycopg2.extensions.connection | None = None
         self._next_connect = 0.0
@@ -65,7 +73,7 @@ class ReleaseWait:
         try:
             conn = db.connect(self.dsn, self.connect_timeout)
             conn.autocommit = True
-            store.listen_for_releases(conn)
+            self._listen(conn)
         except (ServiceUnavailable, psycopg2.Error) as exc:
             log.warning("cannot LISTEN for delayed tasks (sweeping on the interval): %s", exc)
             return False

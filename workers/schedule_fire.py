@@ -1,19 +1,63 @@
-"""The sweeper's schedule round: claim due schedules, fire each slot once, advance them."""
+"""The sweeper's schedule thread: claim due schedules, fire each slot once, advance them."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from datetime import datetime
-from typing import Any
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+import psycopg2
+
+from config.settings import Settings
 from shared import outbox, store
 from shared.broker import Broker
 from shared.db import Database
-from shared.schedules import Timing, advance, template_row
+from shared.errors import InputValidationError, TaskexecError
+from shared.schedules import (
+    SKIP_CATCHUP,
+    SKIP_DEFINITION,
+    SKIP_INPUT,
+    SKIP_OVERLAP,
+    SKIP_TEMPLATE,
+    Timing,
+    advance,
+    fired_task,
+)
+from workers.release_wait import ReleaseWait
 
 log = logging.getLogger(__name__)
 #: Schedules one round claims at most (one transaction); a full batch runs again at once.
 SCHEDULE_BATCH = 1000
+#: Rounds run at once on their own connections while a backlog lasts.
+FIRE_THREADS = 2
+#: Templates are built this long before their slot (validated, defaults applied), so the
+#: round at the slot only claims, inserts and advances.
+PREPARE_AHEAD_SECONDS = 5.0
+#: ... unless the slot is closer than this: then its round builds what it needs.
+PREPARE_MARGIN_SECONDS = 1.0
+#: Schedules prepared ahead at most per look (the rest are built in their round).
+PREPARE_LIMIT = 50_000
+#: A schedule whose slots cannot be computed at all is looked at again this much later.
+RETRY_BROKEN_SECONDS = 60
+#: Templates not used for this long (the schedule deleted, say) are dropped.
+FORGET_AFTER_SECONDS = 3600.0
+#: A due schedule another process holds (a PATCH, another sweeper): look again this soon.
+LOCKED_RETRY_SECONDS = 0.1
+#: Wake this long after a slot, so the claim finds it due on the database's clock.
+RELEASE_SLACK_SECONDS = 0.002
+#: Errors of a row's data (not of the connection): a round that meets one is split up.
+_ROW_ERRORS = (
+    psycopg2.DataError,
+    psycopg2.IntegrityError,
+    psycopg2.ProgrammingError,
+    psycopg2.NotSupportedError,
+)
 
 
 def timing_of(schedule: store.Schedule) -> Timing:
@@ -28,61 +72,249 @@ def timing_of(schedule: store.Schedule) -> Timing:
     )
 
 
-class ScheduleFirer:
-    """Fires due schedules; several sweepers may run it at once.
+def _definition_key(definition: store.DefinitionRow | None) -> tuple[str, datetime] | None:
+    return None if definition is None else (definition.version, definition.updated_at)
 
-    The claim (FOR UPDATE SKIP LOCKED) keeps two sweepers off the same schedule, and the
-    unique (schedule_id, scheduled_for) index makes a slot fire at most once even if a claim
-    is lost mid-flight (a sweeper killed after its insert committed, say): the slot's second
-    INSERT does nothing. The insert and the advance of next_run_at commit together.
+
+@dataclass
+class Template:
+    """A schedule as the firer keeps it between rounds: valid while its `updated_at` and its
+    definition's (version, updated_at) are those it was built from."""
+
+    schedule: store.Schedule
+    timing: Timing
+    definition: tuple[str, datetime] | None
+    row: store.NewTask | None  # the task a slot inserts (a new id each); None: skip the slot
+    skip: tuple[str, str] | None  # (reason, message) when `row` is None
+    used: float = 0.0  # monotonic time of the last round or preparation that used it
+
+
+def build_template(schedule: store.Schedule, definition: store.DefinitionRow | None) -> Template:
+    """Build a schedule's task row as a submission's; a template that cannot make one says why.
+
+    Never raises: a schedule that cannot fire must not stop the others.
+    """
+    timing = timing_of(schedule)
+    key = _definition_key(definition)
+    definition_id = schedule.task.get("taskDefinitionId", "")
+    if definition is None:
+        message = f"task definition {definition_id!r} is not published"
+        return Template(schedule, timing, key, None, (SKIP_DEFINITION, message))
+    try:
+        row = fired_task(schedule.task, definition, schedule.owner)
+    except InputValidationError as exc:
+        problems = exc.details.get("errors") or [exc.details]
+        detail = "; ".join(f"{p.get('field')}: {p.get('issue')}" for p in problems[:3])
+        message = f"{exc.message} (version {definition.version}): {detail}"
+        return Template(schedule, timing, key, None, (SKIP_INPUT, message))
+    except (TaskexecError, ValueError, KeyError, TypeError) as exc:
+        message = exc.message if isinstance(exc, TaskexecError) else f"{exc!r}"
+        return Template(schedule, timing, key, None, (SKIP_TEMPLATE, message))
+    return Template(schedule, timing, key, row, None)
+
+
+class Publisher:
+    """Publishes fired tasks after their commit, on a thread of its own.
+
+    The next round claims and inserts while this one's messages go out. A task whose message
+    is lost (the process dies first, Redis refuses it) is republished by the sweeper, as any
+    submission's: the row was stamped published in the firing transaction (the outbox).
     """
 
     def __init__(self, db: Database, broker: Broker) -> None:
         self.db = db
         self.broker = broker
-        self.claimed = 0  # schedules the last round claimed (a full batch: go again)
+        self._queue: queue.Queue[list[outbox.Dispatch] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="schedule-publish", daemon=True)
+        self._thread.start()
+
+    def put(self, dispatches: list[outbox.Dispatch]) -> None:
+        if dispatches:
+            self._queue.put(dispatches)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is published (for tests and a clean stop)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batches = [self._queue.get()]
+            while True:  # everything already waiting goes out in one pipeline
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = None in batches
+            dispatches = [d for b in batches if b is not None for d in b]
+            try:
+                outbox.publish(self.broker, self.db, dispatches)
+            except TaskexecError:
+                log.warning("%d fired task(s) left for the sweeper to publish", len(dispatches))
+            except Exception:
+                log.exception("publishing %d fired task(s) failed", len(dispatches))
+            finally:
+                for _ in batches:
+                    self._queue.task_done()
+
+
+class ScheduleFirer:
+    """Fires due schedules; several sweepers may run it at once.
+
+    The claim (FOR UPDATE SKIP LOCKED) keeps two sweepers, or a sweeper and a PATCH, off the
+    same schedule at once, and the unique (schedule_id, scheduled_for) index makes a slot
+    fire at most once even if a claim is lost mid-flight (a sweeper killed after its insert
+    committed, say): the slot's second INSERT does nothing. The inserts and the advance of
+    next_run_at commit together.
+    """
+
+    def __init__(self, db: Database, broker: Broker, settings: Settings | None = None) -> None:
+        self.db = db
+        self.broker = broker
+        self.settings = settings
+        # A backlog (10,000 schedules due the same minute) is fired in rounds on several
+        # connections at once: the claims' SKIP LOCKED splits it, and Postgres inserts on
+        # one core while this process builds the next round on another.
+        self._pool = ThreadPoolExecutor(FIRE_THREADS, thread_name_prefix="schedule-round")
+        self.templates: dict[uuid.UUID, Template] = {}
+        self.publisher = Publisher(db, broker)
+        self._prepared_at = 0.0
+        self._forgot_at = time.monotonic()
+
+    # ------------------------------------------------------------------ the round
 
     def fire_due(self) -> int:
-        """Fire every due slot of up to SCHEDULE_BATCH schedules; return the tasks created.
+        """Fire every due slot; return the tasks created.
 
-        The round is three statements whatever its size (claim, one INSERT of every slot's
-        task, one UPDATE advancing every schedule), plus a few per schedule whose overlap
-        policy has to look at its previous task.
+        One round if it claims less than a full batch; else the rest is drained by
+        FIRE_THREADS rounds at a time.
+        """
+        claimed, created = self.fire_round()
+        if claimed < SCHEDULE_BATCH:
+            return created
+        drains = [self._pool.submit(self._drain) for _ in range(FIRE_THREADS)]
+        return created + sum(d.result() for d in drains)
+
+    def _drain(self) -> int:
+        created = 0
+        while True:
+            claimed, fired = self.fire_round()
+            created += fired
+            if claimed < SCHEDULE_BATCH:
+                return created
+
+    def fire_round(self) -> tuple[int, int]:
+        """Fire every due slot of up to SCHEDULE_BATCH schedules: (schedules claimed, tasks
+        created).
+
+        The round is two statements whatever its size (the claim; one statement inserting
+        every slot's task and advancing every schedule), plus a read of the templates it has
+        not prepared, one of the definitions named, one of the active tasks of schedules whose
+        overlap policy must look, and a cancel per task CANCEL_PREVIOUS supersedes. Their
+        messages go out after the commit, while the next round runs.
         """
         with self.db.connection() as conn:
             due, now = store.claim_due_schedules(conn, SCHEDULE_BATCH)
-            definitions: dict[str, Any] = {}
-            rows: list[dict[str, Any]] = []
-            rounds: list[tuple[Any, ...]] = []
-            created: list[store.Task] = []
-            for schedule in due:
-                fired, progress = self._fire(conn, schedule, now, definitions)
-                if schedule.overlap_policy == "ALLOW":
-                    rows += fired
-                else:  # the next slot's overlap check must see this one's task
-                    created += store.insert_schedule_tasks(conn, fired)
-                rounds.append(progress)
-            created += store.insert_schedule_tasks(conn, rows)
-            store.record_rounds(conn, rounds)
-        self.claimed = len(due)
-        dispatches = [outbox.Dispatch.of(t) for t in created if t.published_at is not None]
-        outbox.publish(self.broker, self.db, dispatches)
-        if created:
-            log.info("schedules fired %d task(s)", len(created))
-        return len(created)
+            if not due:
+                return 0, 0
+            templates = self._templates(conn, due)
+            overlap = [t.schedule.id for t in templates if t.schedule.overlap_policy != "ALLOW"]
+            active = store.active_schedule_tasks(conn, overlap)
+            slots: list[store.SlotTask] = []
+            progress: list[store.Progress] = []
+            for claimed, template in zip(due, templates, strict=True):
+                fired, done = self._plan(conn, claimed, template, now, active)
+                slots += fired
+                progress.append(done)
+            inserted = self._write(conn, slots, progress)
+        self.publisher.put(
+            [
+                outbox.Dispatch(t.id, t.task_definition_id, t.executor, t.priority, t.timeout_ms)
+                for t in (s.task for s in slots)
+                if t.id in inserted and t.published
+            ]
+        )
+        if inserted:
+            log.info("schedules fired %d task(s)", len(inserted))
+        return len(due), len(inserted)
 
-    def _fire(
+    def _templates(self, conn: store.Conn, due: list[store.DueSchedule]) -> list[Template]:
+        """The template of each claimed schedule: kept ones whose row and definition are
+        unchanged, others (re)built."""
+        missing = [
+            d.id
+            for d in due
+            if (kept := self.templates.get(d.id)) is None
+            or kept.schedule.updated_at != d.updated_at
+        ]
+        rows = {s.id: s for s in store.get_schedules(conn, missing)} if missing else {}
+        definitions = self._definitions(
+            conn,
+            {
+                (rows[d.id] if d.id in rows else self.templates[d.id].schedule).task.get(
+                    "taskDefinitionId", ""
+                )
+                for d in due
+            },
+        )
+        out = []
+        stamp = time.monotonic()
+        for d in due:
+            template = self.templates.get(d.id)
+            schedule = rows.get(d.id) or (template.schedule if template else None)
+            assert schedule is not None  # claimed under lock, so it exists
+            definition = definitions.get(schedule.task.get("taskDefinitionId", ""))
+            if (
+                template is None
+                or d.id in rows
+                or template.definition != _definition_key(definition)
+            ):
+                template = self.templates[d.id] = build_template(schedule, definition)
+            template.used = stamp
+            out.append(template)
+        return out
+
+    @staticmethod
+    def _definitions(conn: store.Conn, ids: set[str]) -> dict[str, store.DefinitionRow | None]:
+        return {i: store.get_definition(conn, i) for i in ids}
+
+    def _plan(
         self,
         conn: store.Conn,
-        schedule: store.Schedule,
+        claimed: store.DueSchedule,
+        template: Template,
         now: datetime,
-        definitions: dict[str, Any],
-    ) -> tuple[list[dict[str, Any]], tuple[Any, ...]]:
-        """The task rows of a due schedule's slots, and its progress for record_rounds."""
-        assert schedule.next_run_at is not None  # the claim reads only scheduled ones
-        plan = advance(timing_of(schedule), schedule.next_run_at, now, schedule.catchup_window_ms)
+        active: dict[uuid.UUID, list[uuid.UUID]],
+    ) -> tuple[list[store.SlotTask], store.Progress]:
+        """A claimed schedule's slot tasks this round, and its progress.
+
+        Never raises for one schedule's sake: what cannot be computed is recorded as a skip.
+        """
+        schedule = template.schedule
+        try:
+            plan = advance(template.timing, claimed.next_run_at, now, schedule.catchup_window_ms)
+        except Exception as exc:  # a cron or zone this host no longer reads, say
+            log.exception("schedule %s: cannot compute its slots", schedule.id)
+            return [], store.Progress(
+                schedule.id,
+                claimed.updated_at,
+                now + timedelta(seconds=RETRY_BROKEN_SECONDS),
+                skipped=1,
+                last_skipped_at=claimed.next_run_at,
+                skip_reason=SKIP_TEMPLATE,
+                skip_message=f"cannot compute the slots: {exc!r}",
+            )
         skipped, last_skipped = plan.skipped, plan.last_skipped
+        reason: tuple[str, str] | None = None
         if skipped:
+            reason = (SKIP_CATCHUP, "missed by longer than catchupWindow")
             log.warning(
                 "schedule %s skipped %d slot(s) missed by more than its catch-up window"
                 " (the last at %s)",
@@ -90,64 +322,177 @@ class ScheduleFirer:
                 skipped,
                 last_skipped.isoformat() if last_skipped else "?",
             )
-        definition_id = schedule.task.get("taskDefinitionId", "")
-        if definition_id not in definitions:
-            definitions[definition_id] = store.get_definition(conn, definition_id)
-        definition = definitions[definition_id]
-        if definition is None and plan.fire:
-            log.warning("schedule %s: definition %s is gone", schedule.id, definition_id)
-        rows: list[dict[str, Any]] = []
-        fired_last: datetime | None = None
-        for slot in plan.fire:
-            if definition is None or not self._make_room(conn, schedule, slot, bool(rows)):
-                skipped, last_skipped = skipped + 1, slot
-                continue
-            rows.append(
-                template_row(
-                    schedule.task,
-                    definition,
-                    schedule.owner,
-                    schedule_id=schedule.id,
-                    scheduled_for=slot,
-                )
+        fire = plan.fire
+        if fire and template.row is None:
+            assert template.skip is not None
+            reason = template.skip
+            log.warning(
+                "schedule %s: %d slot(s) skipped: %s", schedule.id, len(fire), template.skip[1]
             )
-            fired_last = slot
-        if schedule.overlap_policy == "CANCEL_PREVIOUS" and len(rows) > 1:
-            # Catching up: each slot would cancel the one before it; only the last one fires.
-            skipped, last_skipped = skipped + len(rows) - 1, rows[-2]["scheduled_for"]
-            rows = rows[-1:]
-        progress = (schedule.id, plan.next_run_at, fired_last, skipped, last_skipped)
-        return rows, progress
+            skipped, last_skipped, fire = skipped + len(fire), fire[-1], []
+        elif fire and schedule.overlap_policy != "ALLOW":
+            fire, overlapped = self._make_room(conn, schedule, fire, active.get(schedule.id, []))
+            if overlapped:
+                skipped, last_skipped = skipped + len(overlapped), overlapped[-1]
+                reason = (SKIP_OVERLAP, "the schedule's previous task was still active")
+        slots = []
+        if template.row is not None:
+            slots = [
+                store.SlotTask(dataclasses.replace(template.row, id=uuid.uuid4()), schedule.id, s)
+                for s in fire
+            ]
+        return slots, store.Progress(
+            schedule.id,
+            claimed.updated_at,
+            plan.next_run_at,
+            last_run_at=fire[-1] if fire else None,
+            skipped=skipped,
+            last_skipped_at=last_skipped,
+            skip_reason=reason[0] if reason else None,
+            skip_message=reason[1] if reason else None,
+        )
 
     def _make_room(
-        self, conn: store.Conn, schedule: store.Schedule, slot: datetime, fired_before: bool
-    ) -> bool:
-        """Apply the overlap policy before firing `slot`; False: do not fire it.
+        self,
+        conn: store.Conn,
+        schedule: store.Schedule,
+        slots: list[datetime],
+        active: list[uuid.UUID],
+    ) -> tuple[list[datetime], list[datetime]]:
+        """Apply the overlap policy to a round's due slots: (those to fire, those skipped).
 
-        `fired_before`: an earlier slot of this round fired (its task, not yet inserted, is
-        still active).
+        SKIP fires the first slot only if no task of the schedule is active (each fired one
+        is active until it ends). CANCEL_PREVIOUS cancels the active ones gracefully and fires
+        the last slot only: catching up, each slot would cancel the one before it.
         """
-        if schedule.overlap_policy == "ALLOW":
-            return True
-        if schedule.overlap_policy == "SKIP" and fired_before:
-            return False
-        active = [] if fired_before else store.active_tasks_of(conn, schedule.id)
-        if not active:
-            return True
         if schedule.overlap_policy == "SKIP":
-            log.info(
-                "schedule %s: slot %s skipped, its previous task is still active",
-                schedule.id,
-                slot.isoformat(),
-            )
-            return False
-        for task in active:  # CANCEL_PREVIOUS: a graceful cancel, as the API's (not forced)
+            if active:
+                log.info("schedule %s: slot(s) skipped, its previous task is active", schedule.id)
+                return [], slots
+            return slots[:1], slots[1:]
+        for task_id in active:  # CANCEL_PREVIOUS: a graceful cancel, as the API's (not forced)
             store.cancel_task(
                 conn,
-                task.id,
+                task_id,
                 owner=None,
-                reason=f"superseded by the slot {slot.isoformat()} of schedule {schedule.id}",
+                reason=f"superseded by the slot {slots[-1].isoformat()} of schedule {schedule.id}",
                 by=f"schedule:{schedule.id}",
                 force=False,
             )
-        return True
+        return slots[-1:], slots[:-1]
+
+    def _write(
+        self, conn: store.Conn, slots: list[store.SlotTask], progress: list[store.Progress]
+    ) -> set[uuid.UUID]:
+        """Insert the round and advance its schedules; a row the database refuses costs only
+        its own schedule's slots (recorded as skipped), never the round or the loop."""
+        try:
+            return store.fire_round(conn, slots, progress)
+        except _ROW_ERRORS:
+            log.exception("a schedule round was refused; firing its schedules one by one")
+        inserted: set[uuid.UUID] = set()
+        for done in progress:
+            own = [s for s in slots if s.schedule_id == done.id]
+            try:
+                inserted |= store.fire_round(conn, own, [done])
+            except _ROW_ERRORS as exc:
+                log.warning("schedule %s: its task was refused: %s", done.id, exc)
+                refused = dataclasses.replace(
+                    done,
+                    last_run_at=None,
+                    skipped=done.skipped + len(own),
+                    last_skipped_at=own[-1].scheduled_for if own else done.last_skipped_at,
+                    skip_reason=SKIP_TEMPLATE,
+                    skip_message=f"the database refused its task: {str(exc).strip()}",
+                )
+                store.fire_round(conn, [], [refused])
+        return inserted
+
+    # ------------------------------------------------------------- ahead of the slot
+
+    def prepare(self, within: float = PREPARE_AHEAD_SECONDS) -> int:
+        """Build the templates of schedules due within `within` seconds; return how many.
+
+        Reads without a lock: a schedule edited after this is rebuilt in its round, which
+        compares updated_at under the claim's lock.
+        """
+        self._prepared_at = time.monotonic()
+        with self.db.connection(autocommit=True) as conn:
+            upcoming = store.schedules_due_by(conn, within, PREPARE_LIMIT)
+            missing = [
+                i
+                for i, updated in upcoming
+                if (kept := self.templates.get(i)) is None or kept.schedule.updated_at != updated
+            ]
+            for start in range(0, len(missing), SCHEDULE_BATCH):
+                rows = store.get_schedules(conn, missing[start : start + SCHEDULE_BATCH])
+                definitions = self._definitions(
+                    conn, {s.task.get("taskDefinitionId", "") for s in rows}
+                )
+                for schedule in rows:
+                    template = build_template(
+                        schedule, definitions.get(schedule.task.get("taskDefinitionId", ""))
+                    )
+                    template.used = self._prepared_at
+                    self.templates[schedule.id] = template
+        return len(missing)
+
+    def forget_unused(self) -> None:
+        """Drop templates no round used for a while (deleted or long-paused schedules)."""
+        cutoff = time.monotonic() - FORGET_AFTER_SECONDS
+        self.templates = {k: t for k, t in self.templates.items() if t.used >= cutoff}
+        self._forgot_at = time.monotonic()
+
+    # ------------------------------------------------------------------ the thread
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest unpaused schedule is due (<= 0: due now)."""
+        with self.db.connection(autocommit=True) as conn:
+            return store.next_schedule_in(conn)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Fire schedules until `stop` is set, on a thread of the sweeper's own.
+
+        Sleeps until the earliest next_run_at (one index entry), woken early by a NOTIFY from
+        a created or edited schedule; prepares the templates of what falls due next while it
+        waits. Releases, rescues and purges run elsewhere, so they never delay a slot.
+        """
+        assert self.settings is not None
+        interval = self.settings.sweep_interval
+        waiter = ReleaseWait(
+            self.settings.database_url,
+            stop,
+            self.settings.db_connect_timeout,
+            listen=store.listen_for_schedules,
+        )
+        try:
+            while not stop.is_set():
+                wait = interval
+                try:
+                    waiter.listen()  # before the look-up: an edit after it wakes us
+                    self.fire_due()
+                    due_in = self.next_due_in()
+                    if (
+                        due_in is not None
+                        and PREPARE_MARGIN_SECONDS < due_in <= PREPARE_AHEAD_SECONDS
+                        and time.monotonic() - self._prepared_at > 1
+                    ):
+                        self.prepare()
+                        due_in = self.next_due_in()
+                    if due_in is not None and due_in > 0:
+                        wait = min(due_in + RELEASE_SLACK_SECONDS, interval)
+                    elif due_in is not None:
+                        # Due and not claimed: held by a PATCH or another sweeper's round.
+                        wait = LOCKED_RETRY_SECONDS
+                    if time.monotonic() - self._forgot_at > FORGET_AFTER_SECONDS:
+                        self.forget_unused()
+                except TaskexecError as exc:
+                    log.warning("schedule round skipped: %s", exc.message)
+                except Exception:
+                    log.exception("schedule round failed")
+                if not stop.is_set():
+                    waiter.sleep(wait)
+        finally:
+            waiter.close()
+            self._pool.shutdown(wait=False)
+            self.publisher.close()

@@ -8,7 +8,7 @@ from marshmallow import Schema, fields
 
 from api.pagination import TaskPaginationSchema
 from api.responses import enum_field, rfc3339, time_field
-from shared.schedules import OVERLAP_POLICIES
+from shared.schedules import OVERLAP_POLICIES, SKIP_REASONS
 from shared.store import Schedule
 
 
@@ -30,9 +30,26 @@ class ScheduleSchema(Schema):
     lastRunAt = time_field("The last slot fired", required=True, allow_none=True)
     skippedSlots = fields.Integer(
         required=True,
-        metadata={"description": "Slots not fired (missed past catchupWindow, or SKIP overlap)"},
+        metadata={
+            "description": "Slots not fired: missed past catchupWindow, overlap, or the"
+            " template could not make a task (see lastSkipReason)"
+        },
     )
     lastSkippedAt = time_field("The last slot skipped", required=True, allow_none=True)
+    lastSkipReason = enum_field(
+        list(SKIP_REASONS),
+        required=True,
+        allow_none=True,
+        metadata={"description": "Why the last slot was skipped; null if none was"},
+    )
+    lastSkipMessage = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "What happened, e.g. the definition that is gone or the input"
+            " fields that no longer match its schema"
+        },
+    )
     createdAt = time_field(required=True)
     updatedAt = time_field(required=True)
 
@@ -57,6 +74,8 @@ def schedule_json(row: Schedule) -> dict[str, Any]:
             "lastRunAt": rfc3339(row.last_run_at),
             "skippedSlots": row.skipped_count,
             "lastSkippedAt": rfc3339(row.last_skipped_at),
+            "lastSkipReason": row.last_skip_reason,
+            "lastSkipMessage": row.last_skip_message,
             "createdAt": rfc3339(row.created_at),
             "updatedAt": rfc3339(row.updated_at),
         }

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg2.extras
+import psycopg2
 from psycopg2.extras import Json
 
-from shared.status import ACTIVE, Status
-from shared.store._rows import Conn, all_, one, statuses
-from shared.store.tasks import RELEASE_CHANNEL, Task
+from shared.status import ACTIVE
+from shared.store._rows import Conn, Cursor, all_, one, statuses
+from shared.store.tasks import _INSERT_COLUMNS, _INSERT_TEMPLATE, NewTask, Task, _values
 
 _ACTIVE = statuses(ACTIVE)
+#: The schedule-firing thread LISTENs on it: a created or edited schedule may be due sooner.
+SCHEDULE_CHANNEL = "taskexec_schedules"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,40 @@ class Schedule:
     last_skipped_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    last_skip_reason: str | None = None  # shared.schedules.SKIP_*: why the last skip happened
+    last_skip_message: str | None = None  # what the user would need to fix, if anything
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A claimed schedule, as the claim reads it: enough to find its cached template."""
+
+    id: uuid.UUID
+    updated_at: datetime  # changes with every API write: a new value means a new template
+    next_run_at: datetime
+
+
+@dataclass(frozen=True)
+class SlotTask:
+    """A task a schedule fires: the row a submission would write, plus its schedule and slot."""
+
+    task: NewTask
+    schedule_id: uuid.UUID
+    scheduled_for: datetime | None  # None: a trigger, outside the slot sequence
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a round did to one claimed schedule (written by fire_round)."""
+
+    id: uuid.UUID
+    updated_at: datetime  # the version claimed: a round never writes over a newer one
+    next_run_at: datetime | None
+    last_run_at: datetime | None = None  # the last slot fired, if any
+    skipped: int = 0
+    last_skipped_at: datetime | None = None
+    skip_reason: str | None = None
+    skip_message: str | None = None
 
 
 #: The columns a client may write (POST and PATCH); the rest the service keeps.
@@ -76,7 +112,7 @@ def insert_schedule(
         row = one(cur, Schedule)
         assert row is not None
         # Wakes a sleeping sweeper (at commit) to fire a slot sooner than it planned.
-        cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
+        cur.execute(f"NOTIFY {SCHEDULE_CHANNEL}")
         return row
 
 
@@ -105,7 +141,7 @@ def update_schedule(conn: Conn, schedule_id: uuid.UUID, values: dict[str, Any]) 
         row = one(cur, Schedule)
         assert row is not None
         # Wakes a sleeping sweeper (at commit) to fire a slot sooner than it planned.
-        cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
+        cur.execute(f"NOTIFY {SCHEDULE_CHANNEL}")
         return row
 
 
@@ -166,106 +202,163 @@ def list_schedules(
         return all_(cur, Schedule), total
 
 
-def claim_due_schedules(conn: Conn, limit: int) -> tuple[list[Schedule], datetime]:
+def get_schedules(conn: Conn, ids: Sequence[uuid.UUID]) -> list[Schedule]:
+    """The schedules with these ids (any owner), in no particular order."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM schedules WHERE id = ANY(%s)", (list(ids),))
+        return all_(cur, Schedule)
+
+
+def claim_due_schedules(conn: Conn, limit: int) -> tuple[list[DueSchedule], datetime]:
     """Lock due, unpaused schedules for this transaction; return them and the database's now.
 
-    SKIP LOCKED: a schedule another sweeper is firing is left to it. Exactly-once does not
-    rest on this lock (the unique slot index holds it); the lock only spares duplicate work.
+    SKIP LOCKED: a schedule another sweeper is firing (or an API write is changing) is left to
+    it. Exactly-once does not rest on this lock (the unique slot index holds it); the lock
+    spares duplicate work and keeps a PATCH and a round from interleaving. Only three columns
+    are read: the firer keeps each schedule's template by (id, updated_at).
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT * FROM schedules WHERE NOT paused AND next_run_at IS NOT NULL"
-            " AND next_run_at <= now() ORDER BY next_run_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            "SELECT id, updated_at, next_run_at, now() FROM schedules WHERE NOT paused"
+            " AND next_run_at IS NOT NULL AND next_run_at <= now()"
+            " ORDER BY next_run_at LIMIT %s FOR UPDATE SKIP LOCKED",
             (limit,),
         )
-        due = all_(cur, Schedule)
+        rows = cur.fetchall()
+        if rows:
+            return [DueSchedule(r[0], r[1], r[2]) for r in rows], rows[0][3]
         cur.execute("SELECT now()")
         row = cur.fetchone()
         assert row is not None
-        return due, row[0]
+        return [], row[0]
 
 
-def record_rounds(conn: Conn, rounds: Sequence[tuple[Any, ...]]) -> None:
-    """record_round for many schedules in one statement: (id, next_run_at, last_run_at,
-    skipped, last_skipped_at) each."""
-    if not rounds:
-        return
-    with conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            """
-            UPDATE schedules s SET next_run_at = v.next_run_at,
-                last_run_at = COALESCE(v.last_run_at, s.last_run_at),
-                skipped_count = s.skipped_count + v.skipped,
-                last_skipped_at = COALESCE(v.last_skipped_at, s.last_skipped_at)
-            FROM (VALUES %s) v(id, next_run_at, last_run_at, skipped, last_skipped_at)
-            WHERE s.id = v.id
-            """,
-            rounds,
-            template="(%s::uuid, %s::timestamptz, %s::timestamptz, %s::bigint, %s::timestamptz)",
-            page_size=len(rounds),
-        )
-
-
-def active_tasks_of(conn: Conn, schedule_id: uuid.UUID) -> list[Task]:
-    """The schedule's tasks that are not terminal yet (for its overlap policy)."""
+def schedules_due_by(conn: Conn, seconds: float, limit: int) -> list[tuple[uuid.UUID, datetime]]:
+    """(id, updated_at) of unpaused schedules due within `seconds` (no lock): what the firer
+    prepares templates for before their slot."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT * FROM tasks WHERE schedule_id = %s AND status = ANY(%s)",
-            (schedule_id, _ACTIVE),
+            "SELECT id, updated_at FROM schedules WHERE NOT paused AND next_run_at IS NOT NULL"
+            " AND next_run_at <= now() + make_interval(secs => %s) ORDER BY next_run_at LIMIT %s",
+            (seconds, limit),
         )
-        return all_(cur, Task)
+        return [(r[0], r[1]) for r in cur.fetchall()]
 
 
-_SLOT_COLUMNS = (
-    "id, owner, task_definition_id, definition_version, workflow_instance_id, type, status,"
-    " priority, executor, input, timeout_ms, retry_policy, source, schedule_id, scheduled_for,"
-    " published_at"
+def active_schedule_tasks(
+    conn: Conn, schedule_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """The tasks of these schedules that are not terminal yet (for their overlap policy)."""
+    found: dict[uuid.UUID, list[uuid.UUID]] = {}
+    if not schedule_ids:
+        return found
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT schedule_id, id FROM tasks WHERE schedule_id = ANY(%s) AND status = ANY(%s)",
+            (list(schedule_ids), _ACTIVE),
+        )
+        for schedule_id, task_id in cur.fetchall():
+            found.setdefault(schedule_id, []).append(task_id)
+    return found
+
+
+# A slot's row is a submission's (tasks._values, whatever columns that grows) plus its
+# schedule and slot; the conflict target is the unique slot index.
+_SLOT_INSERT = (
+    f"INSERT INTO tasks ({_INSERT_COLUMNS}, schedule_id, scheduled_for) VALUES {{}}"
+    " ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING"
+    " RETURNING {}"
 )
-_SLOT_TEMPLATE = "(" + ", ".join(["%s"] * 15) + ", CASE WHEN %s THEN now() END)"
+_SLOT_TEMPLATE = _INSERT_TEMPLATE[:-1] + ", %s, %s)"
+_PROGRESS = (
+    "UPDATE schedules s SET next_run_at = v.next_run_at,"
+    " last_run_at = COALESCE(v.last_run_at, s.last_run_at),"
+    " skipped_count = s.skipped_count + v.skipped,"
+    " last_skipped_at = COALESCE(v.last_skipped_at, s.last_skipped_at),"
+    " last_skip_reason = COALESCE(v.skip_reason, s.last_skip_reason),"
+    " last_skip_message = CASE WHEN v.skip_reason IS NULL THEN s.last_skip_message"
+    " ELSE v.skip_message END"
+    " FROM (VALUES {}) v(id, updated_at, next_run_at, last_run_at, skipped, last_skipped_at,"
+    " skip_reason, skip_message)"
+    " WHERE s.id = v.id AND s.updated_at = v.updated_at"
+)
+_PROGRESS_TEMPLATE = (
+    "(%s::uuid, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::bigint,"
+    " %s::timestamptz, %s::text, %s::text)"
+)
 
 
-def insert_schedule_tasks(conn: Conn, rows: Sequence[dict[str, Any]]) -> list[Task]:
-    """Insert a schedule's tasks (shared.schedules.template_row dicts); a slot already fired
+def _slot_values(cur: Cursor, slots: Sequence[SlotTask]) -> str:
+    return ",".join(
+        cur.mogrify(_SLOT_TEMPLATE, (*_values(s.task), s.schedule_id, s.scheduled_for)).decode()
+        for s in slots
+    )
+
+
+def insert_schedule_tasks(conn: Conn, slots: Sequence[SlotTask]) -> list[Task]:
+    """Insert a schedule's tasks (a trigger's); return those inserted. A slot already fired
     (same schedule and scheduled_for, by any sweeper) inserts nothing and is not returned.
 
     Like a submission, a row is stamped published when inserted: the caller publishes it
     after commit through the outbox, and the sweeper republishes it if that fails.
     """
-    if not rows:
+    if not slots:
         return []
-    values = [
-        (
-            r["id"],
-            r["owner"],
-            r["task_definition_id"],
-            r["definition_version"],
-            r["workflow_instance_id"],
-            r["type"],
-            Status.PENDING.value,
-            r["priority"],
-            r["executor"],
-            Json(r["input"]),
-            r["timeout_ms"],
-            Json(r["retry_policy"]),
-            r["source"],
-            r["schedule_id"],
-            r["scheduled_for"],
-            r["published"],
-        )
-        for r in rows
-    ]
     with conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            f"INSERT INTO tasks ({_SLOT_COLUMNS}) VALUES %s"
-            " ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL"
-            " DO NOTHING RETURNING *",
-            values,
-            template=_SLOT_TEMPLATE,
-            page_size=len(values),
-        )
+        cur.execute(_SLOT_INSERT.format(_slot_values(cur, slots), "*"))
         return all_(cur, Task)
+
+
+def fire_round(
+    conn: Conn, slots: Sequence[SlotTask], progress: Sequence[Progress]
+) -> set[uuid.UUID]:
+    """Insert a round's tasks and advance its schedules in one statement; return the ids
+    of the tasks inserted (a slot some sweeper already fired inserts nothing).
+
+    A schedule whose row changed since the claim (updated_at) is not advanced: the claim's
+    lock makes that impossible today, and if it ever were not, an API write would still win
+    over a stale round, and the slot index would still keep each slot to one task.
+    """
+    with conn.cursor() as cur:
+        parts = []
+        if slots:
+            parts.append(f"fired AS ({_SLOT_INSERT.format(_slot_values(cur, slots), 'id')})")
+        if progress:
+            rows = ",".join(
+                cur.mogrify(
+                    _PROGRESS_TEMPLATE,
+                    (
+                        p.id,
+                        p.updated_at,
+                        p.next_run_at,
+                        p.last_run_at,
+                        p.skipped,
+                        p.last_skipped_at,
+                        p.skip_reason,
+                        p.skip_message,
+                    ),
+                ).decode()
+                for p in progress
+            )
+            parts.append(f"advanced AS ({_PROGRESS.format(rows)} RETURNING 1)")
+        if not parts:
+            return set()
+        select = "SELECT id FROM fired" if slots else "SELECT NULL WHERE false"
+        # Under a savepoint: a row the database refuses rolls back this statement only, and
+        # the caller can retry the round's schedules one by one in the same transaction.
+        try:
+            cur.execute(f"SAVEPOINT fire_round; WITH {', '.join(parts)} {select}")
+        except psycopg2.Error:
+            _rollback_to(cur, "fire_round")
+            raise
+        return {r[0] for r in cur.fetchall()}
+
+
+def _rollback_to(cur: Cursor, savepoint: str) -> None:
+    try:
+        cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+    except psycopg2.Error:
+        pass  # the connection itself is gone: the caller's transaction rolls back anyway
 
 
 def next_schedule_in(conn: Conn) -> float | None:
@@ -276,8 +369,14 @@ def next_schedule_in(conn: Conn) -> float | None:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT EXTRACT(EPOCH FROM next_run_at - now())::float FROM schedules"
-            " WHERE NOT paused AND next_run_at IS NOT NULL AND next_run_at > now()"
+            " WHERE NOT paused AND next_run_at IS NOT NULL"
             " ORDER BY next_run_at LIMIT 1"
         )
         row = cur.fetchone()
         return None if row is None else float(row[0])
+
+
+def listen_for_schedules(conn: Conn) -> None:
+    """LISTEN on the channel a created or edited schedule notifies (autocommit `conn`)."""
+    with conn.cursor() as cur:
+        cur.execute(f"LISTEN {SCHEDULE_CHANNEL}")
