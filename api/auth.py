@@ -137,7 +137,11 @@ class TokenVerifier:
             # The subject owns rows in Postgres, which cannot store NUL, and lands in logs,
             # where control characters forge lines.
             raise AuthenticationError("invalid token: sub must hold printable characters only")
-        return Principal(subject=subject, permissions=frozenset(token_permissions(claims)))
+        return Principal(
+            subject=subject,
+            permissions=frozenset(token_permissions(claims)),
+            max_running=s.max_running_per_principal or None,  # 0: unlimited
+        )
 
 
 def _reason(exc: jwt.PyJWTError) -> str:
@@ -250,6 +254,7 @@ def authenticate_api_key(secret: str) -> Principal:
         permissions=frozenset(key.permissions),
         key_id=key.id,
         rate_limit=key.rate_limit,
+        max_running=key.max_running,
     )
 
 

@@ -25,6 +25,7 @@ STATUS: dict[type[errors.TaskexecError], int] = {
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.RateLimited: 429,
+    errors.QueueFull: 429,
     errors.ServiceUnavailable: 503,
 }
 
@@ -92,7 +93,8 @@ HTTP_ERRORS: dict[int, HttpError] = {
         "RATE_LIMITED",
         "Too many requests",
         "TOO_MANY_REQUESTS",
-        "over the caller's rate limit",
+        "over the caller's rate limit (RATE_LIMITED), or a submission while the caller has"
+        " TASKEXEC_MAX_QUEUED_PER_PRINCIPAL tasks not yet running (QUEUE_FULL)",
         {"Retry-After": None},
     ),
     500: HttpError(
@@ -110,7 +112,7 @@ HTTP_ERRORS: dict[int, HttpError] = {
     ),
 }
 #: Every code an error envelope may carry.
-ERROR_CODES = sorted({error.code for error in HTTP_ERRORS.values()})
+ERROR_CODES = sorted({error.code for error in HTTP_ERRORS.values()} | {errors.QueueFull.code})
 _INTERNAL = HTTP_ERRORS[500]
 
 
@@ -204,6 +206,8 @@ def handle_domain_error(error: errors.TaskexecError) -> Response:
     for name, value in HTTP_ERRORS[status].headers.items():
         if value is not None:
             response.headers[name] = value
+    if isinstance(error, errors.QueueFull):
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 

@@ -11,7 +11,7 @@ from marshmallow import ValidationError as FieldError
 from api.errors import field_errors
 from api.pagination import MAX_PAGE
 from shared.errors import ValidationError
-from shared.status import Priority, Status, TaskType
+from shared.status import PendingReason, Priority, Status, TaskType
 
 _ID = validate.Length(min=1, max=200)
 _MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
@@ -48,6 +48,20 @@ class ExecutionConfigSchema(Schema):
         metadata={"description": "Milliseconds one attempt may run"},
     )
     retryPolicy = fields.Nested(RetryPolicySchema)
+    concurrency = fields.Nested(
+        lambda: ConcurrencySchema(),
+        metadata={"description": "At most `limit` of the owner's tasks with `key` RUNNING"},
+    )
+
+
+class ConcurrencySchema(Schema):
+    """A per-key concurrency limit: scoped to the submitting owner."""
+
+    class Meta:
+        unknown = RAISE
+
+    key = fields.String(required=True, validate=_ID)
+    limit = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=100_000))
 
 
 class UtcDateTime(fields.AwareDateTime):
@@ -164,20 +178,30 @@ class StatusList(fields.String):
     """One status or several, comma-separated or repeated (`status=PENDING,RUNNING`)."""
 
     is_multiple = True  # webargs passes every `status=` value, not just the first
+    choices: list[str] = STATUSES
+    noun = "status"
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
-            raise FieldError("expected status names separated by commas")
+            raise FieldError(f"expected {self.noun} names separated by commas")
         names = [name.strip() for v in values for name in v.split(",") if name.strip()]
         if not names:
-            raise FieldError("give at least one status")
-        unknown = [name for name in names if name not in STATUSES]
+            raise FieldError(f"give at least one {self.noun}")
+        unknown = [name for name in names if name not in self.choices]
         if unknown:
             raise FieldError(
-                f"unknown status {', '.join(unknown)}; expected one of {', '.join(STATUSES)}"
+                f"unknown {self.noun} {', '.join(unknown)};"
+                f" expected one of {', '.join(self.choices)}"
             )
         return tuple(dict.fromkeys(names))
+
+
+class PendingReasonList(StatusList):
+    """One pendingReason or several (`pendingReason=QUEUED,NO_WORKER`)."""
+
+    choices = [r.value for r in PendingReason]
+    noun = "pendingReason"
 
 
 class ListTasksQuery(Schema):
@@ -191,6 +215,9 @@ class ListTasksQuery(Schema):
     workflowInstanceId = fields.String(validate=_ID)
     taskDefinitionId = fields.String(validate=_ID)
     scheduleId = fields.UUID(metadata={"description": "Tasks a schedule fired or triggered"})
+    pendingReason = PendingReasonList(
+        metadata={"description": "Waiting tasks by why they wait; one reason or several"}
+    )
     createdAfter = UtcDateTime(
         format="iso", metadata={"description": "RFC 3339; tasks created at or after it"}
     )

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 from flask import current_app
 
 from api.group_commit import GroupCommit
+from api.queue_cap import QueueCap
 from config.settings import Settings
 from shared import store
 from shared.broker import Broker
 from shared.db import Database
 from shared.errors import DefinitionNotFound
+from shared.window import Window
 
 if TYPE_CHECKING:
     from api.auth import TokenVerifier
@@ -64,6 +66,9 @@ class Services:
         self.broker = broker or Broker(settings)
         self.definitions = DefinitionCache(self.db, settings.definition_cache_seconds)
         self.group_commit = GroupCommit()
+        # The executors' dispatch windows (submissions publish at once only while open).
+        self.window = Window(settings, self.broker)
+        self.queue_cap = QueueCap(self.db, settings.max_queued_per_principal)
 
 
 def services() -> Services:

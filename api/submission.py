@@ -17,6 +17,7 @@ from shared import outbox, store
 from shared.credentials import Principal
 from shared.errors import (
     IdempotencyConflict,
+    QueueFull,
     ServiceUnavailable,
     TaskexecError,
 )
@@ -89,7 +90,7 @@ def store_and_publish(
                 outcomes[index] = _conflict(name, record.task_id)
             else:
                 outcomes[index] = Accepted(_existing(conn, record.task_id), created=False)
-        inserted = store.insert_tasks(conn, [rows[i] for i in fresh])
+        inserted = store.insert_tasks(conn, [rows[i] for i in fresh], _open_windows(svc, rows))
         by_id = {task.id: task for task in inserted}
         for index in fresh:
             task = by_id[rows[index].id]
@@ -119,10 +120,20 @@ def _insert_and_publish(svc: Services, rows: Sequence[store.NewTask]) -> list[st
 
     One statement is atomic on its own: autocommit spares the BEGIN and COMMIT round trips.
     """
+    open_windows = _open_windows(svc, rows)
     with svc.db.connection(autocommit=True) as conn:
-        tasks = store.insert_tasks(conn, rows)
+        tasks = store.insert_tasks(conn, rows, open_windows)
     publish(tasks, svc)
     return tasks
+
+
+def _open_windows(svc: Services, rows: Sequence[store.NewTask]) -> set[str]:
+    """The executors of `rows` whose dispatch window has room (a cached view of Redis).
+
+    A row for a full window waits in Postgres for the releaser, which sends it as room
+    opens, round robin across owners (docs/architecture.md, "Release").
+    """
+    return {e for e in {r.executor for r in rows} if svc.window.is_open(e)}
 
 
 def _conflict(key: str, task_id: uuid.UUID | None) -> IdempotencyConflict:
@@ -146,7 +157,16 @@ def _existing(conn: store.Conn, task_id: uuid.UUID) -> store.Task:
 def submit_each(
     svc: Services, principal: Principal, rows: Sequence[store.NewTask], keys: Sequence[Key] = ()
 ) -> list[Outcome]:
-    """Store and publish, one outcome per row; a lost idempotency race is retried."""
+    """Store and publish, one outcome per row; a lost idempotency race is retried.
+
+    Rows past the principal's cap on queued work (TASKEXEC_MAX_QUEUED_PER_PRINCIPAL) are
+    refused one by one with QueueFull (429 QUEUE_FULL), the first ones going ahead.
+    """
+    granted = svc.queue_cap.allowance(principal.subject, len(rows))
+    refused: list[Outcome] = [_queue_full(svc)] * (len(rows) - granted)
+    rows, keys = rows[:granted], keys[:granted]
+    if not rows:
+        return refused
     for _ in range(_RACE_RETRIES):
         try:
             outcomes = store_and_publish(svc, principal, rows, keys)
@@ -155,8 +175,16 @@ def submit_each(
         for outcome in outcomes:
             if isinstance(outcome, Accepted) and outcome.created:  # a replay creates nothing
                 SUBMITTED.labels(outcome.task.task_definition_id).inc()
-        return outcomes
+        return outcomes + refused
     raise ServiceUnavailable("the idempotency key is contended; retry the request")
+
+
+def _queue_full(svc: Services) -> QueueFull:
+    cap = svc.settings.max_queued_per_principal
+    return QueueFull(
+        f"you have {cap} tasks not yet running, the most allowed; retry once some have started",
+        {"maxQueued": cap},
+    )
 
 
 def submit(

@@ -51,7 +51,15 @@ def keys() -> None:
 )
 @click.option("--owner", default=None, help="Tenant that owns the key's tasks (default: the name).")
 @click.option("--rate-limit", default=None, help="Override the default limit, e.g. 5000/minute.")
-def keys_create(name: str, permissions: str, owner: str | None, rate_limit: str | None) -> None:
+@click.option(
+    "--max-running",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most N of the owner's tasks RUNNING at once (default: unlimited).",
+)
+def keys_create(
+    name: str, permissions: str, owner: str | None, rate_limit: str | None, max_running: int | None
+) -> None:
     """Create a key; it is printed once, alone on the last line."""
     settings = load_settings()
     perms = _permissions(permissions)
@@ -62,7 +70,12 @@ def keys_create(name: str, permissions: str, owner: str | None, rate_limit: str 
             raise click.BadParameter(f"{rate_limit!r} is not a rate such as 5000/minute") from exc
     with ledger(settings.database_url) as conn:
         key, secret = issue_key(
-            conn, name=name, owner=owner or name, permissions=perms, rate_limit=rate_limit
+            conn,
+            name=name,
+            owner=owner or name,
+            permissions=perms,
+            rate_limit=rate_limit,
+            max_running=max_running,
         )
     click.echo(f"created key {key.id} for owner {key.owner} with {', '.join(perms)}", err=True)
     click.echo("store it now: it is not shown again", err=True)
@@ -83,6 +96,7 @@ def keys_list(output: str) -> None:
             "owner": k.owner,
             "permissions": k.permissions,
             "rateLimit": k.rate_limit,
+            "maxRunning": k.max_running,
             "createdAt": k.created_at.isoformat(),
             "lastUsedAt": k.last_used_at.isoformat() if k.last_used_at else None,
             "revokedAt": k.revoked_at.isoformat() if k.revoked_at else None,
@@ -94,12 +108,13 @@ def keys_list(output: str) -> None:
         return
     click.echo(
         f"{'ID':<14} {'NAME':<20} {'OWNER':<16} {'CREATED':<17} {'LAST USED':<17} "
-        f"{'REVOKED':<17} PERMISSIONS"
+        f"{'REVOKED':<17} {'MAX RUNNING':<11} PERMISSIONS"
     )
     for k, d in zip(rows, docs, strict=True):
+        most = "-" if k.max_running is None else str(k.max_running)
         click.echo(
             f"{d['id']:<14} {d['name'][:20]:<20} {d['owner'][:16]:<16} {_when(k.created_at):<17} "
-            f"{_when(k.last_used_at):<17} {_when(k.revoked_at, 'no'):<17} "
+            f"{_when(k.last_used_at):<17} {_when(k.revoked_at, 'no'):<17} {most:<11} "
             f"{','.join(d['permissions'])}"
         )
 

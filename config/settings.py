@@ -237,6 +237,28 @@ class Settings:
     max_worker_lost: int = field(
         default=3, metadata=_env("TASKEXEC_MAX_WORKER_LOST", _positive_int)
     )
+    # Fair use (docs/architecture.md, "Release"). A JWT principal's most RUNNING tasks at
+    # once (an API key's is its maxRunning); 0: unlimited.
+    max_running_per_principal: int = field(
+        default=0, metadata=_env("TASKEXEC_MAX_RUNNING_PER_PRINCIPAL", _non_negative_int)
+    )
+    # A principal's most tasks not yet running (PENDING or RETRYING); past it, 429 QUEUE_FULL.
+    max_queued_per_principal: int = field(
+        default=1_000_000, metadata=_env("TASKEXEC_MAX_QUEUED_PER_PRINCIPAL", _positive_int)
+    )
+    # The messages an executor's queue in Redis may hold: this many per slot of its live
+    # workers, and never fewer than the minimum. Beyond it tasks wait in Postgres and the
+    # releaser sends them round robin across owners.
+    dispatch_window_per_slot: int = field(
+        default=4, metadata=_env("TASKEXEC_DISPATCH_WINDOW_PER_SLOT", _positive_int)
+    )
+    dispatch_window_min: int = field(
+        default=20, metadata=_env("TASKEXEC_DISPATCH_WINDOW_MIN", _positive_int)
+    )
+    # Seconds between the releaser's looks at a full window while tasks wait for room.
+    release_poll: float = field(
+        default=0.02, metadata=_env("TASKEXEC_RELEASE_POLL", _positive_float)
+    )
     # Comma-separated modules exposing DEFINITIONS.
     # How long a finished task (with its attempts, logs and idempotency record) is kept after
     # its endTime; a definition's `retention` overrides both. Empty RETENTION_FAILED: the same.

@@ -164,6 +164,23 @@ class Broker:
             return list(dispatches)
         return []
 
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
+        """Messages waiting in each queue (its lists of every priority), in one round trip."""
+        client, wire = self._client()
+        keys = [(q, wire.list_key(q, p.broker_priority)) for q in queues for p in Priority]
+        with client.pipeline(transaction=False) as pipe:
+            for _, key in keys:
+                pipe.llen(key)
+            lengths = pipe.execute()
+        depths = dict.fromkeys(queues, 0)
+        for (queue, _), length in zip(keys, lengths, strict=True):
+            depths[queue] += int(length)
+        return depths
+
+    def client(self) -> Any:
+        """This process's Redis client (for reads beside the publishes: heartbeats)."""
+        return self._client()[0]
+
     def revoke(self, task_id: str, terminate: bool, signal: str = "SIGKILL") -> None:
         """Ask every worker to drop (and, with `terminate`, kill) a task's execution."""
         self.app.control.revoke(task_id, terminate=terminate, signal=signal)

@@ -42,6 +42,7 @@ class Principal:
     permissions: frozenset[str] = field(default_factory=frozenset)
     key_id: str | None = None  # set for API keys
     rate_limit: str | None = None  # a per-key override of the default limit
+    max_running: int | None = None  # an API key's maxRunning (JWT: the configured default)
 
     def can(self, permission: str) -> bool:
         return WILDCARD in self.permissions or permission in self.permissions
@@ -85,6 +86,7 @@ def issue_key(
     owner: str,
     permissions: Iterable[str],
     rate_limit: str | None,
+    max_running: int | None = None,
 ) -> tuple[store.ApiKey, str]:
     """Generate a key and store only its hash; return the row and the secret, shown once."""
     new = generate_key()
@@ -96,6 +98,7 @@ def issue_key(
         permissions=list(permissions),
         key_hash=new.key_hash,
         rate_limit=rate_limit,
+        max_running=max_running,
     )
     return key, new.secret
 

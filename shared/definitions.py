@@ -131,10 +131,14 @@ class TaskDefinition:
     default_config: dict[str, Any] = field(default_factory=dict)
     # How long its finished tasks are kept (30d, 12h, off), over TASKEXEC_RETENTION(_FAILED).
     retention: str | None = None
+    # At most this many of its tasks RUNNING at once across the fleet (None: no limit).
+    concurrency_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.retention is not None:
             parse_duration(self.retention)  # a typo fails at registration, not at purge time
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValueError(f"{self.id}: concurrency_limit must be at least 1")
 
     @property
     def celery_name(self) -> str:
@@ -163,6 +167,7 @@ class TaskDefinition:
             "resource_requirements": self.resource_requirements,
             "default_config": self.default_config,
             "retention": self.retention,
+            "concurrency_limit": self.concurrency_limit,
         }
 
 

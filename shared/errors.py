@@ -13,6 +13,7 @@ TaskexecError                       INTERNAL_ERROR
 │   └── IdempotencyConflict
 ├── PayloadTooLarge                 PAYLOAD_TOO_LARGE
 ├── RateLimited                     RATE_LIMITED
+├── QueueFull                       QUEUE_FULL  (429: too many tasks not yet running)
 ├── ServiceUnavailable              SERVICE_UNAVAILABLE
 └── TaskFailure                     (raised by handlers; becomes the task's error)
     ├── RetryableTaskError          TASK_ERROR, retried per policy
@@ -97,6 +98,14 @@ class RateLimited(TaskexecError):
     """Too many requests in the current window."""
 
     code = "RATE_LIMITED"
+
+
+class QueueFull(TaskexecError):
+    """The principal has TASKEXEC_MAX_QUEUED_PER_PRINCIPAL tasks not yet running."""
+
+    code = "QUEUE_FULL"
+    #: Seconds a client should wait before trying again (the Retry-After header).
+    retry_after = 5
 
 
 class ServiceUnavailable(TaskexecError):

@@ -51,9 +51,14 @@ def can_move(current: Status, new: Status) -> bool:
 
 
 class PendingReason(StrEnum):
-    """Why a PENDING task is not running yet, where the ledger can tell."""
+    """Why a PENDING or RETRYING task is not running yet (shared/pending.py decides)."""
 
     SCHEDULED = "SCHEDULED"  # delayed: its runAt is still ahead
+    RETRY_BACKOFF = "RETRY_BACKOFF"  # a retry waiting out its backoff
+    CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT"  # held back: a concurrency limit it is under is full
+    QUEUED = "QUEUED"  # due, waiting for a worker slot of its executor
+    NO_WORKER = "NO_WORKER"  # due, but no live worker consumes its executor's queue
+    MANUAL = "MANUAL"  # a manual task: it waits to be completed through the API
 
 
 class Priority(StrEnum):

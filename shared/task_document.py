@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import typing
 import uuid
+from collections.abc import Collection
 from dataclasses import fields
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from shared.status import PendingReason, Priority, Status
+from shared.pending import pending_details, pending_reason
+from shared.status import PendingReason, Priority
 from shared.store import Attempt, Task
 
 
@@ -46,8 +48,8 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def task_summary(task: Task) -> dict[str, Any]:
-    """The fields of a task in a list."""
+def task_summary(task: Task, live: Collection[str] | None = None) -> dict[str, Any]:
+    """The fields of a task in a list (`live`: see task_json)."""
     return {
         "id": str(task.id),
         "taskDefinitionId": task.task_definition_id,
@@ -59,14 +61,8 @@ def task_summary(task: Task) -> dict[str, Any]:
         "updatedAt": rfc3339(task.updated_at),
         "scheduleId": None if task.schedule_id is None else str(task.schedule_id),
         "scheduledFor": rfc3339(task.scheduled_for),
+        "pendingReason": pending_reason(task, live=live),
     }
-
-
-def pending_reason(task: Task, now: datetime | None = None) -> PendingReason | None:
-    """Why the task waits; None unless it is PENDING for a reason the ledger knows."""
-    if task.status != Status.PENDING or task.run_at is None:
-        return None
-    return PendingReason.SCHEDULED if task.run_at > (now or datetime.now(UTC)) else None
 
 
 def task_json(
@@ -74,9 +70,16 @@ def task_json(
     attempts: list[Attempt] | None = None,
     retried_by: list[Any] | None = None,
     expires_at: datetime | None = None,
+    live: Collection[str] | None = None,
+    queue_position: int | None = None,
 ) -> dict[str, Any]:
-    """The full task, as `GET /api/v1/tasks/{id}` returns it (with its retries' ids)."""
-    doc = task_summary(task)
+    """The full task, as `GET /api/v1/tasks/{id}` returns it (with its retries' ids).
+
+    `live` (the executors a live worker consumes, if known) and `queue_position` (for a
+    QUEUED task) come from outside the row: shared/pending.py says how they are used.
+    """
+    doc = task_summary(task, live)
+    reason = doc["pendingReason"]
     duration = None
     if task.start_time is not None and task.end_time is not None:
         duration = int((task.end_time - task.start_time).total_seconds() * 1000)
@@ -100,7 +103,8 @@ def task_json(
                 "attempts": task.attempts,
             },
             "runAt": rfc3339(task.run_at),
-            "pendingReason": pending_reason(task),
+            "pendingDetails": pending_details(task),
+            "queuePosition": queue_position if reason == PendingReason.QUEUED else None,
             "expiresAt": rfc3339(expires_at),
             "pinned": task.pinned,
             "retryOf": str(task.retry_of) if task.retry_of is not None else None,

@@ -77,6 +77,10 @@ def new_task(
         # A manual task never goes to a worker: no message now, none from the sweeper later.
         published=not manual,
         run_at=run_at,
+        definition_limit=definition.concurrency_limit,
+        concurrency_key=(config.get("concurrency") or {}).get("key"),
+        key_limit=(config.get("concurrency") or {}).get("limit"),
+        owner_limit=principal.max_running,
     )
 
 

@@ -90,11 +90,17 @@ class Auth:
         permissions: list[str] | str = "*",
         owner: str = "alice",
         rate_limit: str | None = None,
+        max_running: int | None = None,
     ) -> dict[str, str]:
         perms = [permissions] if isinstance(permissions, str) else permissions
         with ledger(self.database_url) as conn:
             _, secret = issue_key(
-                conn, name=f"test-{owner}", owner=owner, permissions=perms, rate_limit=rate_limit
+                conn,
+                name=f"test-{owner}",
+                owner=owner,
+                permissions=perms,
+                rate_limit=rate_limit,
+                max_running=max_running,
             )
         return {"X-API-Key": secret}
 

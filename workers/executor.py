@@ -153,6 +153,10 @@ class Runtime:
             due_in = store.retry_due_in(conn, tid)
         if task is None:
             return "skipped"
+        if task.held_on is not None:
+            # A limit was full: the claim held it back (no message) for the releaser.
+            log.info("%s held back by %s; message dropped", tid, task.held_on)
+            return "held"
         if (
             task.status == Status.RUNNING.value
             and task.worker_host == HOST
@@ -236,8 +240,12 @@ class Runtime:
             return failure.status.value.lower()
         delay_ms = retry_delay_ms(policy, attempt)
         # Short delays ride on the broker's countdown; long ones wait in Postgres, because a
-        # message held past the visibility timeout would be delivered a second time.
-        use_countdown = delay_ms / 1000.0 <= self.settings.retry_countdown_max
+        # message held past the visibility timeout would be delivered a second time. A
+        # limited task's retry always waits there: the releaser sends it when its limits
+        # have room, so a message waiting out its backoff never counts against them.
+        use_countdown = (
+            delay_ms / 1000.0 <= self.settings.retry_countdown_max and not task.limited
+        )
         with self.db.connection() as conn:
             retrying = store.schedule_retry(
                 conn,

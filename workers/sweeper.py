@@ -15,15 +15,15 @@ import time
 from config.settings import Settings
 from shared import outbox, store
 from shared.broker import BROKER_ERRORS, Broker
-from shared.db import Database
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.status import ErrorKind, Status
 from workers.context import KILL_AFTER_TERM_SECONDS
 from workers.executor import Runtime
 from workers.failures import error_doc, worker_lost_failure
 from workers.release_wait import ReleaseWait
+from workers.releaser import Releaser
 from workers.retention import Purger
-from workers.schedule_fire import ScheduleFirer
+from workers.schedule_fire import SCHEDULE_BATCH, ScheduleFirer
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
@@ -42,16 +42,15 @@ class Sweeper:
         self.settings = settings
         self.broker = broker or Broker(settings)
         self.runtime = Runtime(settings, self.broker)
-        # Schedules fire on a thread (and connections) of their own: see run_forever.
-        self.schedules = ScheduleFirer(
-            Database(settings.database_url, max_connections=4), self.broker, settings
-        )
+        self.schedules = ScheduleFirer(self.runtime.db, self.broker)
+        self.releaser = Releaser(settings, self.runtime.db, self.broker)
         self._last_purge = 0.0
         self.purger = Purger(settings, self.runtime.db)
 
     def sweep_once(self) -> dict[str, int]:
         """Do one round; return counts of what it did."""
         counts = {
+            "fired": self.schedules.fire_due(),
             "published": self.publish_due(),
             "rescued": self.rescue_expired_leases(),
             "timed_out": self.enforce_deadlines(),
@@ -64,13 +63,16 @@ class Sweeper:
         return counts
 
     def publish_due(self) -> int:
-        """Publish tasks that are due and whose message is missing or overdue."""
+        """Send ready work as the executors' windows allow (fairly between owners), and
+        republish tasks whose message is overdue (lost with Redis); return how many went out.
+        """
+        released = self.releaser.release()
         with self.runtime.db.connection() as conn:
             due = store.take_due_for_publish(conn, self.settings.republish_after, RELEASE_BATCH)
         failed = outbox.publish(self.broker, self.runtime.db, due)
         if due:
-            log.info("published %d waiting task(s)", len(due) - len(failed))
-        return len(due) - len(failed)
+            log.info("republished %d overdue task(s)", len(due) - len(failed))
+        return released + len(due) - len(failed)
 
     def rescue_expired_leases(self) -> int:
         """End attempts whose worker died (lease expired): retry per policy or fail WORKER_LOST."""
@@ -147,9 +149,10 @@ class Sweeper:
         return renewed
 
     def next_release_in(self) -> float | None:
-        """Seconds until the next waiting task (a delayed one, a long retry) falls due."""
+        """Seconds until the next waiting task (a delayed one, a long retry) or schedule slot."""
         with self.runtime.db.connection(autocommit=True) as conn:
-            return store.next_release_in(conn)
+            due = (store.next_release_in(conn), store.next_schedule_in(conn))
+        return min((d for d in due if d is not None), default=None)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Sweep every `sweep_interval` seconds until `stop` is set; survive outages.
@@ -166,12 +169,6 @@ class Sweeper:
             target=self.purger.run_forever, args=(stop,), name="purge", daemon=True
         )
         purge.start()
-        # Schedules too: a slot is due at a known second, and a long release or rescue round
-        # must not make it late (nor a large schedule round delay a release).
-        fire = threading.Thread(
-            target=self.schedules.run_forever, args=(stop,), name="schedules", daemon=True
-        )
-        fire.start()
         waiter = ReleaseWait(self.settings.database_url, stop, self.settings.db_connect_timeout)
         database_lost = False
         next_sweep = 0.0
@@ -186,13 +183,23 @@ class Sweeper:
                             database_lost = False
                         released = self.sweep_once()["published"]
                     else:
+                        self.schedules.fire_due()
                         released = self.publish_due()
                     waiter.listen()  # before the look-up: a submission after it wakes us
                     due_in = self.next_release_in()
-                    if released >= RELEASE_BATCH:
+                    if (
+                        released >= RELEASE_BATCH
+                        or self.releaser.busy
+                        or self.schedules.claimed >= SCHEDULE_BATCH
+                    ):
                         wait = 0.0  # more may be due than one round takes
                     elif due_in is not None:
                         wait = due_in + RELEASE_SLACK_SECONDS
+                    if self.releaser.backlog:
+                        # Ready work waits for room in a window: look again shortly (a
+                        # worker's claim opens room without telling anyone).
+                        poll = self.settings.release_poll
+                        wait = poll if wait is None else min(wait, poll)
                 except TaskexecError as exc:
                     database_lost = database_lost or isinstance(exc, ServiceUnavailable)
                     log.warning("sweep skipped: %s", exc.message)
@@ -207,4 +214,3 @@ class Sweeper:
         finally:
             waiter.close()
             purge.join(timeout=5)
-            fire.join(timeout=5)

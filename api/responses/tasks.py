@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from marshmallow import Schema, fields
@@ -73,6 +74,17 @@ class TaskSummarySchema(Schema):
         required=True, allow_none=True, metadata={"format": "uuid", "description": "Its schedule"}
     )
     scheduledFor = time_field("The schedule's slot it fired for", required=True, allow_none=True)
+    pendingReason = enum_field(
+        [r.value for r in PendingReason],
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Why a PENDING or RETRYING task waits (null for any other status):"
+            " SCHEDULED (runAt ahead), RETRY_BACKOFF, CONCURRENCY_LIMIT (pendingDetails names"
+            " the limit), QUEUED (due, waiting for a worker slot; queuePosition), NO_WORKER (no"
+            " live worker consumes its executor), MANUAL (waits to be completed by hand)"
+        },
+    )
 
 
 class TaskExecutionConfigSchema(Schema):
@@ -113,11 +125,21 @@ class TaskSchema(TaskSummarySchema):
     runAt = time_field(
         "When it was asked to start (runAt or delay); null: at once", required=True, allow_none=True
     )
-    pendingReason = enum_field(
-        [r.value for r in PendingReason],
+    pendingDetails = fields.Dict(
         required=True,
         allow_none=True,
-        metadata={"description": "Why a PENDING task waits (SCHEDULED: runAt is ahead)"},
+        metadata={
+            "description": "CONCURRENCY_LIMIT: the full limit, {limit: definition|key|principal,"
+            " max, taskDefinitionId (definition) or key (key)}; null otherwise"
+        },
+    )
+    queuePosition = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "QUEUED: roughly how many of its executor's waiting tasks go before"
+            " it, itself included (1: next); null otherwise"
+        },
     )
     expiresAt = time_field(
         "When retention may delete it; null while active, pinned, or kept forever",
@@ -162,9 +184,15 @@ class TaskListSchema(Schema):
     nextCursor = fields.String(metadata={"description": "Pass as `cursor` for the next page"})
 
 
-def task_list(tasks: list[Task], pagination: dict[str, Any], cursor: str | None) -> dict[str, Any]:
-    """A page of tasks; `nextCursor` only while more follow."""
-    doc: dict[str, Any] = {"items": [task_summary(t) for t in tasks], "pagination": pagination}
+def task_list(
+    tasks: list[Task],
+    pagination: dict[str, Any],
+    cursor: str | None,
+    live: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """A page of tasks; `nextCursor` only while more follow (`live`: see task_json)."""
+    items = [task_summary(t, live) for t in tasks]
+    doc: dict[str, Any] = {"items": items, "pagination": pagination}
     if cursor is not None:
         doc["nextCursor"] = cursor
     return doc

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg2
 from psycopg2.extras import Json
 
+from shared.concurrency import limits_of
 from shared.status import ALLOWED_FROM, HELD, Status
 from shared.store._rows import Conn, Cursor, all_, one, statuses
+from shared.store.limits import LIMITED, wake_releaser
 from shared.store.tasks import Task
 
 _CLAIM_FROM = statuses(ALLOWED_FROM[Status.RUNNING])
@@ -49,35 +52,135 @@ def get_attempt(conn: Conn, task_id: uuid.UUID, attempt: int) -> Attempt | None:
         return one(cur, Attempt)
 
 
+_CLAIM = """
+    WITH claimed AS (
+        UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1,
+            start_time = COALESCE(start_time, now()), worker_host = %(host)s,
+            worker_pid = %(pid)s,
+            lease_expires_at = now() + make_interval(secs => %(lease)s),
+            next_attempt_at = NULL, held_on = NULL, updated_at = now()
+        WHERE id = %(id)s AND status = ANY(%(from)s)
+          AND cancel_requested_at IS NULL AND type <> 'MANUAL'
+          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+          AND {room}
+        RETURNING *
+    ), attempt AS (
+        INSERT INTO task_attempts (task_id, attempt, status, worker_host, worker_pid)
+        SELECT id, attempts, 'RUNNING', %(host)s, %(pid)s FROM claimed
+        ON CONFLICT (task_id, attempt) DO NOTHING
+    )
+    SELECT * FROM claimed
+"""
+# The fast claim takes only a task under no limit: nothing to count, one round trip.
+_CLAIM_UNLIMITED = _CLAIM.format(room=f"NOT {LIMITED}")
+# Each limit's RUNNING tasks, counted under the limits' advisory locks (taken by an earlier
+# statement of the transaction, so this statement's snapshot sees every claim committed
+# under them). Over the partial indexes of limited tasks: the cost is the limit, not the queue.
+_DEFINITION_FULL = (
+    "(SELECT count(*) FROM tasks r WHERE r.task_definition_id = tasks.task_definition_id"
+    " AND r.definition_limit IS NOT NULL AND r.status = 'RUNNING') >= tasks.definition_limit"
+)
+_KEY_FULL = (
+    "(SELECT count(*) FROM tasks r WHERE r.owner = tasks.owner"
+    " AND r.concurrency_key = tasks.concurrency_key AND r.status = 'RUNNING') >= tasks.key_limit"
+)
+_PRINCIPAL_FULL = (
+    "(SELECT count(*) FROM tasks r WHERE r.owner = tasks.owner"
+    " AND r.owner_limit IS NOT NULL AND r.status = 'RUNNING') >= tasks.owner_limit"
+)
+_CLAIM_LIMITED = _CLAIM.format(
+    room=f"""(definition_limit IS NULL OR NOT {_DEFINITION_FULL})
+          AND (concurrency_key IS NULL OR key_limit IS NULL OR NOT {_KEY_FULL})
+          AND (owner_limit IS NULL OR NOT {_PRINCIPAL_FULL})"""
+)
+# A limited task that found no room: back to waiting (no message), held by the first full
+# limit, so the releaser sends it again only once that limit has room.
+_HOLD = f"""
+    UPDATE tasks SET published_at = NULL, held_on = CASE
+        WHEN definition_limit IS NOT NULL AND {_DEFINITION_FULL}
+            THEN 'definition:' || task_definition_id
+        WHEN concurrency_key IS NOT NULL AND key_limit IS NOT NULL AND {_KEY_FULL}
+            THEN 'key:' || owner || ':' || concurrency_key
+        ELSE 'principal:' || owner END
+    WHERE id = %(id)s AND status = ANY(%(from)s) AND cancel_requested_at IS NULL
+      AND type <> 'MANUAL' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    RETURNING held_on
+"""
+
+
 def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float) -> Task | None:
     """Start a new attempt if the task is claimable now (compare-and-set); else None.
 
-    One statement (the attempt row is inserted by a data-modifying CTE), so it is atomic
-    even on an autocommit connection: a claim costs a worker one round trip.
+    A task under no concurrency limit is claimed by one statement (the attempt row is
+    inserted by a data-modifying CTE), atomic even on an autocommit connection: one round
+    trip. A limited one is claimed by `claim_limited`, under its limits' locks; if a limit
+    is full it is held back instead (None).
     """
+    params = {"id": task_id, "host": host, "pid": pid, "lease": lease, "from": _CLAIM_FROM}
     with conn.cursor() as cur:  # a plain cursor: RealDictRow cost a no-op task a tenth
+        cur.execute(_CLAIM_UNLIMITED, params)
+        task = one(cur, Task)
+        if task is not None:
+            return task
         cur.execute(
-            """
-            WITH claimed AS (
-                UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1,
-                    start_time = COALESCE(start_time, now()), worker_host = %(host)s,
-                    worker_pid = %(pid)s,
-                    lease_expires_at = now() + make_interval(secs => %(lease)s),
-                    next_attempt_at = NULL, updated_at = now()
-                WHERE id = %(id)s AND status = ANY(%(from)s)
-                  AND cancel_requested_at IS NULL AND type <> 'MANUAL'
-                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-                RETURNING *
-            ), attempt AS (
-                INSERT INTO task_attempts (task_id, attempt, status, worker_host, worker_pid)
-                SELECT id, attempts, 'RUNNING', %(host)s, %(pid)s FROM claimed
-                ON CONFLICT (task_id, attempt) DO NOTHING
-            )
-            SELECT * FROM claimed
-            """,
-            {"id": task_id, "host": host, "pid": pid, "lease": lease, "from": _CLAIM_FROM},
+            "SELECT owner, task_definition_id, definition_limit, concurrency_key, key_limit,"
+            f" owner_limit FROM tasks WHERE id = %s AND status = ANY(%s) AND {LIMITED}",
+            (task_id, _CLAIM_FROM),
         )
-        return one(cur, Task)
+        row = cur.fetchone()
+    if row is None:
+        return None  # not claimable (a duplicate, cancelled, finished) or unknown
+    names = [
+        limit.name
+        for limit in limits_of(
+            owner=row[0],
+            task_definition_id=row[1],
+            definition_limit=row[2],
+            concurrency_key=row[3],
+            key_limit=row[4],
+            owner_limit=row[5],
+        )
+    ]
+    return claim_limited(conn, names, params)
+
+
+def claim_limited(conn: Conn, names: list[str], params: dict[str, Any]) -> Task | None:
+    """Claim a limited task in a transaction holding its limits' advisory locks.
+
+    The locks are taken in name order (no two claims deadlock) by a statement of their
+    own, so the claim's count sees every claim committed under them: two workers can never
+    both see the last free place. No room: the task is held back (no message, `held_on`
+    names the full limit) and, once that is committed, the releaser is woken to look again,
+    in case the room opened in between (its own wake-up could have missed the hold).
+    """
+    own = conn.autocommit
+    held = False
+    with conn.cursor() as cur:
+        try:
+            if own:
+                cur.execute("BEGIN")
+            cur.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(n, 0)))"
+                " FROM (SELECT n FROM unnest(%s::text[]) n ORDER BY n) locks",
+                (sorted(names),),
+            )
+            cur.execute(_CLAIM_LIMITED, params)
+            task = one(cur, Task)
+            if task is None:
+                cur.execute(_HOLD, params)
+                held = cur.fetchone() is not None
+            if own:
+                cur.execute("COMMIT")
+        except BaseException:
+            if own and not conn.closed:
+                try:
+                    cur.execute("ROLLBACK")
+                except psycopg2.Error:
+                    pass  # the connection is gone: so is the transaction
+            raise
+        if held:
+            wake_releaser(cur)
+    return task
 
 
 #: The error of an attempt that a cancel of its task ended: who cancelled, why, and whether it
@@ -124,19 +227,19 @@ def close_attempt(
     )
 
 
-_FINISH_ATTEMPT = """
+_FINISH_ATTEMPT = f"""
     WITH finished AS (
         UPDATE tasks SET status = %(status)s, output = %(output)s, error = %(error)s,
             end_time = now(), lease_expires_at = NULL, updated_at = now(),
             worker_lost_count = worker_lost_count + %(lost)s
         WHERE id = %(id)s AND status = ANY(%(from)s) AND attempts = %(attempt)s
-        RETURNING id
+        RETURNING id, {LIMITED} AS limited
     ), closed AS (
         UPDATE task_attempts a SET ended_at = now(), error = %(error)s, status = %(status)s
         WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL
           AND EXISTS (SELECT 1 FROM finished)
     )
-    SELECT count(*) FROM finished
+    SELECT count(*), COALESCE(bool_or(limited), false) FROM finished
 """
 
 
@@ -172,6 +275,8 @@ def finish_attempt(
         )
         row = cur.fetchone()
         if row and row[0]:
+            if row[1]:
+                wake_releaser(cur)  # its limits have room again
             return True
         close_attempt(cur, task_id, attempt, None, error)
         return False
@@ -217,6 +322,8 @@ def schedule_retry(
         )
         task = one(cur, Task)
         close_attempt(cur, task_id, attempt, outcome if task else None, error)
+        if task is not None and task.limited:
+            wake_releaser(cur)  # its limits have room until it runs again
         return task
 
 

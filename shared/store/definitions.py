@@ -33,6 +33,7 @@ class DefinitionRow:
     created_at: datetime
     updated_at: datetime
     retention: str | None = None  # a duration overriding TASKEXEC_RETENTION(_FAILED), if any
+    concurrency_limit: int | None = None  # at most this many of its tasks RUNNING at once
 
 
 # The columns a definition writes (TaskDefinition.to_row's keys); the jsonb ones go as Json.
@@ -51,6 +52,7 @@ _COLUMNS = (
     "resource_requirements",
     "default_config",
     "retention",
+    "concurrency_limit",
 )
 _JSONB = frozenset(
     {

@@ -22,6 +22,7 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    max_running: int | None = None  # at most this many of the owner's tasks RUNNING at once
 
 
 def insert_api_key(
@@ -33,13 +34,14 @@ def insert_api_key(
     permissions: Sequence[str],
     key_hash: str,
     rate_limit: str | None,
+    max_running: int | None = None,
 ) -> ApiKey:
     """Store a new API key."""
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO api_keys (id, name, owner, permissions, key_hash, rate_limit)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
-            (key_id, name, owner, list(permissions), key_hash, rate_limit),
+            "INSERT INTO api_keys (id, name, owner, permissions, key_hash, rate_limit, max_running)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+            (key_id, name, owner, list(permissions), key_hash, rate_limit, max_running),
         )
         key = one(cur, ApiKey)
         assert key is not None  # an INSERT ... RETURNING returns its row

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,7 +11,8 @@ from typing import Any
 import psycopg2.extras
 from psycopg2.extras import Json
 
-from shared.status import ACTIVE, ALLOWED_FROM, HELD, Status
+from shared.pending import reason_clause
+from shared.status import ACTIVE, ALLOWED_FROM, HELD, Status, TaskType
 from shared.store._rows import Conn, all_, one, scalar, statuses
 
 _ACTIVE = statuses(ACTIVE)
@@ -61,6 +62,22 @@ class Task:
     scheduled_for: datetime | None = None  # its slot; None when triggered by hand
     pinned: bool = False  # kept whatever its retention (POST /api/v1/tasks/{id}/pin)
     retry_of: uuid.UUID | None = None  # the task this one replays (POST …/{id}/retry)
+    # The concurrency limits it was submitted under (None: none of that kind), and the full
+    # limit holding it back while it waits (`limits.py` names them), if one does.
+    definition_limit: int | None = None
+    concurrency_key: str | None = None
+    key_limit: int | None = None
+    owner_limit: int | None = None
+    held_on: str | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Say whether any concurrency limit applies to it."""
+        return (
+            self.definition_limit is not None
+            or self.concurrency_key is not None
+            or self.owner_limit is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -83,58 +100,129 @@ class NewTask:
     published: bool = True  # the caller publishes right after commit (optimistic outbox)
     run_at: datetime | None = None  # a delayed task: it waits here until then
     retry_of: uuid.UUID | None = None  # a replay: the failed (or cancelled) task it repeats
+    definition_limit: int | None = None  # the definition's concurrencyLimit
+    concurrency_key: str | None = None  # executionConfig.concurrency.key, scoped to the owner
+    key_limit: int | None = None  # executionConfig.concurrency.limit
+    owner_limit: int | None = None  # the principal's maxRunning
+
+    @property
+    def limited(self) -> bool:
+        """Say whether any concurrency limit applies to it."""
+        return (
+            self.definition_limit is not None
+            or self.concurrency_key is not None
+            or self.owner_limit is not None
+        )
 
 
 #: The sweeper LISTENs on it to learn that a delayed task may be due sooner than it thought.
 RELEASE_CHANNEL = "taskexec_release"
 
-_INSERT_COLUMNS = (
-    "id, owner, task_definition_id, definition_version, workflow_instance_id, type, status,"
-    " priority, executor, input, timeout_ms, retry_policy, deadline_at, source, retry_of,"
-    " published_at"
+#: A waiting task ready to be sent (due, held by no limit, no message yet): the rows of the
+#: partial index tasks_ready, read by the releaser and by the submit path below. `{t}.` is
+#: the alias of the tasks row it applies to.
+READY = (
+    "{t}.published_at IS NULL AND {t}.next_attempt_at IS NULL AND {t}.held_on IS NULL"
+    " AND {t}.type <> 'MANUAL' AND {t}.status IN ('PENDING', 'RETRYING')"
 )
-_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * 15) + ", CASE WHEN %s THEN now() END)"
+# (column, the type its VALUES entry is cast to: the first row types the VALUES list).
+_COLUMNS = (
+    ("id", "uuid"),
+    ("owner", "text"),
+    ("task_definition_id", "text"),
+    ("definition_version", "text"),
+    ("workflow_instance_id", "text"),
+    ("type", "text"),
+    ("status", "text"),
+    ("priority", "smallint"),
+    ("executor", "text"),
+    ("input", "jsonb"),
+    ("timeout_ms", "integer"),
+    ("retry_policy", "jsonb"),
+    ("deadline_at", "timestamptz"),
+    ("source", "text"),
+    ("retry_of", "uuid"),
+    ("definition_limit", "integer"),
+    ("concurrency_key", "text"),
+    ("key_limit", "integer"),
+    ("owner_limit", "integer"),
+)
+_NAMES = ", ".join(c for c, _ in _COLUMNS)
+# A plain INSERT ... VALUES of a row published as its caller says (a schedule's slot).
+_INSERT_COLUMNS = f"{_NAMES}, published_at"
+_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ", CASE WHEN %s THEN now() END)"
+_PICKED = ", ".join(f"v.{c}" for c, _ in _COLUMNS)
+_TEMPLATE = "(" + ", ".join(f"%s::{kind}" for _, kind in _COLUMNS) + ", %s::boolean{more})"
+# A row goes out at once (stamped published, the caller publishes after commit) only if the
+# caller says so (not manual, under no limit, its executor's window has room) and its owner has
+# nothing ready waiting in that executor, which would otherwise be overtaken: then it waits
+# for the releaser like the rest of the owner's backlog. An index probe of tasks_ready, which
+# is empty while the system keeps up.
+_NOW_IF_FIRST = (
+    f"NOT EXISTS (SELECT 1 FROM tasks w WHERE w.executor = v.executor AND w.owner = v.owner"
+    f" AND {READY.format(t='w')})"
+)
+_INSERT = (
+    f"INSERT INTO tasks ({_NAMES}, published_at) SELECT {_PICKED},"
+    f" CASE WHEN v.publish AND {_NOW_IF_FIRST} THEN now() END"
+    f" FROM (VALUES %s) AS v({_NAMES}, publish) RETURNING *"
+)
 # A batch with a delayed row: the row waits (next_attempt_at, no published_at) unless its time
 # has already come by the database's clock, which the claim and the sweeper also go by; the
 # NOTIFY (sent at commit, in the same round trip) wakes a sweeper to release it on time.
 _DELAYED_INSERT = (
-    f"NOTIFY {RELEASE_CHANNEL}; INSERT INTO tasks ({_INSERT_COLUMNS}, run_at, next_attempt_at)"
-    " VALUES %s RETURNING *"
-)
-_DELAYED_TEMPLATE = (
-    "("
-    + ", ".join(["%s"] * 15)
-    + ", CASE WHEN %s AND COALESCE(%s::timestamptz <= now(), true) THEN now() END"
-    + ", %s, %s)"
+    f"NOTIFY {RELEASE_CHANNEL}; INSERT INTO tasks ({_NAMES}, published_at, run_at,"
+    f" next_attempt_at) SELECT {_PICKED}, CASE WHEN v.publish"
+    f" AND COALESCE(v.run_at <= now(), true) AND {_NOW_IF_FIRST} THEN now() END,"
+    f" v.run_at, v.run_at FROM (VALUES %s) AS v({_NAMES}, publish, run_at) RETURNING *"
 )
 
 
-def insert_tasks(conn: Conn, tasks: Sequence[NewTask]) -> list[Task]:
-    """Insert PENDING tasks in one statement; return them as stored (in the given order).
+def insert_tasks(
+    conn: Conn, tasks: Sequence[NewTask], open_executors: Container[str] | None = None
+) -> list[Task]:
+    """Insert PENDING tasks in one statement; return them as stored.
 
     A task marked `published` is stamped as if its message were already sent: the caller
     publishes right after commit, and if that fails (or the process dies first) the sweeper
     republishes it once `republish_after` has passed. This saves a write per submission.
-    A delayed task (`run_at`) is stored due at `run_at` and unpublished, so no message
-    exists until the sweeper releases it; only a batch holding one pays for the NOTIFY.
+    That fast path is taken only while the executor's dispatch window has room (it is in
+    `open_executors`; None: every one), the task is under no concurrency limit and its owner
+    has nothing ready waiting there; otherwise the row waits, unpublished, for the releaser,
+    woken by a NOTIFY. A delayed task (`run_at`) is stored due at `run_at` and unpublished,
+    so no message exists until the sweeper releases it; only a batch holding one pays for
+    the NOTIFY up front.
     """
     if not tasks:
         return []
     delayed = any(t.run_at is not None for t in tasks)
     with conn.cursor() as cur:
+        rows = [
+            _values(t, t.published and (open_executors is None or t.executor in open_executors))
+            for t in tasks
+        ]
         if delayed:
-            rows = [(*_values(t), t.run_at, t.run_at, t.run_at) for t in tasks]
-            sql, template = _DELAYED_INSERT, _DELAYED_TEMPLATE
+            rows = [(*row, t.run_at) for row, t in zip(rows, tasks, strict=True)]
+            sql, template = _DELAYED_INSERT, _TEMPLATE.format(more=", %s::timestamptz")
         else:
-            rows = [_values(t) for t in tasks]
-            sql = f"INSERT INTO tasks ({_INSERT_COLUMNS}) VALUES %s RETURNING *"
-            template = _INSERT_TEMPLATE
+            sql, template = _INSERT, _TEMPLATE.format(more="")
         psycopg2.extras.execute_values(cur, sql, rows, template=template, page_size=len(rows))
-        return all_(cur, Task)
+        stored = all_(cur, Task)
+        if not delayed and any(_waits(t) for t in stored):
+            # Only a batch that left work waiting pays for the wake-up (after the commit
+            # on an autocommit connection; at commit in a transaction).
+            cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
+        return stored
 
 
-def _values(t: NewTask) -> tuple[Any, ...]:
-    """A row's parameters for _INSERT_TEMPLATE."""
+def _waits(task: Task) -> bool:
+    """Whether a task just stored waits for the releaser (not for a time, nor a person)."""
+    return task.published_at is None and task.type != TaskType.MANUAL.value
+
+
+def _values(t: NewTask, publish: bool | None = None) -> tuple[Any, ...]:
+    """A row's parameters for _TEMPLATE (and _INSERT_TEMPLATE); `publish` defaults to its own."""
+    publish = t.published if publish is None else publish
     return (
         t.id,
         t.owner,
@@ -151,7 +239,11 @@ def _values(t: NewTask) -> tuple[Any, ...]:
         t.deadline_at,
         t.source,
         t.retry_of,
-        t.published,
+        t.definition_limit,
+        t.concurrency_key,
+        t.key_limit,
+        t.owner_limit,
+        publish and not t.limited,
     )
 
 
@@ -163,6 +255,71 @@ def get_task(conn: Conn, task_id: uuid.UUID, owner: str | None = None) -> Task |
         else:
             cur.execute("SELECT * FROM tasks WHERE id = %s AND owner = %s", (task_id, owner))
         return one(cur, Task)
+
+
+def count_queued(conn: Conn, owner: str, most: int) -> int:
+    """How many of `owner`'s tasks are not yet running (PENDING or RETRYING), at most `most`.
+
+    Stops at `most`: an index range of the (owner, status, …) listing index, so the cost
+    is bounded by the cap, and the caller does this now and then, not per submission.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE owner = %s"
+            " AND status IN ('PENDING', 'RETRYING') LIMIT %s) queued",
+            (owner, most),
+        )
+        return scalar(cur, int)
+
+
+def queue_position(conn: Conn, task: Task, most: int = 100_000) -> int:
+    """Roughly how many ready tasks of its executor the releaser sends before this one.
+
+    The releaser serves owners in turn, each by priority then submission, so ahead of the
+    task are its owner's `k` ready tasks before it, plus up to `k + 1` of every other owner
+    with ready work there. Counted over tasks_ready, each owner's count stopped at `k + 1`
+    (and `k` at `most`), so the cost follows the answer, not the backlog. Tasks already
+    sent to Redis are not counted here (the caller adds the queue's depth).
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT count(*) FROM (
+                SELECT 1 FROM tasks t WHERE t.executor = %(e)s AND t.owner = %(o)s
+                  AND {READY.format(t="t")}
+                  AND (t.priority > %(p)s OR (t.priority = %(p)s AND t.created_at < %(c)s))
+                LIMIT %(most)s) ahead
+            """,
+            {
+                "e": task.executor,
+                "o": task.owner,
+                "p": task.priority,
+                "c": task.created_at,
+                "most": most,
+            },
+        )
+        mine = scalar(cur, int)
+        cur.execute(
+            f"""
+            WITH RECURSIVE o AS (
+                (SELECT owner FROM tasks t WHERE t.executor = %(e)s AND {READY.format(t="t")}
+                 ORDER BY owner LIMIT 1)
+                UNION ALL
+                SELECT (SELECT t.owner FROM tasks t WHERE t.executor = %(e)s
+                          AND t.owner > o.owner AND {READY.format(t="t")}
+                        ORDER BY t.owner LIMIT 1)
+                FROM o WHERE o.owner IS NOT NULL
+            )
+            SELECT COALESCE(sum(n), 0)::bigint FROM (SELECT owner FROM o WHERE owner IS NOT NULL
+                                             AND owner <> %(o)s LIMIT 1000) others,
+            LATERAL (SELECT count(*) AS n FROM (
+                SELECT 1 FROM tasks t WHERE t.executor = %(e)s AND t.owner = others.owner
+                  AND {READY.format(t="t")} LIMIT %(turns)s) x) c
+            """,
+            {"e": task.executor, "o": task.owner, "turns": mine + 1},
+        )
+        others = scalar(cur, int)
+    return mine + others + 1
 
 
 def anchor_deadline(conn: Conn, task_id: uuid.UUID, seconds: int) -> datetime | None:
@@ -197,6 +354,8 @@ class TaskFilter:
     created_before: datetime | None = None
     schedule_id: uuid.UUID | None = None
     unretried: bool = False  # only tasks no retry names yet (a retry by filter)
+    pending_reasons: tuple[str, ...] = ()  # waiting for any of these (shared/pending.py)
+    live_executors: tuple[str, ...] | None = None  # for QUEUED/NO_WORKER; None: unknown
 
 
 def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
@@ -229,6 +388,10 @@ def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
         params.append(flt.created_before)
     if flt.unretried:
         where.append("NOT EXISTS (SELECT 1 FROM tasks r WHERE r.retry_of = tasks.id)")
+    if flt.pending_reasons:
+        clause, values = reason_clause(flt.pending_reasons, flt.live_executors)
+        where.append(clause)
+        params += values
     return " AND ".join(where), params
 
 
@@ -329,6 +492,9 @@ def cancel_task(
         )
         updated = one(cur, Task)
         if updated is not None:
+            if previous == Status.RUNNING and updated.limited:
+                # Its limits have room: the releaser may send the next held-back task.
+                cur.execute("SELECT pg_notify(%s, 'room')", (RELEASE_CHANNEL,))
             return CancelOutcome(updated, previous, cancelled=True)
         cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
         current = one(cur, Task)
