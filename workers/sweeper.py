@@ -15,6 +15,7 @@ import time
 from config.settings import Settings
 from shared import outbox, store
 from shared.broker import BROKER_ERRORS, Broker
+from shared.db import Database
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.status import ErrorKind, Status
 from workers.context import KILL_AFTER_TERM_SECONDS
@@ -23,7 +24,7 @@ from workers.failures import error_doc, worker_lost_failure
 from workers.release_wait import ReleaseWait
 from workers.releaser import Releaser
 from workers.retention import Purger
-from workers.schedule_fire import SCHEDULE_BATCH, ScheduleFirer
+from workers.schedule_fire import ScheduleFirer
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 300
@@ -42,7 +43,10 @@ class Sweeper:
         self.settings = settings
         self.broker = broker or Broker(settings)
         self.runtime = Runtime(settings, self.broker)
-        self.schedules = ScheduleFirer(self.runtime.db, self.broker)
+        # Schedules fire on a thread (and connections) of their own: see run_forever.
+        self.schedules = ScheduleFirer(
+            Database(settings.database_url, max_connections=4), self.broker, settings
+        )
         self.releaser = Releaser(settings, self.runtime.db, self.broker)
         self._last_purge = 0.0
         self.purger = Purger(settings, self.runtime.db)
@@ -50,7 +54,6 @@ class Sweeper:
     def sweep_once(self) -> dict[str, int]:
         """Do one round; return counts of what it did."""
         counts = {
-            "fired": self.schedules.fire_due(),
             "published": self.publish_due(),
             "rescued": self.rescue_expired_leases(),
             "timed_out": self.enforce_deadlines(),
@@ -149,10 +152,9 @@ class Sweeper:
         return renewed
 
     def next_release_in(self) -> float | None:
-        """Seconds until the next waiting task (a delayed one, a long retry) or schedule slot."""
+        """Seconds until the next waiting task (a delayed one, a long retry) falls due."""
         with self.runtime.db.connection(autocommit=True) as conn:
-            due = (store.next_release_in(conn), store.next_schedule_in(conn))
-        return min((d for d in due if d is not None), default=None)
+            return store.next_release_in(conn)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Sweep every `sweep_interval` seconds until `stop` is set; survive outages.
@@ -169,6 +171,12 @@ class Sweeper:
             target=self.purger.run_forever, args=(stop,), name="purge", daemon=True
         )
         purge.start()
+        # Schedules too: a slot is due at a known second, and a long release or rescue round
+        # must not make it late (nor a large schedule round delay a release).
+        fire = threading.Thread(
+            target=self.schedules.run_forever, args=(stop,), name="schedules", daemon=True
+        )
+        fire.start()
         waiter = ReleaseWait(self.settings.database_url, stop, self.settings.db_connect_timeout)
         database_lost = False
         next_sweep = 0.0
@@ -183,15 +191,10 @@ class Sweeper:
                             database_lost = False
                         released = self.sweep_once()["published"]
                     else:
-                        self.schedules.fire_due()
                         released = self.publish_due()
                     waiter.listen()  # before the look-up: a submission after it wakes us
                     due_in = self.next_release_in()
-                    if (
-                        released >= RELEASE_BATCH
-                        or self.releaser.busy
-                        or self.schedules.claimed >= SCHEDULE_BATCH
-                    ):
+                    if released >= RELEASE_BATCH or self.releaser.busy:
                         wait = 0.0  # more may be due than one round takes
                     elif due_in is not None:
                         wait = due_in + RELEASE_SLACK_SECONDS
@@ -214,3 +217,4 @@ class Sweeper:
         finally:
             waiter.close()
             purge.join(timeout=5)
+            fire.join(timeout=5)
