@@ -7,6 +7,7 @@ pin the rules a browser cannot show on its own (cookie flags, a forged POST's st
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Any
 
@@ -266,3 +267,71 @@ def sign_in_anywhere(client: Any, secret: str) -> str:
     assert done.status_code == 303
     page = client.get("/console/logout", headers=BROWSER)
     return _csrf(page.get_data(as_text=True))
+
+
+def test_finished_per_minute_counts_each_minute_of_the_last_hour(backends, clean_db):
+    from cli.base import ledger
+    from shared import store
+    from tests.helpers import task_row
+
+    ended = {  # minutes ago -> (owner, status) of tasks that ended then
+        0: [("alice", "COMPLETED"), ("alice", "FAILED")],
+        5: [("alice", "COMPLETED"), ("bob", "COMPLETED"), ("alice", "TIMED_OUT")],
+        59: [("bob", "FAILED")],
+        61: [("alice", "COMPLETED")],  # over an hour ago: not counted
+    }
+    with ledger(backends.database_url) as conn:
+        for ago, tasks in ended.items():
+            for owner, status in tasks:
+                task = store.insert_tasks(conn, [task_row(owner=owner)])[0]
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "UPDATE tasks SET status = %s, end_time = date_trunc('minute', now())"
+                        " - make_interval(mins => %s) + interval '10 seconds' WHERE id = %s",
+                        (status, ago, task.id),
+                    )
+        everyone = store.finished_per_minute(conn, None)
+        alice = store.finished_per_minute(conn, "alice")
+    assert len(everyone) == 60
+    assert [m.minute for m in everyone] == sorted(m.minute for m in everyone)
+    by_age = {59 - i: (m.completed, m.failed) for i, m in enumerate(everyone)}
+    assert by_age[0] == (1, 1) and by_age[5] == (2, 1) and by_age[59] == (0, 1)
+    assert sum(m.completed + m.failed for m in everyone) == 6
+    assert {
+        59 - i: (m.completed, m.failed) for i, m in enumerate(alice) if m.completed or m.failed
+    } == {0: (1, 1), 5: (1, 1)}
+
+
+def test_the_chart_scales_to_the_busiest_minute():
+    from datetime import UTC, datetime
+
+    from api.console import chart
+    from shared.store import MinuteCount
+
+    minutes = [MinuteCount(datetime(2026, 1, 1, 0, i, tzinfo=UTC), 0, 0) for i in range(60)]
+    minutes[-1] = MinuteCount(minutes[-1].minute, 7, 3)
+    drawn = chart.build(minutes)
+    assert [t.text for t in drawn.y_ticks] == ["0", "2", "4", "6", "8", "10"]
+    last = drawn.bars[-1]
+    assert last.completed_height + last.failed_height == pytest.approx(drawn.baseline - chart.TOP)
+    assert all(b.completed_height == 0 for b in drawn.bars[:-1])
+    assert drawn.x_ticks[-1].text == "2026-01-01T00:59:00.000Z"
+    assert [chart.nice_ceiling(v) for v in (0, 1, 3, 6, 11, 101)] == [1, 1, 5, 10, 20, 200]
+
+
+def test_a_session_expires(app_with, auth):
+    client = app_with(console_session_seconds=1).test_client()
+    sign_in(client, auth.key("*")["X-API-Key"])
+    time.sleep(2.1)  # Fernet timestamps are whole seconds: past the 1 s lifetime for sure
+    assert client.get("/console/tasks", headers=BROWSER).status_code == 302
+
+
+def test_a_revoked_key_ends_the_session(client, auth, backends):
+    from cli.base import ledger
+    from shared import store
+
+    secret = auth.key("*")["X-API-Key"]
+    sign_in(client, secret)
+    with ledger(backends.database_url) as conn:
+        store.revoke_api_key(conn, secret.split("_")[1])
+    assert client.get("/console/tasks", headers=BROWSER).status_code == 302
