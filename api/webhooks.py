@@ -278,6 +278,9 @@ def test_webhook(webhook_id: str) -> tuple[Response, int]:
 def list_deliveries(query: dict[str, Any], webhook_id: str) -> Response:
     """The subscription's delivery log, newest first; filters `status`, `taskId`; page or cursor.
 
+    Past TASKEXEC_LIST_EXACT_COUNT_MAX matching deliveries `totalItems` is an estimate
+    (`totalItemsExact: false`), as in the task list.
+
     Errors: 400 naming the parameter, 404 unknown subscription.
     """
     page, after = position(query)
@@ -294,11 +297,17 @@ def list_deliveries(query: dict[str, Any], webhook_id: str) -> Response:
             offset=((page or 1) - 1) * limit,
             after=after,
         )
-        total = store.count_deliveries(conn, row.id, status=status, task_id=task_id)
+        total, exact = store.count_delivery_log(
+            conn,
+            row.id,
+            status=status,
+            task_id=task_id,
+            exact_max=services().settings.list_exact_count_max,
+        )
     more, rows = len(rows) > limit, rows[:limit]
     cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
     items = [delivery_json(d) for d in rows]
-    return jsonify(page_json(items, page_doc(page, limit, total, True), cursor))
+    return jsonify(page_json(items, page_doc(page, limit, total, exact), cursor))
 
 
 @blp.route("/<webhook_id>/deliveries/<delivery_id>/redeliver", methods=["POST"])

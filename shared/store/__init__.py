@@ -127,6 +127,7 @@ from shared.store.tasks import (
 from shared.store.webhooks import (
     Webhook,
     WebhookFilter,
+    count_delivery_log,
     delete_webhook,
     get_webhook,
     insert_webhook,
@@ -258,6 +259,7 @@ __all__ = [
     "worker_definitions",
     "Webhook",
     "WebhookFilter",
+    "count_delivery_log",
     "delete_webhook",
     "get_webhook",
     "insert_webhook",

@@ -311,3 +311,16 @@ def test_subscription_responses_match_the_document(client, auth, spec):
     assert conforms("POST", URL, bad)["error"]["code"] == "VALIDATION_ERROR"
     assert conforms("GET", one, client.get(f"{URL}/{uuid.uuid4()}", headers=headers))
     assert client.delete(f"{URL}/{hook}", headers=headers).status_code == 204
+
+
+def test_a_long_log_counts_up_to_the_cap_then_estimates(app_with, auth):
+    client = app_with(list_exact_count_max=2).test_client()
+    headers = auth.key("*")
+    hook = subscribe(client, headers)
+    for _ in range(4):
+        task = manual_task(client, headers)
+        complete(client, headers, task)
+    capped = log(client, headers, hook, "limit=1")["pagination"]
+    assert capped["totalItemsExact"] is False and capped["totalItems"] >= 3
+    narrow = log(client, headers, hook, f"taskId={task}")["pagination"]
+    assert (narrow["totalItems"], narrow["totalItemsExact"]) == (1, True)
