@@ -356,3 +356,36 @@ def test_credentials_in_the_url_are_refused(client, auth):
     response = client.post(URL, json={"url": "https://u:p@example.com/"}, headers=auth.key("*"))
     assert response.status_code == 400
     assert "credentials" in response.get_json()["error"]["details"]["issue"]
+
+
+def test_the_document_shows_the_secret_only_on_create_and_rotate(client):
+    spec = client.get("/api/v1/openapi.json").get_json()
+    with_secret = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            for status, response in operation["responses"].items():
+                schema = (response.get("content") or {}).get("application/json", {}).get("schema")
+                if schema == {"$ref": "#/components/schemas/WebhookWithSecret"}:
+                    with_secret.append((method, path, status))
+    assert sorted(with_secret) == [
+        ("post", "/api/v1/webhooks", "201"),
+        ("post", "/api/v1/webhooks/{webhook_id}/rotate-secret", "200"),
+    ]
+    schemas = spec["components"]["schemas"]
+    assert "secret" not in schemas["Webhook"]["properties"]
+    assert "secret" in schemas["WebhookWithSecret"]["required"]
+    events = schemas["Webhook"]["properties"]["events"]["items"]["enum"]
+    assert events == ["task.started", "task.retrying", *TERMINAL]
+
+
+def test_webhook_endpoints_count_against_the_rate_limit(app_with, auth):
+    client = app_with(ratelimit_enabled=True, ratelimit_default="3/minute").test_client()
+    headers = auth.key("*")
+    doc = create(client, headers)
+    assert client.get(URL, headers=headers).headers["X-RateLimit-Remaining"] == "1"
+    assert client.get(f"{URL}/{doc['id']}/deliveries", headers=headers).status_code == 200
+    limited = client.post(URL, json={"url": RECEIVER}, headers=headers)
+    assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "RATE_LIMITED"
+    assert int(limited.headers["Retry-After"]) >= 1
