@@ -137,6 +137,8 @@ class Fleet:
     redis: DataRedis
     settings: Settings
     services: list[Service] = field(default_factory=list)
+    #: How often each service had started when the current scenario began.
+    baseline: dict[tuple[str, str], int] = field(default_factory=dict)
 
     # ------------------------------------------------------------ building
 
@@ -266,6 +268,7 @@ class Fleet:
             self.restart(service)
         if dead:
             self.wait_ready()
+        self.baseline = {(s.role, s.host): s.starts for s in self.services}
         with contextlib.closing(connect(self.settings.database_url)) as conn, conn.cursor() as cur:
             cur.execute("TRUNCATE tasks, task_attempts, task_logs, idempotency_keys CASCADE")
         redis_lib.Redis.from_url(self.redis.url).flushall()
@@ -301,6 +304,14 @@ class Fleet:
     def hostname(self, host: str) -> str:
         """The host name a host's processes see (and the ledger records as worker_host)."""
         return self.net.hosts[host].hostname
+
+    def troubled(self) -> list[str]:
+        """Services that died or were restarted since the scenario began."""
+        return [
+            f"{s.role}@{s.host}"
+            for s in self.services
+            if not s.running() or s.starts != self.baseline.get((s.role, s.host))
+        ]
 
     def of(self, role: str) -> list[Service]:
         return [s for s in self.services if s.role == role]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.credentials import mint_token
 from tests.helpers import JWT_SECRET
-from tests.partitions.fleet import API_HOSTS, WORKER_HOSTS, Fleet, connect
+from tests.partitions.fleet import WORKER_HOSTS, Fleet, connect
 from tests.partitions.load import Load, PartitionLedger
 from tests.partitions.verdicts import PartitionVerdict, report
 from tests.reliability.scenario import FACTOR
@@ -31,17 +32,24 @@ class Window:
     began: float
     healed: float
     healed_at: float  # epoch
+    task: str = ""  # the task whose handler ran on the host when it was cut, if one was sought
 
 
 #: A strike cuts, holds, heals and returns its window; the driver records it.
 Strike = Callable[[PartitionLedger, random.Random], Window]
 
 
-def link_cut(host: str, services: tuple[str, ...], hold: float = HOLD) -> Strike:
-    """Cut `host` from the named servers of the data host ("postgres", "redis") for `hold` s."""
+def link_cut(
+    host: str, services: tuple[str, ...], hold: float = HOLD, under_handler: bool = False
+) -> Strike:
+    """Cut `host` from the named servers of the data host ("postgres", "redis") for `hold` s.
+
+    `under_handler`: first wait until a long handler runs on the (worker) host, and cut then.
+    """
 
     def strike(ledger: PartitionLedger, rng: random.Random) -> Window:
         fleet = ledger.fleet
+        task = running_long_task_on(ledger, host) if under_handler else ""
         addresses = [fleet.address_of(name) for name in services]
         began, at = time.monotonic(), time.time()
         for address in addresses:
@@ -49,28 +57,70 @@ def link_cut(host: str, services: tuple[str, ...], hold: float = HOLD) -> Strike
         time.sleep(hold)
         for address in addresses:
             fleet.net.heal(host, address)
-        return _healed(ledger, f"{host}-{'+'.join(services)}", host, began, at)
+        return _healed(ledger, f"{host}-{'+'.join(services)}", host, began, at, task)
 
     return strike
 
 
-def isolation(host: str, hold: float) -> Strike:
+def isolation(host: str, hold: float, under_handler: bool = True) -> Strike:
     """Take a host off the network entirely (its veth down) for `hold` seconds."""
 
     def strike(ledger: PartitionLedger, rng: random.Random) -> Window:
+        task = running_long_task_on(ledger, host) if under_handler else ""
         began, at = time.monotonic(), time.time()
         ledger.fleet.net.isolate(host)
         time.sleep(hold)
         ledger.fleet.net.rejoin(host)
-        return _healed(ledger, f"{host}-isolated", host, began, at)
+        return _healed(ledger, f"{host}-isolated", host, began, at, task)
 
     return strike
 
 
-def _healed(ledger: PartitionLedger, kind: str, host: str, began: float, at: float) -> Window:
+def _healed(
+    ledger: PartitionLedger, kind: str, host: str, began: float, at: float, task: str = ""
+) -> Window:
     healed, healed_at = time.monotonic(), time.time()
     ledger.cut(kind, at, healed_at, [host] if host in WORKER_HOSTS else [])
-    return Window(host, began, healed, healed_at)
+    return Window(host, began, healed, healed_at, task)
+
+
+def running_long_task_on(ledger: PartitionLedger, host: str, seconds: float = 3.0) -> str:
+    """Submit long sleeps until one runs on `host`; return its id."""
+    hostname = ledger.fleet.hostname(host)
+    deadline = time.monotonic() + 60
+    with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
+        while time.monotonic() < deadline:
+            ids = [ledger.submit("sleep", {"seconds": seconds}) for _ in WORKER_HOSTS]
+            started = time.monotonic()
+            while time.monotonic() - started < seconds / 2:
+                cur.execute(
+                    "SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'RUNNING'"
+                    " AND worker_host = %s LIMIT 1",
+                    ([uuid.UUID(i) for i in ids if i], hostname),
+                )
+                row = cur.fetchone()
+                if row:
+                    return str(row[0])
+                time.sleep(0.05)
+    raise AssertionError(f"no long task ever ran on {host}")
+
+
+#: Celery's line for a delivery whose result the ledger refused (the task moved on).
+SUPERSEDED = re.compile(r"\[([0-9a-f-]{36})\] succeeded in [0-9.]+s: 'superseded'")
+
+
+def superseded_results(fleet: Fleet, marks: dict[str, int]) -> set[str]:
+    """Ids of tasks some worker finished but whose result was refused, since `marks`."""
+    found: set[str] = set()
+    for service in fleet.of("worker"):
+        with open(service.log_path, "rb") as log:
+            log.seek(marks.get(str(service.log_path), 0))
+            found.update(SUPERSEDED.findall(log.read().decode(errors="replace")))
+    return found
+
+
+def log_marks(fleet: Fleet) -> dict[str, int]:
+    return {str(s.log_path): s.log_path.stat().st_size for s in fleet.of("worker")}
 
 
 def run(
@@ -85,6 +135,7 @@ def run(
 ) -> tuple[PartitionLedger, PartitionVerdict, list[Window]]:
     """Run the load, strike `rounds` times (soak: FACTOR times more), heal, settle, judge."""
     ledger = PartitionLedger(name, fleet, HEADERS)
+    marks = log_marks(fleet)
     rng = random.Random(seed)
     loads = [Load(ledger, random.Random(seed * 100 + n)) for n in range(2)]
     for load in loads:
@@ -103,32 +154,52 @@ def run(
         for load in loads:
             load.stop()
     ledger.settle(timeout=120)
-    verdict = judge(ledger, windows)
+    # A refused result is written once the worker's link is back: give the last one a moment.
+    for window in windows:
+        if window.task and handed_over(ledger, window.task):
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda t=window.task: t in superseded_results(fleet, marks), 30)
+    verdict = judge(ledger, windows, superseded_results(fleet, marks))
     report(verdict)
     return ledger, verdict, windows
 
 
-def judge(ledger: PartitionLedger, windows: list[Window]) -> PartitionVerdict:
+def handed_over(ledger: PartitionLedger, task_id: str) -> bool:
+    """Whether the task ran again after its first attempt (given away at its lease)."""
+    with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM task_attempts WHERE task_id = %s", (task_id,))
+        row = cur.fetchone()
+    return bool(row and row[0] > 1)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
+def judge(ledger: PartitionLedger, windows: list[Window], refused: set[str]) -> PartitionVerdict:
     """The fault suite's verdict, plus what only a partition shows."""
     base = ledger.verdict()
-    refused: Counter[str] = Counter()
+    answers: Counter[str] = Counter()
     slowest = 0.0
     for at, host, kind, status, took in ledger.api.log:
         if kind != "submit" or not any(w.began <= at <= w.healed + 1 for w in windows):
             continue
         slowest = max(slowest, took)
         if status != 201:
-            refused[f"{host} {status if status > 0 else 'no answer'}"] += 1
+            answers[f"{host} {status if status > 0 else 'no answer'}"] += 1
     ids = [uuid.UUID(t) for t in ledger.tasks]
     with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FILTER (WHERE status = 'SUPERSEDED'),"
-            " count(DISTINCT task_id) FILTER (WHERE status = 'COMPLETED') -"
-            " count(*) FILTER (WHERE status = 'COMPLETED')"
+            "SELECT count(*) FILTER (WHERE status = 'COMPLETED') -"
+            " count(DISTINCT task_id) FILTER (WHERE status = 'COMPLETED')"
             " FROM task_attempts WHERE task_id = ANY(%s)",
             (ids,),
         )
-        superseded, doubled = cur.fetchone()
+        (doubled,) = cur.fetchone()
     rejoin = []
     for window in windows:
         if window.host in WORKER_HOSTS:
@@ -140,7 +211,8 @@ def judge(ledger: PartitionLedger, windows: list[Window]) -> PartitionVerdict:
         base.notes["crashed"] = ",".join(crashed)
     for bulk_outcome, count in sorted(ledger.bulk_items.items()):
         base.notes[f"bulk_{bulk_outcome.lower()}"] = count
-    return PartitionVerdict(base, -doubled, refused, superseded, rejoin, slowest)
+    superseded = len(refused & set(ledger.tasks))
+    return PartitionVerdict(base, doubled, answers, superseded, rejoin, slowest)
 
 
 def answered_during(ledger: PartitionLedger, windows: list[Window], host: str) -> Counter[int]:
@@ -149,6 +221,3 @@ def answered_during(ledger: PartitionLedger, windows: list[Window], host: str) -
     for window in windows:
         total += ledger.answered(host, window.began, window.healed)
     return total
-
-
-__all__ = ["API_HOSTS", "HOLD", "Window", "answered_during", "isolation", "link_cut", "run"]

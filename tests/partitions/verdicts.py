@@ -20,9 +20,9 @@ class PartitionVerdict:
     """The fault suite's verdict of a scenario and the partition's own figures."""
 
     base: Verdict
-    results: int  # tasks with more than one COMPLETED attempt: must be 0
+    results: int  # COMPLETED attempts beyond one per task: must be 0
     refused: Counter[str] = field(default_factory=Counter)  # "host status" -> submits
-    superseded: int = 0  # attempts whose result was refused because the task moved on
+    superseded: int = 0  # handlers that finished but whose result was refused (task moved on)
     rejoin: list[float] = field(default_factory=list)  # heal -> the cut worker host runs again
     slowest: float = 0.0  # the slowest answer to a submit during a cut, seconds
 
@@ -40,8 +40,8 @@ class PartitionVerdict:
         return (
             f"partition {v.scenario}: tasks={v.tasks} faults={v.faults} "
             f"lost={len(v.lost)} unexpected={len(v.unexpected)} "
-            f"duplicates={v.duplicated_tasks} (extra attempts {v.extra_attempts}, "
-            f"superseded {self.superseded}) two-results={self.results} "
+            f"duplicates={v.duplicated_tasks} (extra attempts {v.extra_attempts}) "
+            f"results refused={self.superseded} two-results={self.results} "
             f"refused during cuts=[{refused}] slowest={self.slowest:.1f}s {probe} "
             f"drain={v.drain:.1f}s outcomes={dict(sorted(v.counts.items()))}{notes}"
         )
