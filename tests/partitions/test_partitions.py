@@ -25,6 +25,7 @@ from tests.partitions.scenario import (
     run,
 )
 from tests.partitions.verdicts import PartitionVerdict
+from tests.reliability.scenario import FACTOR
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -119,7 +120,7 @@ def test_one_link_flapping(cluster: Fleet) -> None:
     ledger, verdict, windows = run(cluster, "flapping", 7, flap)
 
     assert verdict.ok, verdict.explain()
-    assert verdict.base.faults == 6
+    assert verdict.base.faults == 6 * FACTOR
     assert len(verdict.base.probes) == len(windows)
     assert not cluster.troubled(), "a partition must crash nothing"
 
