@@ -1,11 +1,16 @@
 """Retention: purge a backlog of expired tasks while submits run; submit p99 with and without.
 
-Run: `.venv/bin/python bench/retention.py --rows 1000000`. It creates a database of its own on
-the server of DATABASE_URL (default: the local one), seeds --rows finished tasks (each with an
-attempt and a log line) straight from SQL as bench/list_tasks.py does, then sends submits
-through the Flask test client (the whole view, group commit and Redis publish, no HTTP) from
---clients threads: first with no purge (the baseline), then while the sweeper's Purger
-deletes the backlog with its real batch and pacing. Reports rows/s and both p99s.
+Run: `.venv/bin/python bench/retention.py --rows 1000000`. It seeds a database of its own on
+the server of DATABASE_URL (default: the local one) with --rows finished tasks (each with an
+attempt and a log line) straight from SQL as bench/list_tasks.py does. Then, for each
+--config (batch:pause-ratio; default the Purger's own), on a fresh copy of that database
+(CREATE DATABASE ... TEMPLATE), it sends submits through the Flask test client (the whole
+view, group commit and Redis publish, no HTTP) from --clients threads, all along, while
+windows of --window seconds alternate: no purge, then the sweeper's Purger (its real
+statement, lock and pacing) deleting, until the backlog is gone. Submits are sorted by the
+window they started in, so the baseline and the purge share the machine's other load (others
+share this 2-core machine). Reports the purge's rows/s over its windows, both p99s, and the
+load average.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from bench.list_tasks import (  # noqa: E402
     SEED_SQL,
     add_key,
     create_database,
+    database_url,
     drop_database,
     percentile,
 )
@@ -34,9 +40,12 @@ from cli.base import ledger  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from shared import db, schema, store  # noqa: E402
 from workers.definitions import DIAGNOSTICS, load_registry  # noqa: E402
-from workers.retention import Purger  # noqa: E402
+from workers.retention import PAUSE_RATIO, PURGE_BATCH, Purger  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
+#: The seeded database and each config's copy of it (--database renames both).
+SEEDED = "taskexec_bench_retention_seed"
+COPY = "taskexec_bench_retention"
 
 
 def seed(url: str, rows: int) -> float:
@@ -85,17 +94,22 @@ def seed(url: str, rows: int) -> float:
     return size / rows
 
 
-def submits(client: Any, headers: dict[str, str], stop: threading.Event, out: list[float]) -> None:
+def submits(
+    client: Any, headers: dict[str, str], stop: threading.Event, out: list[tuple[float, float]]
+) -> None:
     body = {"taskDefinitionId": "echo", "input": {"message": "hi"}}
     while not stop.is_set():
         started = time.perf_counter()
         response = client.post("/api/v1/tasks", json=body, headers=headers)
-        out.append(time.perf_counter() - started)
+        out.append((started, time.perf_counter() - started))
         assert response.status_code == 201, response.get_json()
 
 
-def load(app: Any, headers: dict[str, str], clients: int, stop: threading.Event) -> list[float]:
-    samples: list[float] = []
+def load(
+    app: Any, headers: dict[str, str], clients: int, stop: threading.Event
+) -> list[tuple[float, float]]:
+    """Submit from `clients` threads until `stop`; (start, seconds) of every submit."""
+    samples: list[tuple[float, float]] = []
     threads = [
         threading.Thread(target=submits, args=(app.test_client(), headers, stop, samples))
         for _ in range(clients)
@@ -107,63 +121,167 @@ def load(app: Any, headers: dict[str, str], clients: int, stop: threading.Event)
     return samples
 
 
+def checkpoint(url: str) -> None:
+    """Start from a clean checkpoint, so full-page writes weigh on both kinds of window alike."""
+    conn = db.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CHECKPOINT")
+    conn.close()
+
+
+def alternate(
+    purger: Purger, window: float, stop: threading.Event
+) -> list[tuple[str, float, float, int]]:
+    """Windows of `window` seconds, no purge then purge, until the backlog is gone.
+
+    Returns (kind, start, end, rows purged) per window. Pairing the two kinds in time is what
+    makes the comparison fair on a machine others load: a neighbour's burst falls on both.
+    """
+    windows: list[tuple[str, float, float, int]] = []
+    while True:
+        started = time.perf_counter()
+        time.sleep(window)
+        windows.append(("off", started, time.perf_counter(), 0))
+        started = time.perf_counter()
+        until = threading.Event()
+        threading.Timer(window, until.set).start()
+        purged = purger.purge(until)
+        windows.append(("on", started, time.perf_counter(), purged))
+        if not until.is_set():  # the purge ran out of expired tasks before the window did
+            until.set()
+            stop.set()
+            return windows
+
+
+def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None:
+    """Submits throughout; the Purger deletes the whole backlog in every other window."""
+    conn = db.connect(server)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{COPY}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{COPY}" TEMPLATE "{SEEDED}"')
+    conn.close()
+    url = database_url(server, COPY)
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": url,
+            "REDIS_URL": REDIS_URL,
+            "TASKEXEC_RETENTION": "1h",
+            "TASKEXEC_RATELIMIT_ENABLED": "false",
+        }
+    )
+    from api.app import create_app
+
+    app = create_app(settings)
+    headers = add_key(url, "bench", ["*"])
+    load(app, headers, args.clients, timer(2.0))  # warm the pools and caches
+    checkpoint(url)
+    purger = Purger(settings, db.Database(url, max_connections=2))
+    purger.batch, purger.pause_ratio = batch, ratio
+    stop = threading.Event()
+    windows: list[tuple[str, float, float, int]] = []
+    loads: list[float] = []
+
+    def purge() -> None:
+        windows.extend(alternate(purger, args.window, stop))
+
+    def sample_load() -> None:
+        while not stop.wait(5):
+            loads.append(os.getloadavg()[0])
+
+    threads = [threading.Thread(target=purge), threading.Thread(target=sample_load)]
+    for t in threads:
+        t.start()
+    samples = load(app, headers, args.clients, stop)
+    for t in threads:
+        t.join()
+    kinds: dict[str, list[float]] = {"off": [], "on": []}
+    for started, seconds in samples:
+        for kind, begin, end, _ in windows:
+            if begin <= started < end:
+                kinds[kind].append(seconds)
+                break
+    on_time = sum(end - begin for kind, begin, end, _ in windows if kind == "on")
+    off_time = sum(end - begin for kind, begin, end, _ in windows if kind == "off")
+    purged = sum(rows for *_, rows in windows)
+    p99_off, p99_on = (percentile(kinds[k], 0.99) * 1000 for k in ("off", "on"))
+    p50_off, p50_on = (percentile(kinds[k], 0.5) * 1000 for k in ("off", "on"))
+    print(
+        f"batch {batch}, pause ratio {ratio}: purged {purged:,} tasks in {on_time:.1f} s of"
+        f" purge windows: {purged / on_time:,.0f} rows/s"
+        f" ({len(windows) // 2} pairs of {args.window:.0f} s windows)"
+    )
+    print(
+        f"  submits without purge: p50 {p50_off:.1f} ms, p99 {p99_off:.1f} ms,"
+        f" {len(kinds['off']) / off_time:.0f}/s; during: p50 {p50_on:.1f} ms,"
+        f" p99 {p99_on:.1f} ms, {len(kinds['on']) / on_time:.0f}/s:"
+        f" p99 x{p99_on / p99_off:.2f}; load average {min(loads, default=0):.1f}"
+        f"-{max(loads, default=0):.1f}",
+        flush=True,
+    )
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def timer(seconds: float) -> threading.Event:
+    """An event set after `seconds`."""
+    stop = threading.Event()
+    threading.Timer(seconds, stop.set).start()
+    return stop
+
+
 def main() -> None:
+    global SEEDED, COPY
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--baseline-seconds", type=float, default=20)
+    parser.add_argument(
+        "--window", type=float, default=10, help="Seconds of each window, no purge / purge."
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        help=f"batch:pause-ratio, repeatable (default {PURGE_BATCH}:{PAUSE_RATIO})",
+    )
+    parser.add_argument("--database", default=COPY, help="Name of the databases made.")
+    parser.add_argument(
+        "--keep-seed",
+        action="store_true",
+        help="Keep the seeded database for the next run, and reuse one of --rows if kept.",
+    )
     args = parser.parse_args()
+    COPY, SEEDED = args.database, f"{args.database}_seed"
+    configs = [(int(b), float(r)) for b, r in (c.split(":") for c in args.config or [])] or [
+        (PURGE_BATCH, PAUSE_RATIO)
+    ]
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
-    url = create_database(server, "taskexec_bench_retention")
     try:
-        schema.migrate(url)
-        with ledger(url) as conn:
-            store.publish_definitions(conn, load_registry(DIAGNOSTICS))
-        seed(url, args.rows)
-        settings = Settings.from_env(
-            {
-                "DATABASE_URL": url,
-                "REDIS_URL": REDIS_URL,
-                "TASKEXEC_RETENTION": "1h",
-                "TASKEXEC_RATELIMIT_ENABLED": "false",
-            }
-        )
-        from api.app import create_app
-
-        app = create_app(settings)
-        headers = add_key(url, "bench", ["*"])
-        stop = threading.Event()
-        timer = threading.Timer(args.baseline_seconds, stop.set)
-        timer.start()
-        base = load(app, headers, args.clients, stop)
-        purger = Purger(settings, db.Database(url, max_connections=2))
-        stop = threading.Event()
-        purged: list[int] = []
-        started = time.perf_counter()
-
-        def purge() -> None:
-            purged.append(purger.purge(threading.Event()))
-            stop.set()
-
-        worker = threading.Thread(target=purge)
-        worker.start()
-        during = load(app, headers, args.clients, stop)
-        worker.join()
-        elapsed = time.perf_counter() - started
-        p99_base, p99_during = percentile(base, 0.99) * 1000, percentile(during, 0.99) * 1000
-        print(
-            f"purged {purged[0]} tasks in {elapsed:.1f}s: {purged[0] / elapsed:,.0f} rows/s"
-            f" (batch {purger.batch}, pause ratio {purger.pause_ratio})"
-        )
-        print(
-            f"submit p99 {p99_base:.1f} ms without purge ({len(base)} submits,"
-            f" {len(base) / args.baseline_seconds:.0f}/s), {p99_during:.1f} ms during"
-            f" ({len(during)} submits, {len(during) / elapsed:.0f}/s):"
-            f" x{p99_during / p99_base:.2f}"
-        )
+        if not (args.keep_seed and seeded_rows(server) == args.rows):
+            url = create_database(server, SEEDED)
+            schema.migrate(url)
+            with ledger(url) as conn:
+                store.publish_definitions(conn, load_registry(DIAGNOSTICS))
+            seed(url, args.rows)
+        for batch, ratio in configs:
+            run(server, args, batch, ratio)
     finally:
         redis.Redis.from_url(REDIS_URL).flushdb()
-        drop_database(server, "taskexec_bench_retention")
+        drop_database(server, COPY)
+        if not args.keep_seed:
+            drop_database(server, SEEDED)
+
+
+def seeded_rows(server: str) -> int | None:
+    """Tasks in a seeded database kept by an earlier --keep-seed run; None without one."""
+    try:
+        conn = db.connect(database_url(server, SEEDED))
+    except Exception:
+        return None
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM tasks")
+        row = cur.fetchone()
+    conn.close()
+    return int(row[0]) if row else None
 
 
 if __name__ == "__main__":

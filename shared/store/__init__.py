@@ -70,7 +70,13 @@ from shared.store.keys import (
 from shared.store.logs import LogLine, append_log, task_logs
 from shared.store.queues import ExecutorCounts, QueuedByOwner, executor_counts, top_queued_owners
 from shared.store.replay import lock_retries_by_filter
-from shared.store.retention import definition_retentions, purge_expired_tasks, set_pinned
+from shared.store.retention import (
+    definition_retentions,
+    purge_expired_tasks,
+    set_pinned,
+    try_lock_purge,
+    unlock_purge,
+)
 from shared.store.schedules import (
     SCHEDULE_CHANNEL,
     DueSchedule,
@@ -255,6 +261,8 @@ __all__ = [
     "task_logs",
     "top_queued_owners",
     "touch_api_key",
+    "try_lock_purge",
+    "unlock_purge",
     "unpublish",
     "worker_definitions",
     "Webhook",
