@@ -8,6 +8,7 @@ from flask import Response, redirect, request, url_for
 from marshmallow import ValidationError as SchemaError
 
 from api import operations, submission
+from api import tasks as api_tasks
 from api.auth import current_principal, requires
 from api.console.blueprint import bp, query_string, render
 from api.console.forms import parse_json
@@ -17,6 +18,7 @@ from api.schemas import ListTasksQuery
 from api.services import services
 from shared import store
 from shared.errors import TaskexecError, ValidationError
+from shared.pending import pending_reason
 from shared.status import PendingReason, Status, TaskType
 from shared.task_document import task_json
 
@@ -35,6 +37,15 @@ NOTICES = {
     "pinned": "Pinned: retention keeps this task.",
     "unpinned": "Unpinned: retention applies again.",
     "completed": "Completed.",
+}
+#: Each pendingReason in words (the API's reason; the page shows the code beside it).
+WHY: dict[str, str] = {
+    PendingReason.SCHEDULED: "Scheduled: it starts at its runAt.",
+    PendingReason.RETRY_BACKOFF: "Waiting out its retry policy's backoff before the next attempt.",
+    PendingReason.CONCURRENCY_LIMIT: "Held back: a concurrency limit it is under is full.",
+    PendingReason.QUEUED: "Queued: due, waiting for a free worker slot of its executor.",
+    PendingReason.NO_WORKER: "No live worker consumes its executor's queue.",
+    PendingReason.MANUAL: "A manual task: it waits until someone completes it.",
 }
 #: Seconds between refreshes of the list and of an active task.
 LIST_REFRESH = 5
@@ -59,6 +70,7 @@ def _load_tasks() -> dict[str, Any]:
         "args": raw,
         "statuses": [s.value for s in Status],
         "types": [t.value for t in TaskType],
+        "reasons": [r.value for r in PendingReason],
         "selected": set(raw.get("status", "").split(",")),
         "tasks": [],
         "pagination": None,
@@ -77,6 +89,7 @@ def _load_tasks() -> dict[str, Any]:
         return context
     limit = query["limit"]
     svc = services()
+    live = api_tasks._live_executors(svc)  # as the API's list: who has a live worker
     flt = store.TaskFilter(
         owner=operations.owner_scope(current_principal()),
         statuses=query.get("status", ()),
@@ -86,6 +99,8 @@ def _load_tasks() -> dict[str, Any]:
         schedule_id=query.get("scheduleId"),
         created_after=query.get("createdAfter"),
         created_before=query.get("createdBefore"),
+        pending_reasons=query.get("pendingReason", ()),
+        live_executors=None if live is None else tuple(sorted(live)),
     )
     with svc.db.connection() as conn:
         tasks = store.list_tasks(
@@ -107,7 +122,7 @@ def _load_tasks() -> dict[str, Any]:
             {**base, "cursor": encode_cursor(tasks[-1].created_at, tasks[-1].id)}
         )
     context.update(
-        tasks=tasks,
+        tasks=[(t, pending_reason(t, live=live)) for t in tasks],
         pagination=page_doc(page, limit, total, exact),
         links=links,
     )
@@ -141,19 +156,31 @@ def task_rows() -> tuple[str, int]:
 
 def _task_context(task_id: str) -> dict[str, Any]:
     principal = current_principal()
-    with services().db.connection() as conn:
+    svc = services()
+    live = api_tasks._live_executors(svc)
+    with svc.db.connection() as conn:
         task = operations.load_task(conn, task_id, principal)
         attempts = store.get_attempts(conn, task.id)
         retried_by = store.retries_of(conn, task.id)
         lines = store.log_tail(conn, task.id, LOG_TAIL)
-    doc = task_json(task, attempts, retried_by, expires_at=operations.expires_at(task))
+        position = None
+        if pending_reason(task, live=live) == PendingReason.QUEUED:
+            position = api_tasks._queue_position(svc, conn, task)
+    doc = task_json(
+        task,
+        attempts,
+        retried_by,
+        expires_at=operations.expires_at(task),
+        live=live,
+        queue_position=position,
+    )
     status = Status(task.status)
     return {
         "task": doc,
         "lines": lines,
         "active": not status.terminal,
         "refresh": TASK_REFRESH,
-        "why": _why_waiting(doc, status),
+        "why": WHY.get(doc.get("pendingReason") or ""),
         "may": {
             "cancel": principal.can("tasks:cancel") and not status.terminal,
             "retry": principal.can("tasks:execute") and status in operations.RETRYABLE,
@@ -163,19 +190,6 @@ def _task_context(task_id: str) -> dict[str, Any]:
             and status == Status.PENDING,
         },
     }
-
-
-def _why_waiting(doc: dict[str, Any], status: Status) -> str | None:
-    """Say in words why a task has not started (or started again) yet."""
-    if status == Status.RETRYING:
-        return "Waiting for its next attempt after a failure (retry policy backoff)."
-    if status != Status.PENDING:
-        return None
-    if doc["pendingReason"] == PendingReason.SCHEDULED:
-        return "Scheduled: it starts at its runAt."
-    if doc["type"] == TaskType.MANUAL.value:
-        return "A manual task: it waits until someone completes it."
-    return "Queued: waiting for a free worker slot of its executor."
 
 
 @bp.route("/tasks/<task_id>")

@@ -335,3 +335,20 @@ def test_a_revoked_key_ends_the_session(client, auth, backends):
     with ledger(backends.database_url) as conn:
         store.revoke_api_key(conn, secret.split("_")[1])
     assert client.get("/console/tasks", headers=BROWSER).status_code == 302
+
+
+def test_a_waiting_task_says_why(client, admin_key):
+    headers = {"X-API-Key": admin_key}
+    later = submit(client, headers, "echo", {}, delay=3_600_000)
+    queued = submit(client, headers, "sleep", {"seconds": 30})
+    sign_in(client, admin_key)
+    page = client.get(f"/console/tasks/{later}", headers=BROWSER).get_data(as_text=True)
+    assert "pendingReason: SCHEDULED" in page and "starts at its runAt" in page
+    # No worker runs here: the due task waits for one, as the API says.
+    api = client.get(f"/api/v1/tasks/{queued}", headers=headers).get_json()
+    page = client.get(f"/console/tasks/{queued}", headers=BROWSER).get_data(as_text=True)
+    assert f"pendingReason: {api['pendingReason']}" in page
+    rows = client.get("/console/tasks/rows?pendingReason=SCHEDULED", headers=BROWSER).get_data(
+        as_text=True
+    )
+    assert later[:12] in rows and queued[:12] not in rows
