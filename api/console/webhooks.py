@@ -45,14 +45,14 @@ def webhooks() -> tuple[str, int]:
     )
 
 
-def _load(conn: store.Conn, raw_id: str) -> store.Webhook:
+def _load(conn: store.Conn, raw_id: str, lock: bool = False) -> store.Webhook:
     """The caller's subscription (any with tasks:admin), or 404, as the API finds it."""
     try:
         webhook_id = uuid.UUID(raw_id)
     except ValueError:
         webhook_id = None
     owner = operations.owner_scope(current_principal())
-    row = None if webhook_id is None else store.get_webhook(conn, webhook_id, owner)
+    row = None if webhook_id is None else store.get_webhook(conn, webhook_id, owner, lock=lock)
     if row is None:
         raise NotFound(f"webhook {raw_id} not found", {"webhookId": raw_id})
     return row
@@ -93,7 +93,7 @@ def webhook(webhook_id: str) -> tuple[str, int]:
 def redeliver(webhook_id: str, delivery_id: str) -> Response:
     """Send a delivery again (the API's redeliver): 409 while the subscription is disabled."""
     with services().db.connection() as conn:
-        row = _load(conn, webhook_id)
+        row = _load(conn, webhook_id, lock=True)  # as the API: no disable slips in between
         if row.disabled:
             raise Conflict(
                 f"webhook {row.id} is disabled; re-enable it to redeliver",
