@@ -242,6 +242,11 @@ def delete(client: Client, printer: Printer, api_name: str, job_id: str) -> None
 @click.option("--status", multiple=True, help="Repeat, or comma-separate: RUNNING,PENDING.")
 @click.option("--workflow", default=None, help="Workflow instance id.")
 @click.option("--definition", default=None, help="Task definition id.")
+@click.option(
+    "--pending-reason",
+    multiple=True,
+    help="Waiting tasks by why they wait: QUEUED, NO_WORKER, CONCURRENCY_LIMIT, ...",
+)
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
 def list_tasks(
@@ -250,14 +255,18 @@ def list_tasks(
     status: tuple[str, ...],
     workflow: str | None,
     definition: str | None,
+    pending_reason: tuple[str, ...],
     limit: int,
     page: int,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first (WAITING: why a pending one waits)."""
     params: dict[str, Any] = {"limit": limit, "page": page}
     statuses = [s.strip().upper() for raw in status for s in raw.split(",") if s.strip()]
     if statuses:
         params["status"] = ",".join(statuses)
+    reasons = [r.strip().upper() for raw in pending_reason for r in raw.split(",") if r.strip()]
+    if reasons:
+        params["pendingReason"] = ",".join(reasons)
     if workflow:
         params["workflowInstanceId"] = workflow
     if definition:

@@ -45,6 +45,21 @@ def task_label(task: dict[str, Any]) -> str:
     return label
 
 
+def waiting_label(task: dict[str, Any]) -> str | None:
+    """Why a waiting task waits: its pendingReason, with the limit or its queue position."""
+    reason = task.get("pendingReason")
+    if reason is None:
+        return None
+    details = task.get("pendingDetails") or {}
+    if reason == "CONCURRENCY_LIMIT" and details:
+        named = details.get("key") or details.get("taskDefinitionId")
+        limit = details.get("limit", "")
+        return f"{reason} ({limit}{' ' + str(named) if named else ''}, max {details.get('max')})"
+    if reason == "QUEUED" and task.get("queuePosition") is not None:
+        return f"{reason} (position {task['queuePosition']})"
+    return str(reason)
+
+
 def job_label(status: dict[str, Any]) -> str:
     """A Task API job's live status line, in Cortex's words (`status_running` -> running)."""
     return str(status.get("status", "status_unknown")).removeprefix("status_").replace("_", " ")
@@ -82,6 +97,7 @@ class Printer:
                     ("DEFINITION", task["taskDefinitionId"]),
                     ("VERSION", task.get("definitionVersion")),
                     ("STATUS", task["status"]),
+                    ("WAITING", waiting_label(task)),
                     ("PRIORITY", task.get("priority")),
                     ("WORKFLOW", task.get("workflowInstanceId")),
                     ("CREATED", task.get("createdAt")),
@@ -163,13 +179,14 @@ class Printer:
                 t["id"],
                 t["taskDefinitionId"],
                 t["status"],
+                t.get("pendingReason"),
                 t.get("priority"),
                 t.get("workflowInstanceId"),
                 t.get("createdAt"),
             )
             for t in doc["items"]
         ]
-        headers = ("ID", "DEFINITION", "STATUS", "PRIORITY", "WORKFLOW", "CREATED")
+        headers = ("ID", "DEFINITION", "STATUS", "WAITING", "PRIORITY", "WORKFLOW", "CREATED")
         self._emit(doc, table(headers, rows) + "\n" + _pages(doc["pagination"], "task"))
 
     def definitions(self, doc: dict[str, Any]) -> None:

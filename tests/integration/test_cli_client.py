@@ -166,7 +166,15 @@ def test_submit_wait_get_list_with_a_worker(service, processes, tmp_path):
     listed = service.cli("list", "--workflow", "wf-cli-1")
     assert listed.returncode == 0
     lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["ID", "DEFINITION", "STATUS", "PRIORITY", "WORKFLOW", "CREATED"]
+    assert lines[0].split() == [
+        "ID",
+        "DEFINITION",
+        "STATUS",
+        "WAITING",
+        "PRIORITY",
+        "WORKFLOW",
+        "CREATED",
+    ]
     assert len(lines) == 3 and lines[1].startswith(task_id)
     assert lines[-1] == "page 1 of 1, 1 task"
     page = json.loads(

@@ -28,6 +28,7 @@ EXPECTED: dict[type[errors.TaskexecError], tuple[int, str]] = {
     E.IdempotencyConflict: (409, "CONFLICT"),
     E.PayloadTooLarge: (413, "PAYLOAD_TOO_LARGE"),
     E.RateLimited: (429, "RATE_LIMITED"),
+    E.QueueFull: (429, "QUEUE_FULL"),
     E.ServiceUnavailable: (503, "SERVICE_UNAVAILABLE"),
     # Handler failures are task outcomes; one reaching HTTP is a bug: a generic 500.
     E.TaskFailure: (500, "INTERNAL_ERROR"),
@@ -133,11 +134,18 @@ def test_every_mapped_status_of_a_domain_error_in_the_envelope(client, status):
 
 
 @pytest.mark.parametrize(
-    ("cls", "status"), [(c, s) for c, s in api_errors.STATUS.items() if s != 500]
+    ("cls", "status"),
+    # QueueFull is the one second code of a status: a 429 for queued work, not for the rate.
+    [(c, s) for c, s in api_errors.STATUS.items() if s != 500 and c is not E.QueueFull],
 )
 def test_werkzeug_and_domain_errors_agree_on_codes(cls, status):
     # abort(404) from routing and TaskNotFound must look the same to a client.
     assert api_errors.HTTP_ERRORS[status][0] == cls.code
+
+
+def test_queue_full_is_a_documented_429_code():
+    assert api_errors.status_for(E.QueueFull()) == 429
+    assert "QUEUE_FULL" in api_errors.ERROR_CODES
 
 
 @pytest.mark.parametrize(
