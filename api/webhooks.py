@@ -104,7 +104,7 @@ _LINKS = {
 @blp.doc(
     operationId="createWebhook",
     responses=openapi.responses(
-        {201: openapi.ok(WebhookWithSecretSchema, "Created", ("Location",), _LINKS)}
+        {201: openapi.ok(WebhookWithSecretSchema, "Created", ("Location",), _LINKS)}, 409
     ),
 )
 def create_webhook(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
@@ -116,13 +116,21 @@ def create_webhook(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]
     Response 201 (+ `Location`): the subscription with its signing `secret` (`whsec_…`),
     shown only here and by rotate-secret. It receives the events of the caller's tasks,
     or of every owner's tasks when the caller holds tasks:admin (`scope: all`).
-    Errors: 400 naming the field (a URL other than http/https, an unknown event).
+    Errors: 400 naming the field (a URL other than http/https, an unknown event), 409 the
+    owner has TASKEXEC_WEBHOOK_MAX_PER_OWNER subscriptions already.
     """
     principal = current_principal()
     _check_target(body["url"])
     values = _columns(body)
     values["admin"] = principal.is_admin
+    limit = services().settings.webhook_max_per_owner
     with services().db.connection() as conn:
+        if limit and store.count_webhooks_of(conn, principal.subject) >= limit:
+            raise Conflict(
+                f"{principal.subject} has {limit} webhook subscriptions, the most allowed"
+                " (TASKEXEC_WEBHOOK_MAX_PER_OWNER); delete one or subscribe it to more events",
+                {"limit": limit},
+            )
         row = store.insert_webhook(conn, uuid.uuid4(), principal.subject, new_secret(), values)
     location = url_for("webhooks.get_webhook", webhook_id=str(row.id))
     return jsonify(webhook_json(row, secret=True)), 201, {"Location": location}

@@ -320,6 +320,12 @@ class Settings:
     webhook_subscription_concurrency: int = field(
         default=8, metadata=_env("TASKEXEC_WEBHOOK_SUBSCRIPTION_CONCURRENCY", _positive_int)
     )
+    # Subscriptions one owner may have (0: no limit). Every status change probes them, and
+    # each matching one is a row and a request: the cap bounds what one key can make the
+    # service do.
+    webhook_max_per_owner: int = field(
+        default=100, metadata=_env("TASKEXEC_WEBHOOK_MAX_PER_OWNER", _non_negative_int)
+    )
     # Encrypts and signs the console's session cookie; unset, a random one is kept in Redis
     # (shared by every API process; sessions end when Redis loses it).
     console_secret: str = field(

@@ -76,6 +76,19 @@ def insert_webhook(
         return row
 
 
+def count_webhooks_of(conn: Conn, owner: str) -> int:
+    """How many subscriptions `owner` has, holding a lock on its name until the transaction ends.
+
+    Two creates at once count one after the other, so a limit checked on this count holds.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('webhooks:' || %s, 0))", (owner,)
+        )
+        cur.execute("SELECT count(*) FROM webhooks WHERE owner = %s", (owner,))
+        return scalar(cur, int)
+
+
 def get_webhook(
     conn: Conn, webhook_id: uuid.UUID, owner: str | None, *, lock: bool = False
 ) -> Webhook | None:

@@ -389,3 +389,23 @@ def test_webhook_endpoints_count_against_the_rate_limit(app_with, auth):
     limited = client.post(URL, json={"url": RECEIVER}, headers=headers)
     assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "RATE_LIMITED"
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_an_owner_may_have_so_many_subscriptions(app_with, auth):
+    client = app_with(webhook_max_per_owner=2).test_client()
+    alice = auth.key("*")
+    first, _ = create(client, alice), create(client, alice)
+    refused = client.post(URL, json={"url": RECEIVER}, headers=alice)
+    assert refused.status_code == 409, refused.get_json()
+    error = refused.get_json()["error"]
+    assert error["code"] == "CONFLICT" and error["details"] == {"limit": 2}
+    assert "TASKEXEC_WEBHOOK_MAX_PER_OWNER" in error["message"]
+    # Per owner: bob still may; and a deleted one makes room.
+    assert (
+        client.post(URL, json={"url": RECEIVER}, headers=auth.key("*", owner="bob")).status_code
+        == 201
+    )
+    assert client.delete(f"{URL}/{first['id']}", headers=alice).status_code == 204
+    assert client.post(URL, json={"url": RECEIVER}, headers=alice).status_code == 201
+    unlimited = app_with(webhook_max_per_owner=0).test_client()
+    assert unlimited.post(URL, json={"url": RECEIVER}, headers=alice).status_code == 201
