@@ -145,3 +145,19 @@ def test_the_same_figures_are_gauges_with_the_top_owners(client, auth, settings,
     assert sample(text, "taskexec_queue_owner_queued_tasks", owner="tenant-02") is None
     # tenant-01 (2), alice (1) and tenant-02 (3) are the rest.
     assert sample(text, "taskexec_queue_owner_queued_tasks", owner="(other)") == 6
+
+
+def test_responses_match_the_openapi_document(client, auth, settings):
+    from tests.api.test_openapi import Conformance
+
+    spec = client.get("/api/v1/openapi.json").get_json()
+    conforms = Conformance(spec)
+    admin = auth.key("*")
+    submit(client, admin, "echo", {})
+    r = redis.Redis.from_url(settings.redis_url)
+    heartbeats.beat(r, "a@host", [EXECUTOR], 2)
+    items = conforms("GET", "/api/v1/queues", client.get("/api/v1/queues", headers=admin))["items"]
+    mine = next(q for q in items if q["executor"] == EXECUTOR)
+    assert (mine["dispatched"], mine["slots"]) == (1, 2) and mine["oldestWaitingAge"] >= 0
+    refused = client.get("/api/v1/queues", headers=auth.key("tasks:read", owner="bob"))
+    conforms("GET", "/api/v1/queues", refused)

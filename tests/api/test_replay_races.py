@@ -102,3 +102,16 @@ def test_an_idempotency_key_makes_a_resent_retry_create_nothing(client, auth, ba
     assert changed.status_code == 409
     too_long = client.post(url, headers={**headers, "Idempotency-Key": "k" * 201})
     assert too_long.status_code == 400
+
+
+def test_an_idempotent_retry_matches_the_openapi_document(client, auth, backends):
+    from tests.api.test_openapi import Conformance
+
+    conforms = Conformance(client.get("/api/v1/openapi.json").get_json())
+    headers = {**auth.key(PERMS, owner="alice"), "Idempotency-Key": "doc-1"}
+    (original,) = _failed(backends.database_url, 1)
+    path, url = "/api/v1/tasks/{task_id}/retry", f"{TASKS}/{original}/retry"
+    assert conforms("POST", path, client.post(url, headers=headers))["retryOf"] == original
+    again = client.post(url, headers=headers)
+    assert again.status_code == 200
+    assert conforms("POST", path, again)["retryOf"] == original
