@@ -12,7 +12,7 @@ import logging
 
 from config.settings import Settings
 from shared import outbox, store
-from shared.broker import Broker
+from shared.broker import BROKER_ERRORS, Broker
 from shared.db import Database
 from shared.window import Window
 
@@ -49,7 +49,12 @@ class Releaser:
         self.backlog = self.busy = False
         if not executors:
             return 0
-        rooms = self.window.room(executors)
+        try:
+            rooms = self.window.room(executors)
+        except BROKER_ERRORS as exc:
+            # Nothing can be sent while Redis is away; the sweeper's other duties go on.
+            log.warning("dispatch windows unreadable, nothing released: %s", exc)
+            return 0
         sent = 0
         for executor in executors:
             room = rooms.get(executor, 0)

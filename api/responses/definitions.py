@@ -55,6 +55,11 @@ class DefinitionSchema(DefinitionSummarySchema):
     updatedAt = time_field(required=True)
     defaultConfig = fields.Dict(required=True, metadata={"description": "A Task API's config"})
     versions = fields.List(fields.String(), metadata={"description": "Oldest first"})
+    concurrencyLimit = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "At most this many of its tasks RUNNING at once; null: no limit"},
+    )
 
 
 def definition_json(row: DefinitionRow, versions: list[str] | None = None) -> dict[str, Any]:
@@ -75,6 +80,7 @@ def definition_json(row: DefinitionRow, versions: list[str] | None = None) -> di
             "updatedAt": rfc3339(row.updated_at),
             # Not in the seed: the config a Task API job starts from (seed 003).
             "defaultConfig": row.default_config,
+            "concurrencyLimit": row.concurrency_limit,
         }
     )
     if versions is not None:

@@ -57,6 +57,7 @@ def test_a_full_window_keeps_work_in_postgres_and_an_owner_in_order(app_with, au
     alice, bob = auth.key("*", owner="alice"), auth.key("*", owner="bob")
     first = [submit(client, alice) for _ in range(2)]
     assert all(row(backends.database_url, i).published_at is not None for i in first)
+    time.sleep(0.1)  # the API's view of the window is at most 50 ms old
     waiting = submit(client, alice)  # the window (2, no worker up) is full
     assert row(backends.database_url, waiting).published_at is None
     assert get(client, alice, waiting)["pendingReason"] == "NO_WORKER"
@@ -131,3 +132,33 @@ def test_pending_reason_filter_and_fields(client, auth):
     bad = client.get(f"{URL}?pendingReason=SLEEPY", headers=headers)
     assert bad.status_code == 400
     assert bad.get_json()["error"]["details"]["field"] == "pendingReason"
+
+
+def test_a_claim_past_the_limit_holds_the_task_back_until_room(backends):
+    from shared.status import Status
+    from tests.helpers import task_row
+
+    rows = [task_row(concurrency_key="k", key_limit=1) for _ in range(2)]
+    conn = db.connect(backends.database_url)
+    conn.autocommit = True
+    try:
+        store.insert_tasks(conn, rows)
+        first = store.claim_task(conn, rows[0].id, "host", 1, 30)
+        assert first is not None and first.status is Status.RUNNING
+        assert store.claim_task(conn, rows[1].id, "host", 2, 30) is None
+        held = store.get_task(conn, rows[1].id)
+        assert held is not None
+        assert (held.status, held.held_on, held.published_at) == (
+            Status.PENDING,
+            "key:alice:k",
+            None,
+        )
+        assert store.get_attempts(conn, rows[1].id) == []  # it never ran
+        assert store.let_held_go(conn) == 0  # no room yet
+        assert store.finish_attempt(conn, rows[0].id, 1, Status.COMPLETED, output={})
+        assert store.let_held_go(conn) == 1
+        again = store.get_task(conn, rows[1].id)
+        assert again is not None and again.held_on is None
+        assert store.claim_task(conn, rows[1].id, "host", 2, 30) is not None
+    finally:
+        conn.close()

@@ -94,6 +94,18 @@ def test_create_use_list_and_revoke_a_key(taskexec, client):
     assert "no active key" in taskexec("keys", "revoke", key_id, ok=False).stderr
 
 
+def test_a_key_with_max_running(taskexec, client):
+    secret, _ = create(taskexec, "--permissions", "*", "--max-running", "3")
+    doc = json.loads(taskexec("keys", "list", "-o", "json").stdout)[0]
+    assert doc["maxRunning"] == 3
+    header, row = taskexec("keys", "list").stdout.strip().splitlines()
+    assert "MAX RUNNING" in header and " 3 " in row
+    # The key's tasks are submitted under it (shared/concurrency.py counts them).
+    body = {"taskDefinitionId": "echo", "input": {}}
+    created = client.post("/api/v1/tasks", json=body, headers={"X-API-Key": secret})
+    assert created.status_code == 201, created.get_json()
+
+
 def test_a_new_key_is_listed_as_never_used(taskexec):
     secret, _ = create(taskexec, "--permissions", "*")
     row = taskexec("keys", "list").stdout.strip().splitlines()[1]
@@ -108,6 +120,7 @@ def test_a_new_key_is_listed_as_never_used(taskexec):
         (["--permissions", "tasks:everything"], "unknown permission"),
         (["--permissions", ""], "unknown permission"),
         (["--permissions", "tasks:read", "--rate-limit", "lots"], "rate"),
+        (["--permissions", "tasks:read", "--max-running", "0"], "max-running"),
     ],
 )
 def test_create_refuses_bad_input(taskexec, args, complaint):
