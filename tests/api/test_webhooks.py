@@ -409,3 +409,18 @@ def test_an_owner_may_have_so_many_subscriptions(app_with, auth):
     assert client.post(URL, json={"url": RECEIVER}, headers=alice).status_code == 201
     unlimited = app_with(webhook_max_per_owner=0).test_client()
     assert unlimited.post(URL, json={"url": RECEIVER}, headers=alice).status_code == 201
+
+
+def test_racing_creates_do_not_pass_the_limit(app_with, auth):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = app_with(webhook_max_per_owner=3, db_pool_max=20)
+    headers = auth.key("*")
+
+    def attempt(_: int) -> int:
+        return int(app.test_client().post(URL, json={"url": RECEIVER}, headers=headers).status_code)
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = sorted(pool.map(attempt, range(12)))
+    assert statuses == [201] * 3 + [409] * 9
+    assert len(app.test_client().get(URL, headers=headers).get_json()["items"]) == 3
