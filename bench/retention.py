@@ -131,27 +131,35 @@ def checkpoint(url: str) -> None:
 
 
 def alternate(
-    purger: Purger, window: float, stop: threading.Event
-) -> list[tuple[str, float, float, int]]:
+    purger: Purger, window: float, stop: threading.Event, wal: Any
+) -> list[tuple[str, float, float, int, int]]:
     """Windows of `window` seconds, no purge then purge, until the backlog is gone.
 
-    Returns (kind, start, end, rows purged) per window. Pairing the two kinds in time is what
-    makes the comparison fair on a machine others load: a neighbour's burst falls on both.
+    Returns (kind, start, end, rows purged, WAL bytes written) per window. Pairing the two
+    kinds in time is what makes the comparison fair on a machine others load: a neighbour's
+    burst falls on both.
     """
-    windows: list[tuple[str, float, float, int]] = []
+    windows: list[tuple[str, float, float, int, int]] = []
     while True:
-        started = time.perf_counter()
+        started, lsn = time.perf_counter(), wal_position(wal)
         time.sleep(window)
-        windows.append(("off", started, time.perf_counter(), 0))
-        started = time.perf_counter()
+        windows.append(("off", started, time.perf_counter(), 0, wal_position(wal) - lsn))
+        started, lsn = time.perf_counter(), wal_position(wal)
         until = threading.Event()
         threading.Timer(window, until.set).start()
         purged = purger.purge(until)
-        windows.append(("on", started, time.perf_counter(), purged))
+        windows.append(("on", started, time.perf_counter(), purged, wal_position(wal) - lsn))
         if not until.is_set():  # the purge ran out of expired tasks before the window did
             until.set()
             stop.set()
             return windows
+
+
+def wal_position(conn: Any) -> int:
+    """Bytes of WAL the server has written so far."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
+        return int(cur.fetchone()[0])
 
 
 def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None:
@@ -180,11 +188,13 @@ def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None
     purger = Purger(settings, db.Database(url, max_connections=2))
     purger.batch, purger.pause_ratio = batch, ratio
     stop = threading.Event()
-    windows: list[tuple[str, float, float, int]] = []
+    windows: list[tuple[str, float, float, int, int]] = []
     loads: list[float] = []
+    wal = db.connect(url)
+    wal.autocommit = True
 
     def purge() -> None:
-        windows.extend(alternate(purger, args.window, stop))
+        windows.extend(alternate(purger, args.window, stop, wal))
 
     def sample_load() -> None:
         while not stop.wait(5):
@@ -198,19 +208,24 @@ def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None
         t.join()
     kinds: dict[str, list[float]] = {"off": [], "on": []}
     for started, seconds in samples:
-        for kind, begin, end, _ in windows:
+        for kind, begin, end, *_ in windows:
             if begin <= started < end:
                 kinds[kind].append(seconds)
                 break
-    on_time = sum(end - begin for kind, begin, end, _ in windows if kind == "on")
-    off_time = sum(end - begin for kind, begin, end, _ in windows if kind == "off")
-    purged = sum(rows for *_, rows in windows)
+    on_time = sum(end - begin for kind, begin, end, *_ in windows if kind == "on")
+    off_time = sum(end - begin for kind, begin, end, *_ in windows if kind == "off")
+    purged = sum(w[3] for w in windows)
+    # WAL the purge adds: its windows' WAL rate over the others' (the submits write in both).
+    wal_on = sum(w[4] for w in windows if w[0] == "on") / on_time
+    wal_off = sum(w[4] for w in windows if w[0] == "off") / off_time
+    wal.close()
     p99_off, p99_on = (percentile(kinds[k], 0.99) * 1000 for k in ("off", "on"))
     p50_off, p50_on = (percentile(kinds[k], 0.5) * 1000 for k in ("off", "on"))
     print(
         f"batch {batch}, pause ratio {ratio}: purged {purged:,} tasks in {on_time:.1f} s of"
         f" purge windows: {purged / on_time:,.0f} rows/s"
-        f" ({len(windows) // 2} pairs of {args.window:.0f} s windows)"
+        f" ({len(windows) // 2} pairs of {args.window:.0f} s windows);"
+        f" WAL {(wal_on - wal_off) * on_time / purged:,.0f} bytes per purged task"
     )
     print(
         f"  submits without purge: p50 {p50_off:.1f} ms, p99 {p99_off:.1f} ms,"
