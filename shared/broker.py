@@ -9,7 +9,7 @@ import uuid
 from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 from celery import Celery
@@ -126,6 +126,14 @@ class WireFormat:
         return str(kombu_json.dumps(envelope))
 
 
+class Rendered(NamedTuple):
+    """A message built and laid out for its queue's list, ready to push."""
+
+    queue: str
+    key: str
+    envelope: str
+
+
 class Broker:
     """Publishes dispatches to the executor queues: one pipelined round trip per batch.
 
@@ -188,24 +196,41 @@ class Broker:
     # ------------------------------------------------------------ the wire
 
     def _push(self, dispatches: Sequence[Dispatch], countdown: float | None) -> None:
-        client, wire = self._client()
-        queues: dict[str, None] = {}
-        entries = []
+        self.push(self.render(dispatches, countdown))
+
+    def render(
+        self, dispatches: Sequence[Dispatch], countdown: float | None = None
+    ) -> list[Rendered]:
+        """Build the messages of `dispatches` without sending them (for `push`).
+
+        The schedule firer renders a slot's message before the slot, so the round at the
+        slot only sends it.
+        """
+        _, wire = self._client()
+        rendered = []
         for dispatch in dispatches:
             priority = Priority.from_rank(dispatch.priority).broker_priority
             message = self._task_message(dispatch, countdown)
             queue = dispatch.executor
-            queues[queue] = None
-            entries.append(
-                (wire.list_key(queue, priority), wire.envelope(message, queue, priority))
+            rendered.append(
+                Rendered(
+                    queue, wire.list_key(queue, priority), wire.envelope(message, queue, priority)
+                )
             )
-        undeclared = [q for q in queues if q not in self._declared]
+        return rendered
+
+    def push(self, rendered: Sequence[Rendered]) -> None:
+        """Send rendered messages in one pipeline; raises one of BROKER_ERRORS."""
+        if not rendered:
+            return
+        client, wire = self._client()
+        undeclared = list(dict.fromkeys(r.queue for r in rendered if r.queue not in self._declared))
         try:
             with client.pipeline(transaction=False) as pipe:
                 for queue in undeclared:
                     self._bind(pipe, wire, queue)
-                for key, envelope in entries:
-                    pipe.lpush(key, envelope)
+                for entry in rendered:
+                    pipe.lpush(entry.key, entry.envelope)
                 pipe.execute()
         except BROKER_ERRORS:
             self._declared.clear()  # Redis may come back empty: bind again then

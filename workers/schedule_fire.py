@@ -16,7 +16,7 @@ import psycopg2
 
 from config.settings import Settings
 from shared import outbox, store
-from shared.broker import Broker
+from shared.broker import BROKER_ERRORS, Broker, Rendered
 from shared.db import Database
 from shared.errors import InputValidationError, TaskexecError
 from shared.schedules import (
@@ -28,6 +28,7 @@ from shared.schedules import (
     Timing,
     advance,
     fired_task,
+    next_slot,
 )
 from workers.release_wait import ReleaseWait
 
@@ -38,7 +39,7 @@ SCHEDULE_BATCH = 1000
 FIRE_THREADS = 2
 #: Templates are built this long before their slot (validated, defaults applied), so the
 #: round at the slot only claims, inserts and advances.
-PREPARE_AHEAD_SECONDS = 5.0
+PREPARE_AHEAD_SECONDS = 10.0
 #: ... unless the slot is closer than this: then its round builds what it needs.
 PREPARE_MARGIN_SECONDS = 1.0
 #: Schedules prepared ahead at most per look (the rest are built in their round).
@@ -76,6 +77,21 @@ def _definition_key(definition: store.DefinitionRow | None) -> tuple[str, dateti
     return None if definition is None else (definition.version, definition.updated_at)
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """A schedule's next slot, rendered before it falls due: its task (id and all), the SQL
+    rows of its insert and of the schedule's advance, and its message. Used only if, at the
+    claim, the schedule still waits for that slot and it is the only one due."""
+
+    slot: datetime
+    next_slot: datetime | None
+    task: store.NewTask
+    row: str
+    done: store.Progress
+    progress: str
+    message: Rendered | None  # None for a manual task: nothing goes to Redis
+
+
 @dataclass
 class Template:
     """A schedule as the firer keeps it between rounds: valid while its `updated_at` and its
@@ -87,6 +103,7 @@ class Template:
     row: store.NewTask | None  # the task a slot inserts (a new id each); None: skip the slot
     skip: tuple[str, str] | None  # (reason, message) when `row` is None
     used: float = 0.0  # monotonic time of the last round or preparation that used it
+    ahead: Ahead | None = None  # its next slot, rendered by prepare()
 
 
 def build_template(schedule: store.Schedule, definition: store.DefinitionRow | None) -> Template:
@@ -113,6 +130,18 @@ def build_template(schedule: store.Schedule, definition: store.DefinitionRow | N
     return Template(schedule, timing, key, row, None)
 
 
+@dataclass(frozen=True)
+class _Fire:
+    """One claimed schedule's part of a round: its slot rows, its progress, its messages."""
+
+    schedule_id: uuid.UUID
+    tasks: list[store.NewTask]
+    rows: list[str]
+    done: store.Progress
+    progress: str
+    messages: list[Rendered | None]
+
+
 class Publisher:
     """Publishes fired tasks after their commit, on a thread of its own.
 
@@ -124,24 +153,20 @@ class Publisher:
     def __init__(self, db: Database, broker: Broker) -> None:
         self.db = db
         self.broker = broker
-        self._queue: queue.Queue[list[outbox.Dispatch] | None] = queue.Queue()
+        self._queue: queue.Queue[list[tuple[store.NewTask, Rendered | None]] | None]
+        self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="schedule-publish", daemon=True)
         self._thread.start()
 
-    def put(self, dispatches: list[outbox.Dispatch]) -> None:
-        if dispatches:
-            self._queue.put(dispatches)
+    def put(self, fired: list[tuple[store.NewTask, Rendered | None]]) -> None:
+        """Publish these committed tasks (a message rendered ahead, or None to render now)."""
+        if fired:
+            self._queue.put(fired)
 
     def close(self, timeout: float = 5.0) -> None:
         """Publish what is queued, then stop."""
         self._queue.put(None)
         self._thread.join(timeout)
-
-    def drain(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far is published (for tests and a clean stop)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.005)
 
     def _run(self) -> None:
         stopping = False
@@ -153,16 +178,33 @@ class Publisher:
                 except queue.Empty:
                     break
             stopping = None in batches
-            dispatches = [d for b in batches if b is not None for d in b]
+            fired = [f for b in batches if b is not None for f in b]
             try:
-                outbox.publish(self.broker, self.db, dispatches)
-            except TaskexecError:
-                log.warning("%d fired task(s) left for the sweeper to publish", len(dispatches))
+                self._publish(fired)
             except Exception:
-                log.exception("publishing %d fired task(s) failed", len(dispatches))
-            finally:
-                for _ in batches:
-                    self._queue.task_done()
+                log.exception("publishing %d fired task(s) failed", len(fired))
+
+    def _publish(self, fired: list[tuple[store.NewTask, Rendered | None]]) -> None:
+        if not fired:
+            return
+        late = [t for t, message in fired if message is None]
+        made = iter(self.broker.render([_dispatch(t) for t in late]))
+        messages = [m if m is not None else next(made) for _, m in fired]
+        try:
+            self.broker.push(messages)
+        except BROKER_ERRORS:
+            log.warning("broker unreachable: %d fired task(s) left for the sweeper", len(fired))
+            try:  # released for the sweeper's next round (else it republishes them later)
+                with self.db.connection() as conn:
+                    store.unpublish(conn, [t.id for t, _ in fired])
+            except TaskexecError:
+                pass
+
+
+def _dispatch(task: store.NewTask) -> outbox.Dispatch:
+    return outbox.Dispatch(
+        task.id, task.task_definition_id, task.executor, task.priority, task.timeout_ms
+    )
 
 
 class ScheduleFirer:
@@ -193,14 +235,13 @@ class ScheduleFirer:
     def fire_due(self) -> int:
         """Fire every due slot; return the tasks created.
 
-        One round if it claims less than a full batch; else the rest is drained by
-        FIRE_THREADS rounds at a time.
+        FIRE_THREADS rounds at a time, each on its own connection, until a round claims less
+        than a full batch: the claims' SKIP LOCKED splits a backlog between them, and while
+        Postgres inserts one round this process builds the next. With little due, the second
+        claim finds nothing (one short query).
         """
-        claimed, created = self.fire_round()
-        if claimed < SCHEDULE_BATCH:
-            return created
         drains = [self._pool.submit(self._drain) for _ in range(FIRE_THREADS)]
-        return created + sum(d.result() for d in drains)
+        return sum(d.result() for d in drains)
 
     def _drain(self) -> int:
         created = 0
@@ -227,23 +268,72 @@ class ScheduleFirer:
             templates = self._templates(conn, due)
             overlap = [t.schedule.id for t in templates if t.schedule.overlap_policy != "ALLOW"]
             active = store.active_schedule_tasks(conn, overlap)
-            slots: list[store.SlotTask] = []
-            progress: list[store.Progress] = []
+            fires: list[_Fire] = []
+            planned: list[tuple[list[store.SlotTask], store.Progress]] = []
             for claimed, template in zip(due, templates, strict=True):
-                fired, done = self._plan(conn, claimed, template, now, active)
-                slots += fired
-                progress.append(done)
-            inserted = self._write(conn, slots, progress)
+                ahead = self._ahead(claimed, template, now)
+                if ahead is not None:
+                    fires.append(
+                        _Fire(
+                            claimed.id,
+                            [ahead.task],
+                            [ahead.row],
+                            ahead.done,
+                            ahead.progress,
+                            [ahead.message],
+                        )
+                    )
+                else:
+                    planned.append(self._plan(conn, claimed, template, now, active))
+            fires += self._render(conn, planned)
+            inserted = self._write(conn, fires)
         self.publisher.put(
             [
-                outbox.Dispatch(t.id, t.task_definition_id, t.executor, t.priority, t.timeout_ms)
-                for t in (s.task for s in slots)
-                if t.id in inserted and t.published
+                (task, message)
+                for f in fires
+                for task, message in zip(f.tasks, f.messages, strict=True)
+                if task.id in inserted and task.published
             ]
         )
         if inserted:
-            log.info("schedules fired %d task(s)", len(inserted))
+            log.info(
+                "schedules fired %d task(s), %d rendered ahead",
+                len(inserted),
+                len(due) - len(planned),
+            )
         return len(due), len(inserted)
+
+    @staticmethod
+    def _ahead(claimed: store.DueSchedule, template: Template, now: datetime) -> Ahead | None:
+        """The slot rendered ahead, if it is exactly what this round must do: the claimed
+        schedule waits for that slot, it is the only one due, within the catch-up window."""
+        ahead, template.ahead = template.ahead, None  # a slot's id is used once, at most
+        if ahead is None or ahead.slot != claimed.next_run_at:
+            return None
+        if ahead.next_slot is not None and ahead.next_slot <= now:
+            return None  # several slots due (catching up): the full plan decides
+        catchup = timedelta(milliseconds=template.schedule.catchup_window_ms)
+        if ahead.slot < now - catchup:
+            return None
+        return ahead
+
+    @staticmethod
+    def _render(
+        conn: store.Conn, planned: list[tuple[list[store.SlotTask], store.Progress]]
+    ) -> list[_Fire]:
+        rows = iter(store.render_slots(conn, [s for slots, _ in planned for s in slots]))
+        progress = store.render_progress(conn, [done for _, done in planned])
+        return [
+            _Fire(
+                done.id,
+                [s.task for s in slots],
+                [next(rows) for _ in slots],
+                done,
+                line,
+                [None] * len(slots),
+            )
+            for (slots, done), line in zip(planned, progress, strict=True)
+        ]
 
     def _templates(self, conn: store.Conn, due: list[store.DueSchedule]) -> list[Template]:
         """The template of each claimed schedule: kept ones whose row and definition are
@@ -381,48 +471,52 @@ class ScheduleFirer:
             )
         return slots[-1:], slots[:-1]
 
-    def _write(
-        self, conn: store.Conn, slots: list[store.SlotTask], progress: list[store.Progress]
-    ) -> set[uuid.UUID]:
+    def _write(self, conn: store.Conn, fires: list[_Fire]) -> set[uuid.UUID]:
         """Insert the round and advance its schedules; a row the database refuses costs only
         its own schedule's slots (recorded as skipped), never the round or the loop."""
         try:
-            return store.fire_round(conn, slots, progress)
+            return store.fire_round(
+                conn, [r for f in fires for r in f.rows], [f.progress for f in fires]
+            )
         except _ROW_ERRORS:
             log.exception("a schedule round was refused; firing its schedules one by one")
         inserted: set[uuid.UUID] = set()
-        for done in progress:
-            own = [s for s in slots if s.schedule_id == done.id]
+        for fire in fires:
             try:
-                inserted |= store.fire_round(conn, own, [done])
+                inserted |= store.fire_round(conn, fire.rows, [fire.progress])
             except _ROW_ERRORS as exc:
-                log.warning("schedule %s: its task was refused: %s", done.id, exc)
+                log.warning("schedule %s: its task was refused: %s", fire.schedule_id, exc)
+                done = fire.done
                 refused = dataclasses.replace(
                     done,
                     last_run_at=None,
-                    skipped=done.skipped + len(own),
-                    last_skipped_at=own[-1].scheduled_for if own else done.last_skipped_at,
+                    skipped=done.skipped + len(fire.rows),
+                    last_skipped_at=done.last_run_at or done.last_skipped_at,
                     skip_reason=SKIP_TEMPLATE,
                     skip_message=f"the database refused its task: {str(exc).strip()}",
                 )
-                store.fire_round(conn, [], [refused])
+                store.fire_round(conn, [], store.render_progress(conn, [refused]))
         return inserted
 
     # ------------------------------------------------------------- ahead of the slot
 
     def prepare(self, within: float = PREPARE_AHEAD_SECONDS) -> int:
-        """Build the templates of schedules due within `within` seconds; return how many.
+        """Get the schedules due within `within` seconds ready; return how many were.
 
-        Reads without a lock: a schedule edited after this is rebuilt in its round, which
-        compares updated_at under the claim's lock.
+        Builds the templates it lacks (validated, defaults applied), then renders each
+        ALLOW schedule's next slot (task id, SQL rows, message), so the round at the slot
+        only claims, sends one statement and pushes. Reads without a lock: a schedule
+        edited or fired meanwhile is caught by the claim (updated_at, next_run_at), and its
+        round builds what it needs.
         """
         self._prepared_at = time.monotonic()
         with self.db.connection(autocommit=True) as conn:
             upcoming = store.schedules_due_by(conn, within, PREPARE_LIMIT)
             missing = [
-                i
-                for i, updated in upcoming
-                if (kept := self.templates.get(i)) is None or kept.schedule.updated_at != updated
+                u.id
+                for u in upcoming
+                if (kept := self.templates.get(u.id)) is None
+                or kept.schedule.updated_at != u.updated_at
             ]
             for start in range(0, len(missing), SCHEDULE_BATCH):
                 rows = store.get_schedules(conn, missing[start : start + SCHEDULE_BATCH])
@@ -435,7 +529,41 @@ class ScheduleFirer:
                     )
                     template.used = self._prepared_at
                     self.templates[schedule.id] = template
-        return len(missing)
+            self._render_ahead(conn, upcoming)
+        return len(upcoming)
+
+    def _render_ahead(self, conn: store.Conn, upcoming: list[store.DueSchedule]) -> None:
+        wanted: list[tuple[Template, store.SlotTask, store.Progress]] = []
+        for u in upcoming:
+            template = self.templates.get(u.id)
+            if (
+                template is None
+                or template.row is None
+                or template.schedule.updated_at != u.updated_at
+                or template.schedule.overlap_policy != "ALLOW"
+                or (template.ahead is not None and template.ahead.slot == u.next_run_at)
+            ):
+                continue
+            try:
+                following = next_slot(template.timing, u.next_run_at)
+            except Exception:
+                continue  # its round records why
+            task = dataclasses.replace(template.row, id=uuid.uuid4())
+            slot = store.SlotTask(task, u.id, u.next_run_at)
+            done = store.Progress(u.id, u.updated_at, following, last_run_at=u.next_run_at)
+            wanted.append((template, slot, done))
+        if not wanted:
+            return
+        rows = store.render_slots(conn, [slot for _, slot, _ in wanted])
+        progress = store.render_progress(conn, [done for _, _, done in wanted])
+        sent = [slot.task for _, slot, _ in wanted if slot.task.published]
+        messages = iter(self.broker.render([_dispatch(t) for t in sent]))
+        for (template, slot, done), row, line in zip(wanted, rows, progress, strict=True):
+            message = next(messages) if slot.task.published else None
+            assert slot.scheduled_for is not None
+            template.ahead = Ahead(
+                slot.scheduled_for, done.next_run_at, slot.task, row, done, line, message
+            )
 
     def forget_unused(self) -> None:
         """Drop templates no round used for a while (deleted or long-paused schedules)."""

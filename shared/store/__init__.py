@@ -95,6 +95,8 @@ from shared.store.schedules import (
     list_schedules,
     listen_for_schedules,
     next_schedule_in,
+    render_progress,
+    render_slots,
     schedules_due_by,
     update_schedule,
 )
@@ -250,6 +252,8 @@ __all__ = [
     "list_schedules",
     "listen_for_schedules",
     "next_schedule_in",
+    "render_progress",
+    "render_slots",
     "schedules_due_by",
     "take_ready",
     "update_schedule",

@@ -233,16 +233,17 @@ def claim_due_schedules(conn: Conn, limit: int) -> tuple[list[DueSchedule], date
         return [], row[0]
 
 
-def schedules_due_by(conn: Conn, seconds: float, limit: int) -> list[tuple[uuid.UUID, datetime]]:
-    """(id, updated_at) of unpaused schedules due within `seconds` (no lock): what the firer
-    prepares templates for before their slot."""
+def schedules_due_by(conn: Conn, seconds: float, limit: int) -> list[DueSchedule]:
+    """Unpaused schedules due within `seconds` (no lock): what the firer prepares before
+    their slot."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, updated_at FROM schedules WHERE NOT paused AND next_run_at IS NOT NULL"
-            " AND next_run_at <= now() + make_interval(secs => %s) ORDER BY next_run_at LIMIT %s",
+            "SELECT id, updated_at, next_run_at FROM schedules WHERE NOT paused"
+            " AND next_run_at IS NOT NULL AND next_run_at <= now() + make_interval(secs => %s)"
+            " ORDER BY next_run_at LIMIT %s",
             (seconds, limit),
         )
-        return [(r[0], r[1]) for r in cur.fetchall()]
+        return [DueSchedule(r[0], r[1], r[2]) for r in cur.fetchall()]
 
 
 def active_schedule_tasks(
@@ -288,11 +289,34 @@ _PROGRESS_TEMPLATE = (
 )
 
 
-def _slot_values(cur: Cursor, slots: Sequence[SlotTask]) -> str:
-    return ",".join(
-        cur.mogrify(_SLOT_TEMPLATE, (*_values(s.task), s.schedule_id, s.scheduled_for)).decode()
-        for s in slots
-    )
+def render_slots(conn: Conn, slots: Sequence[SlotTask]) -> list[str]:
+    """Each slot task's row as SQL text for fire_round (rendered ahead of its slot, even)."""
+    with conn.cursor() as cur:
+        return [
+            cur.mogrify(_SLOT_TEMPLATE, (*_values(s.task), s.schedule_id, s.scheduled_for)).decode()
+            for s in slots
+        ]
+
+
+def render_progress(conn: Conn, progress: Sequence[Progress]) -> list[str]:
+    """Each schedule's progress as SQL text for fire_round."""
+    with conn.cursor() as cur:
+        return [
+            cur.mogrify(
+                _PROGRESS_TEMPLATE,
+                (
+                    p.id,
+                    p.updated_at,
+                    p.next_run_at,
+                    p.last_run_at,
+                    p.skipped,
+                    p.last_skipped_at,
+                    p.skip_reason,
+                    p.skip_message,
+                ),
+            ).decode()
+            for p in progress
+        ]
 
 
 def insert_schedule_tasks(conn: Conn, slots: Sequence[SlotTask]) -> list[Task]:
@@ -305,15 +329,14 @@ def insert_schedule_tasks(conn: Conn, slots: Sequence[SlotTask]) -> list[Task]:
     if not slots:
         return []
     with conn.cursor() as cur:
-        cur.execute(_SLOT_INSERT.format(_slot_values(cur, slots), "*"))
+        cur.execute(_SLOT_INSERT.format(",".join(render_slots(conn, slots)), "*"))
         return all_(cur, Task)
 
 
-def fire_round(
-    conn: Conn, slots: Sequence[SlotTask], progress: Sequence[Progress]
-) -> set[uuid.UUID]:
+def fire_round(conn: Conn, slots: Sequence[str], progress: Sequence[str]) -> set[uuid.UUID]:
     """Insert a round's tasks and advance its schedules in one statement; return the ids
-    of the tasks inserted (a slot some sweeper already fired inserts nothing).
+    of the tasks inserted (a slot some sweeper already fired inserts nothing). `slots` and
+    `progress` are rows from render_slots and render_progress.
 
     A schedule whose row changed since the claim (updated_at) is not advanced: the claim's
     lock makes that impossible today, and if it ever were not, an API write would still win
@@ -322,25 +345,9 @@ def fire_round(
     with conn.cursor() as cur:
         parts = []
         if slots:
-            parts.append(f"fired AS ({_SLOT_INSERT.format(_slot_values(cur, slots), 'id')})")
+            parts.append(f"fired AS ({_SLOT_INSERT.format(','.join(slots), 'id')})")
         if progress:
-            rows = ",".join(
-                cur.mogrify(
-                    _PROGRESS_TEMPLATE,
-                    (
-                        p.id,
-                        p.updated_at,
-                        p.next_run_at,
-                        p.last_run_at,
-                        p.skipped,
-                        p.last_skipped_at,
-                        p.skip_reason,
-                        p.skip_message,
-                    ),
-                ).decode()
-                for p in progress
-            )
-            parts.append(f"advanced AS ({_PROGRESS.format(rows)} RETURNING 1)")
+            parts.append(f"advanced AS ({_PROGRESS.format(','.join(progress))} RETURNING 1)")
         if not parts:
             return set()
         select = "SELECT id FROM fired" if slots else "SELECT NULL WHERE false"

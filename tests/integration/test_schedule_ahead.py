@@ -1,0 +1,136 @@
+"""Slots rendered ahead of time (ScheduleFirer.prepare), with real Postgres, Redis and a worker.
+
+The firer builds and renders a schedule's next slot (task id, SQL rows, message) before the
+slot; the round at the slot uses it only if the claimed schedule is still what it was
+rendered from. An edit or a new definition release in between must win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cli.base import ledger
+from shared import store
+from shared.broker import Broker
+from shared.db import Database
+from tests.helpers import wait_for
+from workers.definitions.diagnostics import ECHO
+from workers.schedule_fire import ScheduleFirer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def firer(settings: Any, clean_db: None) -> Iterator[ScheduleFirer]:
+    fire = ScheduleFirer(Database(settings.database_url, max_connections=4), Broker(settings))
+    yield fire
+    fire.publisher.close()
+    fire._pool.shutdown()
+
+
+def add_schedule(database_url: str, due_in: float, **values: Any) -> uuid.UUID:
+    """An `echo` schedule every minute, its first slot `due_in` seconds from now."""
+    now = datetime.now(UTC)
+    slot = now + timedelta(seconds=due_in)
+    row: dict[str, Any] = {
+        "name": "rendered ahead",
+        "interval_ms": 60_000,
+        "timezone": "UTC",
+        "task": {"taskDefinitionId": "echo", "input": {"v": 1}, "priority": "HIGH"},
+        "overlap_policy": "ALLOW",
+        "catchup_window_ms": 60_000,
+        "start_at": slot,
+        "next_run_at": slot,
+        **values,
+    }
+    schedule_id = uuid.uuid4()
+    with ledger(database_url) as conn:
+        store.insert_schedule(conn, schedule_id, "alice", row, now)
+        conn.commit()
+    return schedule_id
+
+
+def fire_when_due(firer: ScheduleFirer, schedule_id: uuid.UUID, database_url: str) -> Any:
+    """Fire at the slot; return the slot's task row."""
+    with ledger(database_url) as conn:
+        row = store.get_schedule(conn, schedule_id, None)
+    assert row is not None and row.next_run_at is not None
+    time.sleep(max((row.next_run_at - datetime.now(UTC)).total_seconds(), 0) + 0.01)
+    assert firer.fire_due() == 1
+    with ledger(database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, input, priority, definition_version, scheduled_for, published_at"
+            " FROM tasks WHERE schedule_id = %s",
+            (schedule_id,),
+        )
+        rows = cur.fetchall()
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_a_slot_rendered_ahead_fires_as_rendered_and_a_worker_runs_it(firer, processes, settings):
+    schedule_id = add_schedule(settings.database_url, due_in=2)
+    assert firer.prepare(within=10) == 1
+    ahead = firer.templates[schedule_id].ahead
+    assert ahead is not None and ahead.message is not None
+    processes.worker(concurrency=1)
+    task_id, data, priority, _, slot, published = fire_when_due(
+        firer, schedule_id, settings.database_url
+    )
+    # The round sent the row and the message rendered before the slot.
+    assert task_id == ahead.task.id and slot == ahead.slot and published is not None
+    assert data == {"v": 1} and priority == ahead.task.priority
+    firer.publisher.close()
+
+    def status() -> str | None:
+        with ledger(settings.database_url) as conn:
+            task = store.get_task(conn, task_id)
+        return task.status.value if task and task.status.value == "COMPLETED" else None
+
+    wait_for(status, timeout=30)
+    with ledger(settings.database_url) as conn:
+        row = store.get_schedule(conn, schedule_id, None)
+    assert row is not None and row.last_run_at == slot
+    assert row.next_run_at == slot + timedelta(minutes=1)
+
+
+def test_an_edit_after_the_slot_was_rendered_wins(firer, settings):
+    schedule_id = add_schedule(settings.database_url, due_in=2)
+    firer.prepare(within=10)
+    ahead = firer.templates[schedule_id].ahead
+    assert ahead is not None
+    with ledger(settings.database_url) as conn:
+        store.update_schedule(
+            conn,
+            schedule_id,
+            {"task": {"taskDefinitionId": "echo", "input": {"v": 2}, "priority": "LOW"}},
+        )
+        conn.commit()
+    task_id, data, _, _, _, _ = fire_when_due(firer, schedule_id, settings.database_url)
+    assert task_id != ahead.task.id and data == {"v": 2}  # built anew from the edited row
+
+
+def test_a_definition_released_after_the_slot_was_rendered_wins(firer, settings):
+    schedule_id = add_schedule(settings.database_url, due_in=2)
+    firer.prepare(within=10)
+    assert firer.templates[schedule_id].ahead is not None
+    release = dataclasses.replace(ECHO, version="1.0.1")
+    try:
+        with ledger(settings.database_url) as conn:
+            store.publish_definitions(conn, [release])
+            conn.commit()
+        _, _, _, version, _, _ = fire_when_due(firer, schedule_id, settings.database_url)
+        assert version == "1.0.1"  # validated and built against the definition served now
+    finally:
+        with ledger(settings.database_url) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM task_definition_versions WHERE id = 'echo'")
+            cur.execute("DELETE FROM task_definitions WHERE id = 'echo'")
+            store.publish_definitions(conn, [ECHO])
+            conn.commit()
