@@ -21,25 +21,27 @@ deliverer` process, and a threaded HTTP receiver in this process that counts wha
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import math
 import os
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg2  # noqa: E402
 import redis  # noqa: E402
 
 from bench.list_tasks import DEFAULT_SERVER, create_database, drop_database  # noqa: E402
 from bench.report import percentile  # noqa: E402
+from bench.usage import cpu_seconds  # noqa: E402
 from cli.base import ledger  # noqa: E402
 from cli.processes import worker_command  # noqa: E402
 from config.settings import Settings  # noqa: E402
@@ -55,42 +57,100 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Receiver:
-    """Counts deliveries and keeps (arrival time, event timestamp) for each."""
+    """bench/webhook_receiver.py in a process of its own: counts deliveries, keeps arrivals."""
 
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[float, str]] = []
-        self.lock = threading.Lock()
-        bench = self
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        port_file = workdir / "receiver.port"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "webhook_receiver.py"), str(port_file)],
+            env=env,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 10
+        while not port_file.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the receiver did not start")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                now = time.time()
-                stamp = json.loads(body)["timestamp"]
-                with bench.lock:
-                    bench.arrivals.append((now, stamp))
-                self.send_response(204)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 256
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _ask(self, method: str, path: str) -> Any:
+        self.conn.request(method, path)
+        return json.loads(self.conn.getresponse().read())
 
     def count(self) -> int:
-        with self.lock:
-            return len(self.arrivals)
+        return int(self._ask("GET", "/stats")["count"])
+
+    def arrivals(self) -> list[tuple[float, str]]:
+        return [(float(a), str(s)) for a, s in self._ask("GET", "/arrivals")]
 
     def reset(self) -> None:
-        with self.lock:
-            self.arrivals = []
+        self._ask("POST", "/reset")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+
+def backends_cpu(url: str, name: str) -> dict[int, tuple[str, float]]:
+    """(application_name, CPU seconds so far) of each Postgres backend of the bench's database."""
+    with ledger(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pid, application_name FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        rows = [(int(pid), str(app)) for pid, app in cur.fetchall()]
+    return {pid: (app, cpu_seconds(pid)) for pid, app in rows}
+
+
+class Meter:
+    """CPU seconds used between two samples by each part of the system under test."""
+
+    def __init__(self, url: str, parts: dict[str, int], receiver: Receiver) -> None:
+        self.url, self.parts, self.receiver = url, parts, receiver
+
+    def sample(self) -> dict[str, Any]:
+        return {
+            **{name: cpu_seconds(pid) for name, pid in self.parts.items()},
+            "receiver": self.receiver.cpu(),
+            "postgres": backends_cpu(self.url, NAME),
+            "machine": machine_cpu(),
+        }
+
+    def used(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+        """The CPU each part used; Postgres split into the deliverer's backends and the rest."""
+        out: dict[str, float] = {}
+        for key, value in after.items():
+            if key != "postgres":
+                out[key] = value - before[key]
+        # A backend that left between the samples is lost (the worker's and the deliverer's
+        # are long-lived); a new one counts from zero. Backends are named taskexec-<pid>.
+        mine = f"taskexec-{self.parts['deliverer']}"
+        out["pg-deliverer"] = out["pg-other"] = 0.0
+        for pid, (app, cpu) in after["postgres"].items():
+            used = cpu - before["postgres"].get(pid, (app, 0.0))[1]
+            out["pg-deliverer" if app == mine else "pg-other"] += used
+        return out
+
+
+def vacuum(url: str) -> None:
+    """VACUUM ANALYZE between turns: each turn starts from the same kind of tables."""
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE")
+    finally:
+        conn.close()
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (every process, every core)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # minus idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def subscribe(url: str, target: str, events: list[str]) -> None:
@@ -144,11 +204,10 @@ def latency(url: str, receiver: Receiver, events: int = 300) -> list[float]:
     deadline = time.monotonic() + 30
     while receiver.count() < events and time.monotonic() < deadline:
         time.sleep(0.05)
-    with receiver.lock:
-        return [
-            at - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-            for at, stamp in receiver.arrivals
-        ]
+    return [
+        at - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        for at, stamp in receiver.arrivals()
+    ]
 
 
 def run_tasks(url: str, settings: Settings, n: int, timeout: float = 300) -> float:
@@ -177,10 +236,11 @@ def run_tasks(url: str, settings: Settings, n: int, timeout: float = 300) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--deliveries-per-second", type=int, default=500)
+    parser.add_argument("--subscriptions", type=int, default=0, help="fixed count (0: probe)")
     args = parser.parse_args()
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     url = create_database(server, NAME)
@@ -195,22 +255,23 @@ def main() -> None:
     }
     settings = Settings.from_env(env)
     procs: list[subprocess.Popen[bytes]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cores: {os.cpu_count()}")
     try:
         schema.migrate(url)
         with ledger(url) as conn:
             store.publish_definitions(conn, load_registry(DIAGNOSTICS))
-        receiver = Receiver()
+        receiver = Receiver(env, workdir)
+        procs.append(receiver.proc)  # type: ignore[arg-type]
         cmd = worker_command(["standard-executor"], args.concurrency, "bench@%h")
-        procs.append(
-            subprocess.Popen(
-                [*cmd, "--without-mingle", "--without-gossip"],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        worker = subprocess.Popen(
+            [*cmd, "--without-mingle", "--without-gossip"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        procs.append(worker)
         deliverer = subprocess.Popen(
             [sys.executable, "-m", "cli", "deliverer"],
             env=env,
@@ -231,15 +292,23 @@ def main() -> None:
 
         # Throughput: subscriptions enough for the wanted deliveries/s at the baseline rate.
         unsubscribe_all(url)
-        base = args.tasks / run_tasks(url, settings, args.tasks)
-        subscriptions = max(1, math.ceil(args.deliveries_per_second / (2 * base)))
-        print(f"probe: {base:.0f} tasks/s without webhooks -> {subscriptions} subscriptions")
+        subscriptions = args.subscriptions
+        if not subscriptions:
+            base = 1000 / run_tasks(url, settings, 1000)
+            subscriptions = max(1, math.ceil(args.deliveries_per_second / (2 * base)))
+            print(f"probe: {base:.0f} tasks/s without webhooks -> {subscriptions} subscriptions")
+        meter = Meter(url, {"worker": worker.pid, "deliverer": deliverer.pid}, receiver)
         totals = {"baseline": 0.0, "webhooks": 0.0}
+        cpu: dict[str, dict[str, float]] = {"baseline": {}, "webhooks": {}}
         rates: list[float] = []
         lags: list[float] = []
+        delivered = 0
         for turn in range(args.rounds):
-            for variant in ("baseline", "webhooks"):
+            # Interleaved, and the order flips each round: drifting load hits both alike.
+            order = ("baseline", "webhooks") if turn % 2 == 0 else ("webhooks", "baseline")
+            for variant in order:
                 unsubscribe_all(url)
+                vacuum(url)
                 receiver.reset()
                 if variant == "webhooks":
                     for s in range(subscriptions):
@@ -248,27 +317,36 @@ def main() -> None:
                             f"http://127.0.0.1:{receiver.port}/s{s}",
                             ["task.started", "task.completed"],
                         )
+                load = os.getloadavg()[0]
                 t0 = time.time()
+                before = meter.sample()
                 took = run_tasks(url, settings, args.tasks)
-                totals[variant] += took
                 line = f"round {turn + 1} {variant}: {args.tasks / took:.0f} tasks/s"
                 if variant == "webhooks":
                     expected = args.tasks * 2 * subscriptions
                     during = receiver.count()
-                    deadline = time.monotonic() + 120
+                    deadline = time.monotonic() + 300
                     while receiver.count() < expected and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                    with receiver.lock:
-                        last = max((a for a, _ in receiver.arrivals), default=t0)
+                        time.sleep(0.1)
+                    got = receiver.arrivals()
+                    last = max((a for a, _ in got), default=t0)
                     rate = during / took
                     rates.append(rate)
                     lags.append(max(0.0, last - (t0 + took)))
+                    delivered += len(got)
                     line += (
                         f", {rate:.0f} deliveries/s while they ran,"
-                        f" {receiver.count()}/{expected} delivered,"
+                        f" {len(got)}/{expected} delivered,"
                         f" last {lags[-1]:.2f} s after the last task"
                     )
-                print(line)
+                used = meter.used(before, meter.sample())
+                totals[variant] += took
+                for key, value in used.items():
+                    cpu[variant][key] = cpu[variant].get(key, 0.0) + value
+                line += f"; load {load:.1f}; cpu s " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in used.items()
+                )
+                print(line, flush=True)
         n = args.tasks * args.rounds
         baseline, webhooks = n / totals["baseline"], n / totals["webhooks"]
         print(
@@ -276,6 +354,22 @@ def main() -> None:
             f" (ratio {webhooks / baseline:.3f}); deliveries/s {sum(rates) / len(rates):.0f};"
             f" worst backlog {max(lags):.2f} s"
         )
+        if delivered:
+            # Per delivery: what the webhook turns used beyond the baseline turns.
+            per = {
+                k: (cpu["webhooks"][k] - cpu["baseline"][k]) / delivered * 1e6
+                for k in ("deliverer", "pg-deliverer", "pg-other", "worker", "machine")
+            }
+            print(
+                f"cpu per delivery (us, webhook turns minus baseline turns): deliverer"
+                f" {per['deliverer']:.0f}, its postgres backends {per['pg-deliverer']:.0f},"
+                f" other postgres backends (the trigger) {per['pg-other']:.0f},"
+                f" worker {per['worker']:.0f}, receiver"
+                f" {cpu['webhooks']['receiver'] / delivered * 1e6:.0f};"
+                f" whole machine {per['machine']:.0f} (other sessions included);"
+                f" worker cpu per task (ms): baseline {cpu['baseline']['worker'] / n * 1e3:.2f},"
+                f" webhooks {cpu['webhooks']['worker'] / n * 1e3:.2f}"
+            )
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
         for proc in procs:
