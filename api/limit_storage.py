@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from limits.storage import RedisStorage
 
+from shared.breaker import guard
+
 if TYPE_CHECKING:
     import redis
 
@@ -68,6 +70,9 @@ class SingleTripRedisStorage(RedisStorage):
 
     def initialize_storage(self, uri: str) -> None:
         super().initialize_storage(uri)
+        # Under the process's breaker of this Redis (shared/breaker.py): once a call times out,
+        # counting fails fast (flask-limiter then counts in memory) and so do the publishes.
+        guard(self.storage)
         self.lua_incr_expire_ttl = self.get_connection().register_script(_INCR_EXPIRE_TTL)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:

@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from config.celery import celery_settings
 from config.settings import Settings
+from shared.breaker import Breaker, CircuitOpen, guard
 from shared.definitions import celery_task_name
 from shared.status import Priority
 
@@ -149,6 +150,7 @@ class Broker:
         self._lock = threading.Lock()
         self._pid = 0
         self._redis: redis.Redis | None = None
+        self._breaker: Breaker | None = None
         self._format: WireFormat | None = None
         # Queues whose exchange binding this process has written (as kombu's maybe_declare).
         self._declared: set[str] = set()
@@ -165,6 +167,11 @@ class Broker:
             return []
         try:
             self._push(dispatches, countdown)
+        except CircuitOpen:
+            # Redis was found unreachable moments ago (shared/breaker.py): not tried, and not
+            # logged once per request; the breaker logs the outage.
+            log.debug("broker unreachable: %d task(s) left for the sweeper", len(dispatches))
+            return list(dispatches)
         except BROKER_ERRORS:
             # A pipeline that failed may have been applied in part; resending a message
             # is harmless (the claim is a compare-and-set), losing one is not.
@@ -191,6 +198,11 @@ class Broker:
 
     def revoke(self, task_id: str, terminate: bool, signal: str = "SIGKILL") -> None:
         """Ask every worker to drop (and, with `terminate`, kill) a task's execution."""
+        # Celery's own connection is not guarded: while Redis is known unreachable, fail
+        # fast rather than let it wait on the dead link.
+        breaker = self._breaker
+        if breaker is not None:
+            breaker.check()
         self.app.control.revoke(task_id, terminate=terminate, signal=signal)
 
     # ------------------------------------------------------------ the wire
@@ -303,4 +315,7 @@ class Broker:
             socket_timeout=timeout,
             retry=retry,
         )
+        # A timeout opens this server's breaker: the process's next calls (the next request's
+        # publish) fail fast instead of each waiting `timeout` on a dead link.
+        self._breaker = guard(client)
         return client
