@@ -38,18 +38,27 @@ class Releaser:
         self.backlog = False
         #: After a pass: it sent a full batch somewhere (go again at once).
         self.busy = False
+        # The executors whose full window kept ready work back in the last pass.
+        self._full: list[str] = []
 
-    def release(self) -> int:
-        """Do one pass; return how many tasks it sent."""
-        with self.db.connection() as conn:
-            store.ready_due(conn)
-            store.let_held_go(conn)
-        with self.db.connection(autocommit=True) as conn:
-            executors = store.ready_executors(conn)
-        self.backlog = self.busy = False
-        if not executors:
-            return 0
+    def release(self, poll: bool = False) -> int:
+        """Do one pass; return how many tasks it sent.
+
+        `poll`: a look while the windows that held work back last time may still be full:
+        if they all are, the pass ends after one Redis read, without touching Postgres.
+        """
         try:
+            if poll and self._full and not any(self.window.room(self._full).values()):
+                return 0
+            with self.db.connection() as conn:
+                store.ready_due(conn)
+                store.let_held_go(conn)
+            with self.db.connection(autocommit=True) as conn:
+                executors = store.ready_executors(conn)
+            self.backlog = self.busy = False
+            self._full = []
+            if not executors:
+                return 0
             rooms = self.window.room(executors)
         except BROKER_ERRORS as exc:
             # Nothing can be sent while Redis is away; the sweeper's other duties go on.
@@ -61,6 +70,7 @@ class Releaser:
             for _ in range(ROUNDS_PER_PASS):
                 if room <= 0:
                     self.backlog = True
+                    self._full.append(executor)
                     break
                 released, held = self._round(executor, min(room, RELEASE_BATCH))
                 sent += released

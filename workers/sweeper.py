@@ -65,11 +65,16 @@ class Sweeper:
             self._last_purge = time.monotonic()
         return counts
 
-    def publish_due(self) -> int:
+    def publish_due(self, poll: bool = False) -> int:
         """Send ready work as the executors' windows allow (fairly between owners), and
         republish tasks whose message is overdue (lost with Redis); return how many went out.
+
+        `poll`: only a look at full windows (no NOTIFY, no due time): while they are still
+        full it costs Redis one read and Postgres nothing.
         """
-        released = self.releaser.release()
+        released = self.releaser.release(poll)
+        if poll:
+            return released
         with self.runtime.db.connection() as conn:
             due = store.take_due_for_publish(conn, self.settings.republish_after, RELEASE_BATCH)
         failed = outbox.publish(self.broker, self.runtime.db, due)
@@ -180,6 +185,7 @@ class Sweeper:
         waiter = ReleaseWait(self.settings.database_url, stop, self.settings.db_connect_timeout)
         database_lost = False
         next_sweep = 0.0
+        polling = notified = False
         try:
             while not stop.is_set():
                 wait: float | None = None
@@ -191,18 +197,19 @@ class Sweeper:
                             database_lost = False
                         released = self.sweep_once()["published"]
                     else:
-                        released = self.publish_due()
+                        released = self.publish_due(poll=polling and not notified)
                     waiter.listen()  # before the look-up: a submission after it wakes us
                     due_in = self.next_release_in()
                     if released >= RELEASE_BATCH or self.releaser.busy:
                         wait = 0.0  # more may be due than one round takes
                     elif due_in is not None:
                         wait = due_in + RELEASE_SLACK_SECONDS
-                    if self.releaser.backlog:
-                        # Ready work waits for room in a window: look again shortly (a
-                        # worker's claim opens room without telling anyone).
-                        poll = self.settings.release_poll
-                        wait = poll if wait is None else min(wait, poll)
+                    poll = self.settings.release_poll
+                    # Ready work waits for room in a window: look again shortly (a worker's
+                    # claim opens room without telling anyone).
+                    polling = self.releaser.backlog and (wait is None or poll < wait)
+                    if polling:
+                        wait = poll
                 except TaskexecError as exc:
                     database_lost = database_lost or isinstance(exc, ServiceUnavailable)
                     log.warning("sweep skipped: %s", exc.message)
@@ -213,7 +220,7 @@ class Sweeper:
                 # A round that overran its interval still leaves the database a short pause.
                 until_sweep = max(next_sweep - time.monotonic(), 0.05)
                 if not stop.is_set():
-                    waiter.sleep(until_sweep if wait is None else min(wait, until_sweep))
+                    notified = waiter.sleep(until_sweep if wait is None else min(wait, until_sweep))
         finally:
             waiter.close()
             purge.join(timeout=5)

@@ -71,8 +71,11 @@ _CLAIM = """
     )
     SELECT * FROM claimed
 """
-# The fast claim takes only a task under no limit: nothing to count, one round trip.
-_CLAIM_UNLIMITED = _CLAIM.format(room=f"NOT {LIMITED}")
+# The fast claim takes only a task under no limit: nothing to count, one round trip. A
+# limited one comes back unclaimed (its status still PENDING or RETRYING) for claim_limited.
+_CLAIM_UNLIMITED = _CLAIM.format(room=f"NOT {LIMITED}") + (
+    f" UNION ALL SELECT * FROM tasks WHERE id = %(id)s AND status = ANY(%(from)s) AND {LIMITED}"
+)
 # Each limit's RUNNING tasks, counted under the limits' advisory locks (taken by an earlier
 # statement of the transaction, so this statement's snapshot sees every claim committed
 # under them). Over the partial indexes of limited tasks: the cost is the limit, not the queue.
@@ -120,25 +123,17 @@ def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float
     with conn.cursor() as cur:  # a plain cursor: RealDictRow cost a no-op task a tenth
         cur.execute(_CLAIM_UNLIMITED, params)
         task = one(cur, Task)
-        if task is not None:
-            return task
-        cur.execute(
-            "SELECT owner, task_definition_id, definition_limit, concurrency_key, key_limit,"
-            f" owner_limit FROM tasks WHERE id = %s AND status = ANY(%s) AND {LIMITED}",
-            (task_id, _CLAIM_FROM),
-        )
-        row = cur.fetchone()
-    if row is None:
-        return None  # not claimable (a duplicate, cancelled, finished) or unknown
+    if task is None or task.status == Status.RUNNING:
+        return task  # claimed, or not claimable (a duplicate, cancelled, finished, unknown)
     names = [
         limit.name
         for limit in limits_of(
-            owner=row[0],
-            task_definition_id=row[1],
-            definition_limit=row[2],
-            concurrency_key=row[3],
-            key_limit=row[4],
-            owner_limit=row[5],
+            owner=task.owner,
+            task_definition_id=task.task_definition_id,
+            definition_limit=task.definition_limit,
+            concurrency_key=task.concurrency_key,
+            key_limit=task.key_limit,
+            owner_limit=task.owner_limit,
         )
     ]
     return claim_limited(conn, names, params)
@@ -157,10 +152,10 @@ def claim_limited(conn: Conn, names: list[str], params: dict[str, Any]) -> Task 
     held = False
     with conn.cursor() as cur:
         try:
-            if own:
-                cur.execute("BEGIN")
+            # One round trip for BEGIN and the locks.
             cur.execute(
-                "SELECT count(pg_advisory_xact_lock(hashtextextended(n, 0)))"
+                ("BEGIN; " if own else "")
+                + "SELECT count(pg_advisory_xact_lock(hashtextextended(n, 0)))"
                 " FROM (SELECT n FROM unnest(%s::text[]) n ORDER BY n) locks",
                 (sorted(names),),
             )

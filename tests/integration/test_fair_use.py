@@ -210,6 +210,9 @@ def test_pending_reasons_of_each_kind(client, auth, processes, settings):
     processes.worker(concurrency=1)
     processes.sweeper()
     wait_for_status(client, headers, lonely, TERMINAL, timeout=30)
+    # The API reads the workers' heartbeats at most every 2 s (shared/window.py): a view
+    # taken just before the worker came up says NO_WORKER until then.
+    time.sleep(2.1)
     scheduled = client.post(
         URL, json={"taskDefinitionId": "echo", "input": {}, "delay": 60_000}, headers=headers
     ).get_json()["id"]
