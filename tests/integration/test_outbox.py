@@ -14,6 +14,7 @@ import redis
 from cli.servers import RedisServer, free_port
 from config.settings import Settings
 from shared import db, outbox, store
+from shared.breaker import FIRST_COOL_OFF
 from shared.broker import Broker
 from shared.db import Database
 from shared.status import Status
@@ -128,8 +129,10 @@ def test_publish_releases_what_the_broker_refuses(
             due = store.take_due_for_publish(conn, republish_after=3600)
         assert sorted(d.id for d in due) == sorted(t.id for t in tasks)
 
-        # Redis is back: everything is sent and nothing released.
+        # Redis is back: everything is sent and nothing released (once the breaker's cool-off
+        # from the refused connection is over: shared/breaker.py).
         private_redis.start()
+        time.sleep(FIRST_COOL_OFF)
         assert outbox.publish(broker, database, due) == []
         assert all(read_row(settings, str(t.id)).published_at is not None for t in tasks)
         wire = redis.Redis.from_url(settings.redis_url)
