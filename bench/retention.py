@@ -130,6 +130,19 @@ def checkpoint(url: str) -> None:
     conn.close()
 
 
+def backend_cpu(purger: Purger) -> float:
+    """CPU seconds the purger's Postgres backend has used (its pool holds one connection)."""
+    with purger.db.connection(autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]  # type: ignore[index]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+#: CPU seconds of the purger's backend in each purge window (the server runs on this host).
+cpu_seconds: list[float] = []
+
+
 def alternate(
     purger: Purger, window: float, stop: threading.Event, wal: Any
 ) -> list[tuple[str, float, float, int, int]]:
@@ -144,11 +157,13 @@ def alternate(
         started, lsn = time.perf_counter(), wal_position(wal)
         time.sleep(window)
         windows.append(("off", started, time.perf_counter(), 0, wal_position(wal) - lsn))
-        started, lsn = time.perf_counter(), wal_position(wal)
+        started, lsn, cpu = time.perf_counter(), wal_position(wal), backend_cpu(purger)
         until = threading.Event()
         threading.Timer(window, until.set).start()
         purged = purger.purge(until)
+        spent = backend_cpu(purger) - cpu
         windows.append(("on", started, time.perf_counter(), purged, wal_position(wal) - lsn))
+        cpu_seconds.append(spent)
         if not until.is_set():  # the purge ran out of expired tasks before the window did
             until.set()
             stop.set()
@@ -185,7 +200,8 @@ def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None
     headers = add_key(url, "bench", ["*"])
     load(app, headers, args.clients, timer(2.0))  # warm the pools and caches
     checkpoint(url)
-    purger = Purger(settings, db.Database(url, max_connections=2))
+    purger = Purger(settings, db.Database(url, max_connections=1))
+    cpu_seconds.clear()
     purger.batch, purger.pause_ratio = batch, ratio
     stop = threading.Event()
     windows: list[tuple[str, float, float, int, int]] = []
@@ -225,7 +241,9 @@ def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None
         f"batch {batch}, pause ratio {ratio}: purged {purged:,} tasks in {on_time:.1f} s of"
         f" purge windows: {purged / on_time:,.0f} rows/s"
         f" ({len(windows) // 2} pairs of {args.window:.0f} s windows);"
-        f" WAL {(wal_on - wal_off) * on_time / purged:,.0f} bytes per purged task"
+        f" WAL {(wal_on - wal_off) * on_time / purged:,.0f} bytes per purged task;"
+        f" {purged / sum(cpu_seconds):,.0f} rows per CPU-second of its Postgres backend"
+        f" ({sum(cpu_seconds) / on_time:.0%} of a core during its windows)"
     )
     print(
         f"  submits without purge: p50 {p50_off:.1f} ms, p99 {p99_off:.1f} ms,"
@@ -271,7 +289,9 @@ def main() -> None:
     ]
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     try:
-        if not (args.keep_seed and seeded_rows(server) == args.rows):
+        if args.keep_seed and seeded_rows(server) == args.rows:
+            schema.migrate(database_url(server, SEEDED))  # kept from an older checkout
+        else:
             url = create_database(server, SEEDED)
             schema.migrate(url)
             with ledger(url) as conn:
