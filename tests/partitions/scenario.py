@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.credentials import mint_token
 from tests.helpers import JWT_SECRET
-from tests.partitions.fleet import WORKER_HOSTS, Fleet, connect
+from tests.partitions.fleet import API_HOSTS, WORKER_HOSTS, Fleet, connect
 from tests.partitions.load import Load, PartitionLedger
 from tests.partitions.verdicts import PartitionVerdict, report
 from tests.reliability.scenario import FACTOR
@@ -119,6 +119,43 @@ def superseded_results(fleet: Fleet, marks: dict[str, int]) -> set[str]:
     return found
 
 
+#: The line of shared/breaker.py when a process finds a Redis server unreachable (its text log:
+#: `asctime` is local time, to the millisecond).
+BREAKER_OPENED = re.compile(
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) WARNING shared\.breaker\[\d+\] Redis \S+ unreachable"
+)
+
+
+def breaker_opened(fleet: Fleet, window: Window) -> float | None:
+    """When (monotonic) the API on the cut host first found Redis unreachable in `window`."""
+    to_monotonic = window.healed - window.healed_at
+    cut_at = window.began - to_monotonic
+    service = fleet.service("api", window.host)
+    for match in BREAKER_OPENED.finditer(service.log()):
+        at = time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1000
+        if cut_at <= at <= window.healed_at:
+            return at + to_monotonic
+    return None
+
+
+def breaker_figures(ledger: PartitionLedger, windows: list[Window]) -> tuple[float, float] | None:
+    """API hosts cut: (seconds from the cut until the host's Redis breaker opened, the slowest
+    submit to that host sent from then until the heal); None if no breaker opened."""
+    detected: list[float] = []
+    slowest = 0.0
+    for window in windows:
+        if window.host not in API_HOSTS:
+            continue
+        opened = breaker_opened(ledger.fleet, window)
+        if opened is None:
+            continue
+        detected.append(opened - window.began)
+        for at, host, kind, _, took in ledger.api.log:
+            if host == window.host and kind == "submit" and opened <= at <= window.healed:
+                slowest = max(slowest, took)
+    return (max(detected), slowest) if detected else None
+
+
 def log_marks(fleet: Fleet) -> dict[str, int]:
     return {str(s.log_path): s.log_path.stat().st_size for s in fleet.of("worker")}
 
@@ -212,7 +249,11 @@ def judge(ledger: PartitionLedger, windows: list[Window], refused: set[str]) -> 
     for bulk_outcome, count in sorted(ledger.bulk_items.items()):
         base.notes[f"bulk_{bulk_outcome.lower()}"] = count
     superseded = len(refused & set(ledger.tasks))
-    return PartitionVerdict(base, doubled, answers, superseded, rejoin, slowest)
+    verdict = PartitionVerdict(base, doubled, answers, superseded, rejoin, slowest)
+    breaker = breaker_figures(ledger, windows)
+    if breaker is not None:
+        verdict.breaker_opened, verdict.slowest_after_open = breaker
+    return verdict
 
 
 def answered_during(ledger: PartitionLedger, windows: list[Window], host: str) -> Counter[int]:

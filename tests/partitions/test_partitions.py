@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from config.celery import celery_settings
 from tests.partitions.fleet import Fleet, connect
 from tests.partitions.load import PartitionLedger
 from tests.partitions.scenario import (
@@ -76,6 +77,16 @@ def test_api_host_cut_from_redis_still_accepts(cluster: Fleet) -> None:
     # The task waits in Postgres; the sweeper publishes it: a 201 all the same.
     cut = answered_during(ledger, windows, "api1")
     assert cut and set(cut) == {201}, f"api1 answered {dict(cut)} while cut from Redis"
+    # One call's timeout finds the cut (a request in flight waits it out: the publish's 3 s at
+    # most); from then on the host's Redis calls fail fast (shared/breaker.py), one probe of
+    # 0.5 s per cool-off, so no later submit waits on the dead link.
+    assert verdict.breaker_opened is not None, "api1's Redis breaker never opened"
+    timeout = float(celery_settings(cluster.settings)["broker_connection_timeout"])
+    assert verdict.breaker_opened < timeout + 1, verdict.explain()
+    assert verdict.slowest_after_open is not None and verdict.slowest_after_open < 1.5, (
+        verdict.explain()
+    )
+    assert verdict.slowest < timeout + 1.5, verdict.explain()
     assert len(verdict.base.probes) == len(windows)
     assert not cluster.troubled(), "a partition must crash nothing"
 

@@ -25,6 +25,10 @@ class PartitionVerdict:
     superseded: int = 0  # handlers that finished but whose result was refused (task moved on)
     rejoin: list[float] = field(default_factory=list)  # heal -> the cut worker host runs again
     slowest: float = 0.0  # the slowest answer to a submit during a cut, seconds
+    #: An API host cut from Redis: seconds from the cut until its Redis breaker opened, and the
+    #: slowest submit to it sent from then until the heal (None: no breaker opened).
+    breaker_opened: float | None = None
+    slowest_after_open: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -35,6 +39,11 @@ class PartitionVerdict:
         probe = f"recovery max={max(v.probes):.1f}s" if v.probes else "recovery n/a"
         if self.rejoin:
             probe += f" rejoin max={max(self.rejoin):.1f}s"
+        if self.breaker_opened is not None:
+            probe += (
+                f" breaker opened={self.breaker_opened:.1f}s"
+                f" slowest after={self.slowest_after_open or 0:.2f}s"
+            )
         refused = ", ".join(f"{k}: {n}" for k, n in sorted(self.refused.items())) or "none"
         notes = "".join(f" {k}={val}" for k, val in v.notes.items())
         return (
@@ -73,6 +82,8 @@ def report(verdict: PartitionVerdict) -> None:
         "two_results": verdict.results,
         "refused": dict(verdict.refused),
         "slowest": round(verdict.slowest, 2),
+        "breaker_opened": verdict.breaker_opened,
+        "slowest_after_open": verdict.slowest_after_open,
         "probe_max": max(v.probes) if v.probes else None,
         "probe_median": statistics.median(v.probes) if v.probes else None,
         "rejoin_max": max(verdict.rejoin) if verdict.rejoin else None,
