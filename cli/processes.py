@@ -150,16 +150,21 @@ def sweeper() -> None:
 def deliverer() -> None:
     """Run the webhook deliverer: send signed task events to subscriptions, with retries."""
     from config.logging import configure_logging
+    from workers import deliverer_metrics
     from workers.deliverer import Deliverer
 
     settings = load_settings()
     configure_logging(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # It counts its attempts (served on TASKEXEC_METRICS_PORT, or into dev's directory).
+    private_directory = deliverer_metrics.install(settings)
     try:
         Deliverer(settings).run_forever(stop)
     except KeyboardInterrupt:
         pass
+    finally:
+        deliverer_metrics.remove(private_directory)
 
 
 # The sweeper's first name, kept so that existing Procfiles and compose files still start it.

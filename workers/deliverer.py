@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 
@@ -22,6 +22,7 @@ from shared.retention import Retention
 from shared.task_document import task_from_snapshot, task_json
 from shared.webhook_signing import event_body, headers, signing_secrets
 from shared.webhook_targets import Reply, Sender, SendFailed, TargetRefused
+from workers import deliverer_metrics as metrics
 from workers.release_wait import ReleaseWait
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,21 @@ BACKOFF_BASE_SECONDS = 1.0
 #: ...up to this (then hourly until the retry horizon).
 BACKOFF_MAX_SECONDS = 3600.0
 #: Most due deliveries one claim looks at (the cap per subscription picks among them).
-CLAIM_BATCH = 200
+CLAIM_BATCH = 500
 #: Without a NOTIFY, look for due deliveries at least this often (retries, a lost LISTEN).
 IDLE_POLL_SECONDS = 2.0
+#: After a NOTIFY, wait this long for more before claiming: under load one claim then takes
+#: the events of many status changes (one statement, one commit) instead of one each.
+CLAIM_LINGER_SECONDS = 0.02
+#: Outcomes are written in batches: the first waits this long for others, and one
+#: statement records at most RECORD_BATCH of them.
+RECORD_LINGER_SECONDS = 0.02
+RECORD_BATCH = 500
+#: While due rows wait for room (the pool or a subscription's cap), look again this often
+#: even if no finishing send wakes the loop.
+STARVED_POLL_SECONDS = 0.1
+#: After a round that took every due row, the next look (unless a NOTIFY comes first).
+RECHECK_SECONDS = 0.2
 #: Retention: events one statement deletes at most, and the pause between rounds.
 PURGE_BATCH = 500
 PURGE_INTERVAL_SECONDS = 60.0
@@ -86,10 +99,15 @@ class Deliverer:
         self.settings = settings
         self.concurrency = settings.webhook_concurrency
         self.per_subscription = settings.webhook_subscription_concurrency
+        # Every write of the deliverer may be lost by a Postgres crash without harm: a lease
+        # or an outcome forgotten means the delivery is sent again (at least once allows
+        # it), a purge or a disabling is simply done again. So no commit waits for the WAL
+        # flush; the events themselves commit with the status change, durably.
         self.db = database or Database(
             settings.database_url,
             max_connections=self.concurrency + 4,
             connect_timeout=settings.db_connect_timeout,
+            synchronous_commit=False,
         )
         self.sender = Sender(
             settings.webhook_timeout, settings.webhook_allow_private, self.per_subscription
@@ -109,6 +127,16 @@ class Deliverer:
         self._definitions_at = 0.0
         self.waiter: DeliveryWait | None = None
         self.sent = 0  # attempts made (for logs and the bench)
+        # The last claim left due rows behind (the pool or a subscription's cap was full):
+        # a finished send wakes the loop to claim more.
+        self._starved = False
+        # Outcomes waiting for the recorder thread: a list swapped whole per batch. The
+        # first outcome of a batch sets the event (one wake-up per batch, not per outcome).
+        self._outcomes: list[Result] = []
+        self._outcomes_ready = threading.Event()
+        self._recording = True
+        self._recorder: threading.Thread | None = None
+        self.metrics = metrics.DelivererMetrics.get()
 
     # ------------------------------------------------------------ claiming
 
@@ -116,22 +144,22 @@ class Deliverer:
         """Claim what is due and free to send, start sending it; return how many were claimed."""
         with self._lock:
             free = self.concurrency - self._total
-            busy = [w for w, n in self._inflight.items() if n >= self.per_subscription]
             room = {w: self.per_subscription - n for w, n in self._inflight.items()}
         if free <= 0:
+            self._starved = True
             return 0
-        with self.db.connection() as conn:
-            due = store.due_deliveries(conn, limit=min(CLAIM_BATCH, free * 4), busy=busy)
-            chosen: list[uuid.UUID] = []
-            for delivery_id, webhook_id in due:
-                left = room.get(webhook_id, self.per_subscription)
-                if left <= 0:
-                    continue
-                room[webhook_id] = left - 1
-                chosen.append(delivery_id)
-                if len(chosen) >= free:
-                    break
-            claimed = store.lease_deliveries(conn, chosen, self.lease_seconds)
+        with self.db.connection(autocommit=True) as conn:  # one statement
+            claimed = store.claim_deliveries(
+                conn,
+                free=free,
+                per_subscription=self.per_subscription,
+                room=room,
+                scan=max(CLAIM_BATCH, free * 4),
+                lease_seconds=self.lease_seconds,
+            )
+        self._starved = bool(claimed) and (
+            len(claimed) >= free or claimed[0].due_count > len(claimed)
+        )
         if not claimed:
             return 0
         bodies = self.render(claimed)
@@ -193,25 +221,51 @@ class Deliverer:
         finally:
             with self._lock:
                 self._inflight[item.webhook_id] -= 1
-                if self._inflight[item.webhook_id] <= 0:
+                left = self._inflight[item.webhook_id]
+                if left <= 0:
                     del self._inflight[item.webhook_id]
                 self._total -= 1
-            if self.waiter is not None:
-                self.waiter.wake()  # a slot is free: claim again
+                # Claim again once a batch's worth is free, not after every send: a claim
+                # per finished send would be a statement and a commit per delivery.
+                wake = self._starved and (
+                    self._total <= self.concurrency // 2 or left <= self.per_subscription // 2
+                )
+            if wake and self.waiter is not None:
+                self.waiter.wake()
+
+    def refusal(self, item: store.Claimed) -> tuple[str, bool] | None:
+        """Why a claimed delivery may not be sent, and whether to disable its subscription."""
+        if item.disabled:
+            return f"subscription disabled: {item.disabled_reason or 'by its owner'}", False
+        if item.owner_keyed and not item.owner_active:
+            return f"every API key of its owner {item.owner!r} is revoked", True
+        if item.owner_keyed and item.admin and not item.owner_admin:
+            return (
+                f"scope all, but no active API key of its owner {item.owner!r} holds"
+                " tasks:admin any more (a PATCH by the owner re-enables it with scope own)",
+                True,
+            )
+        return None
 
     def attempt(self, item: store.Claimed, body: bytes) -> store.Outcome:
-        """Make one attempt of a claimed delivery and record how it ended."""
-        if item.disabled:
+        """Make one attempt of a claimed delivery; its outcome is recorded in the next batch."""
+        refused = self.refusal(item)
+        if refused is not None:
+            reason, disable = refused
             with self.db.connection() as conn:
-                store.fail_undeliverable(
-                    conn, item, f"subscription disabled: {item.disabled_reason or 'by its owner'}"
-                )
-            return store.Outcome(False, None, None, "subscription disabled")
+                if disable:
+                    store.refuse_delivery(conn, item, reason)
+                    log.warning("webhook %s disabled: %s", item.webhook_id, reason)
+                else:
+                    store.fail_undeliverable(conn, item, reason)
+            self.metrics.count("refused", None)
+            return store.Outcome(False, None, None, reason)
         now = datetime.now(UTC)
         keys = signing_secrets(
             item.secret, item.previous_secret, item.previous_secret_expires_at, now
         )
         final = False
+        started = time.monotonic()
         try:
             reply = self.sender.post(item.url, body, headers(str(item.event_id), now, body, keys))
             outcome = _outcome(reply)
@@ -219,16 +273,66 @@ class Deliverer:
             # A refused destination is a configuration to fix, not an outage to wait out.
             outcome, final = store.Outcome(False, None, None, str(exc)), True
         except SendFailed as exc:
-            elapsed = int((datetime.now(UTC) - now).total_seconds() * 1000)
+            elapsed = int((time.monotonic() - started) * 1000)
             outcome = store.Outcome(False, None, elapsed, str(exc))
+        seconds = time.monotonic() - started
         self.sent += 1
-        with self.db.connection() as conn:
-            if outcome.delivered:
-                store.record_delivered(conn, item, outcome)
-            else:
-                retry_in = None if final else self.retry_in(item)
-                store.record_failed_attempt(conn, item, outcome, retry_in, self.disable_after)
+        retry_in = None if outcome.delivered or final else self.retry_in(item)
+        ended = datetime.now(UTC)
+        lag = (ended - item.event_created_at).total_seconds() if outcome.delivered else None
+        self.metrics.count(_result_label(outcome, final, retry_in), seconds, lag)
+        with self._lock:
+            self._outcomes.append(Result(item, outcome, retry_in, ended))
+            first = len(self._outcomes) == 1
+        if first:
+            self._outcomes_ready.set()
         return outcome
+
+    # ------------------------------------------------------------ recording outcomes
+
+    def _record_forever(self) -> None:
+        """Write outcomes in batches until `run_forever` ends and every outcome is written."""
+        while True:
+            self._outcomes_ready.wait()
+            if not self._recording:
+                self.flush()  # the pool has finished: these are the last
+                return
+            # Let the batch fill: at most one write per RECORD_LINGER_SECONDS.
+            time.sleep(RECORD_LINGER_SECONDS)
+            self.flush()
+
+    def record(self, batch: list[Result]) -> None:
+        """Write a batch of outcomes in one transaction (no wait for the WAL flush).
+
+        Failing to write loses nothing but the record: the leases lapse, and the deliveries
+        are sent again (at least once).
+        """
+        delivered = [(r.item, r.outcome, r.at) for r in batch if r.outcome.delivered]
+        failed = [r for r in batch if not r.outcome.delivered]
+        try:
+            # The common batch (all delivered) is one statement: no BEGIN/COMMIT round trips.
+            with self.db.connection(autocommit=not failed) as conn:
+                store.record_delivered_batch(conn, delivered)
+                for r in failed:
+                    store.record_failed_attempt(
+                        conn, r.item, r.outcome, r.retry_in, self.disable_after
+                    )
+        except (TaskexecError, psycopg2.Error) as exc:
+            message = exc.message if isinstance(exc, TaskexecError) else str(exc).strip()
+            log.warning(
+                "%d delivery outcome(s) not recorded (sent again later): %s", len(batch), message
+            )
+        except Exception:
+            log.exception("%d delivery outcome(s) not recorded", len(batch))
+
+    def flush(self) -> int:
+        """Write the outcomes queued so far; return how many (tests call it directly too)."""
+        with self._lock:
+            batch, self._outcomes = self._outcomes, []
+            self._outcomes_ready.clear()
+        for start in range(0, len(batch), RECORD_BATCH):
+            self.record(batch[start : start + RECORD_BATCH])
+        return len(batch)
 
     def retry_in(self, item: store.Claimed) -> float | None:
         """Seconds until the next try, or None once the retry horizon is past."""
@@ -286,31 +390,63 @@ class Deliverer:
         self.waiter = DeliveryWait(
             self.settings.database_url, stop, self.settings.db_connect_timeout
         )
+        self._recorder = threading.Thread(
+            target=self._record_forever, name="webhook-record", daemon=True
+        )
+        self._recorder.start()
         try:
             while not stop.is_set():
                 wait = IDLE_POLL_SECONDS
                 try:
                     self.waiter.listen()  # before the look-up: an event after it wakes us
                     claimed = self.claim_round()
-                    if claimed:
-                        wait = 0.0  # more may be due
+                    if self._starved:
+                        # Due rows left behind: a finishing send wakes us to claim them.
+                        wait = STARVED_POLL_SECONDS
+                    elif claimed:
+                        # Took all that was due. Look again soon (a NOTIFY usually comes
+                        # first under load); a round that finds nothing computes the wait.
+                        wait = RECHECK_SECONDS
                     else:
                         with self.db.connection(autocommit=True) as conn:
                             due_in = store.next_delivery_in(conn)
                         if due_in is not None and due_in > 0:
                             wait = min(due_in, IDLE_POLL_SECONDS)
-                        # due_in == 0: due, but the pool or its subscriptions are full; a
-                        # finished send wakes the loop.
+                        elif due_in == 0:
+                            # Due but not ours to take: subscriptions at their cap here, or
+                            # another deliverer claiming them right now.
+                            self._starved = True
+                            wait = STARVED_POLL_SECONDS
                 except TaskexecError as exc:
                     log.warning("delivery round skipped: %s", exc.message)
                 except Exception:
                     log.exception("delivery round failed")
                 if wait > 0 and not stop.is_set():
-                    self.waiter.sleep(wait)
+                    if self.waiter.sleep(wait) and not stop.is_set():
+                        # Woken by a status change: let a few more commit, claim them at once.
+                        stop.wait(CLAIM_LINGER_SECONDS)
         finally:
             self.pool.shutdown(wait=True)
+            self._recording = False
+            self._outcomes_ready.set()
+            self._recorder.join(30)
             self.waiter.close()
             self.sender.close()
+
+
+class Result(NamedTuple):
+    """One attempt's outcome on its way to the recorder thread."""
+
+    item: store.Claimed
+    outcome: store.Outcome
+    retry_in: float | None  # None: final (FAILED) unless delivered
+    at: datetime  # when the attempt ended
+
+
+def _result_label(outcome: store.Outcome, final: bool, retry_in: float | None) -> str:
+    if outcome.delivered:
+        return "delivered"
+    return "failed" if final or retry_in is None else "retrying"
 
 
 def _outcome(reply: Reply) -> store.Outcome:

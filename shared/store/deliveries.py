@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg2.extras import Json
+from psycopg2.extras import Json, execute_values
 
 from shared.store._rows import Conn, all_, one, scalar
 
@@ -191,56 +191,87 @@ class Claimed:
     disabled: bool
     disabled_reason: str | None
     failing_since: datetime | None
+    owner: str = ""
+    admin: bool = False
+    # The owner's API keys at the claim: whether it has any, any active, any active one
+    # with tasks:admin. An owner without keys (a JWT subject) cannot be checked.
+    owner_keyed: bool = False
+    owner_active: bool = True
+    owner_admin: bool = True
+    due_count: int = 0  # due rows the claim looked at (more than claimed: a backlog)
 
 
-def due_deliveries(
-    conn: Conn, *, limit: int, busy: Sequence[uuid.UUID] = ()
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """Lock up to `limit` due, unleased deliveries (FOR UPDATE SKIP LOCKED), oldest due first.
+#: What a claim returns for each leased delivery (the Claimed fields, in order).
+_CLAIMED = """
+    d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts, d.created_at, d.retry_from,
+    d.locked_until, e.created_at AS event_created_at, e.task, e.data, w.url, w.secret,
+    w.previous_secret, w.previous_secret_expires_at, w.disabled, w.disabled_reason,
+    w.failing_since, w.owner, w.admin,
+    EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner) AS owner_keyed,
+    EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner AND k.revoked_at IS NULL)
+        AS owner_active,
+    EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner AND k.revoked_at IS NULL
+            AND k.permissions && ARRAY['tasks:admin', '*']) AS owner_admin
+"""
 
-    Returns (delivery id, webhook id) pairs; `busy` subscriptions (at their concurrency cap
-    in this deliverer) are skipped. The rows stay locked until the transaction ends: the
-    caller picks the ones it takes and passes them to `lease_deliveries` in it.
+
+def claim_deliveries(
+    conn: Conn,
+    *,
+    free: int,
+    per_subscription: int,
+    room: Mapping[uuid.UUID, int],
+    scan: int,
+    lease_seconds: float,
+) -> list[Claimed]:
+    """Lease up to `free` due deliveries in one statement, oldest due first; count the attempt.
+
+    Looks at up to `scan` due, unleased rows (FOR UPDATE SKIP LOCKED: several deliverers
+    never take the same row) and takes at most `room[w]` of subscription w's
+    (`per_subscription` for one not in `room`; 0 skips it): the deliverer's cap per
+    subscription. `next_attempt_at` moves to the lease's end with `locked_until`, so a
+    delivery whose deliverer dies mid-send becomes due again when the lease lapses, and the
+    due index never walks rows in flight. One statement: run it in autocommit.
     """
+    busy = [str(w) for w, n in room.items() if n <= 0]
+    partial = [(str(w), n) for w, n in room.items() if n > 0]
     with conn.cursor() as cur:
         cur.execute(
-            """
-            SELECT id, webhook_id FROM webhook_deliveries
-            WHERE status = 'PENDING' AND next_attempt_at <= now()
-              AND NOT (webhook_id = ANY (%s::uuid[]))
-            ORDER BY next_attempt_at
-            LIMIT %s
-            FOR UPDATE SKIP LOCKED
-            """,
-            ([str(b) for b in busy], limit),
-        )
-        return [(row[0], row[1]) for row in cur.fetchall()]
-
-
-def lease_deliveries(conn: Conn, ids: Sequence[uuid.UUID], lease_seconds: float) -> list[Claimed]:
-    """Lease the locked deliveries `ids` for `lease_seconds` and count the attempt.
-
-    `next_attempt_at` moves to the lease's end with `locked_until`, so a delivery whose
-    deliverer dies mid-send becomes due again when the lease lapses, and the due index
-    never walks rows that are in flight.
-    """
-    if not ids:
-        return []
-    with conn.cursor() as cur:
-        cur.execute(
-            """
+            f"""
+            WITH due AS MATERIALIZED (
+                SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries
+                WHERE status = 'PENDING' AND next_attempt_at <= now()
+                  AND NOT (webhook_id = ANY (%(busy)s::uuid[]))
+                ORDER BY next_attempt_at
+                LIMIT %(scan)s
+                FOR UPDATE SKIP LOCKED
+            ), ranked AS (
+                SELECT due.id, due.next_attempt_at,
+                    row_number() OVER (PARTITION BY due.webhook_id
+                                       ORDER BY due.next_attempt_at, due.id) AS n,
+                    coalesce(room.free, %(per)s) AS free
+                FROM due LEFT JOIN unnest(%(room_ids)s::uuid[], %(room_free)s::int[])
+                    AS room (webhook_id, free) ON room.webhook_id = due.webhook_id
+            ), chosen AS (
+                SELECT id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT %(free)s
+            )
             UPDATE webhook_deliveries d
             SET attempts = d.attempts + 1,
-                locked_until = now() + make_interval(secs => %s),
-                next_attempt_at = now() + make_interval(secs => %s)
-            FROM webhook_events e, webhooks w
-            WHERE d.id = ANY (%s::uuid[]) AND e.id = d.event_id AND w.id = d.webhook_id
-            RETURNING d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts,
-                d.created_at, d.retry_from, d.locked_until, e.created_at AS event_created_at,
-                e.task, e.data, w.url, w.secret, w.previous_secret,
-                w.previous_secret_expires_at, w.disabled, w.disabled_reason, w.failing_since
+                locked_until = now() + make_interval(secs => %(lease)s),
+                next_attempt_at = now() + make_interval(secs => %(lease)s)
+            FROM chosen c, webhook_events e, webhooks w
+            WHERE d.id = c.id AND e.id = d.event_id AND w.id = d.webhook_id
+            RETURNING {_CLAIMED}, (SELECT count(*) FROM due) AS due_count
             """,
-            (lease_seconds, lease_seconds, [str(i) for i in ids]),
+            {
+                "busy": busy,
+                "scan": scan,
+                "per": per_subscription,
+                "room_ids": [w for w, _ in partial],
+                "room_free": [n for _, n in partial],
+                "free": free,
+                "lease": lease_seconds,
+            },
         )
         return all_(cur, Claimed)
 
@@ -255,31 +286,60 @@ class Outcome:
     error: str | None
 
 
-def record_delivered(conn: Conn, claimed: Claimed, outcome: Outcome) -> bool:
-    """Mark a leased delivery DELIVERED and its subscription healthy; False if the lease was lost.
+def record_delivered_batch(
+    conn: Conn, delivered: Sequence[tuple[Claimed, Outcome, datetime]]
+) -> int:
+    """Mark many leased deliveries DELIVERED in one statement; return how many still held.
 
-    The lease check (`locked_until` unchanged) makes an attempt whose deliverer overran its
-    lease (another took the row over) record nothing.
+    Each item is (the claim, its outcome, when the attempt ended). An item whose lease was
+    lost (`locked_until` changed: another deliverer took the row over) records nothing. The
+    subscriptions that were failing at the claim are healthy again.
+    """
+    if not delivered:
+        return 0
+    rows = [
+        (str(c.id), c.locked_until, o.response_status, o.response_time_ms, at)
+        for c, o, at in delivered
+    ]
+    with conn.cursor() as cur:
+        recorded = execute_values(
+            cur,
+            """
+            UPDATE webhook_deliveries d
+            SET status = 'DELIVERED', locked_until = NULL, last_attempt_at = v.at,
+                response_status = v.status, response_time_ms = v.ms, error = NULL
+            FROM (VALUES %s) AS v (id, lease, status, ms, at)
+            WHERE d.id = v.id AND d.locked_until = v.lease
+            RETURNING d.id
+            """,
+            rows,
+            template="(%s::uuid, %s::timestamptz, %s::int, %s::int, %s::timestamptz)",
+            page_size=len(rows),
+            fetch=True,
+        )
+        healed = sorted({str(c.webhook_id) for c, _, _ in delivered if c.failing_since})
+        if healed:
+            cur.execute(
+                "UPDATE webhooks SET failing_since = NULL"
+                " WHERE id = ANY (%s::uuid[]) AND failing_since IS NOT NULL",
+                (healed,),
+            )
+        return len(recorded)
+
+
+def refuse_delivery(conn: Conn, claimed: Claimed, reason: str) -> bool:
+    """Disable a claimed delivery's subscription for `reason` and fail the delivery unsent.
+
+    For a subscription its owner may no longer have (every API key of the owner revoked, or
+    `scope: all` without an active tasks:admin key): no event reaches it from then on.
     """
     with conn.cursor() as cur:
         cur.execute(
-            """
-            UPDATE webhook_deliveries
-            SET status = 'DELIVERED', locked_until = NULL, last_attempt_at = now(),
-                response_status = %s, response_time_ms = %s, error = NULL
-            WHERE id = %s AND locked_until = %s
-            """,
-            (outcome.response_status, outcome.response_time_ms, claimed.id, claimed.locked_until),
+            "UPDATE webhooks SET disabled = true, disabled_reason = %s, disabled_at = now(),"
+            " updated_at = now() WHERE id = %s AND NOT disabled",
+            (reason[:500], claimed.webhook_id),
         )
-        if cur.rowcount == 0:
-            return False
-        if claimed.failing_since is not None:
-            cur.execute(
-                "UPDATE webhooks SET failing_since = NULL"
-                " WHERE id = %s AND failing_since IS NOT NULL",
-                (claimed.webhook_id,),
-            )
-        return True
+    return fail_undeliverable(conn, claimed, f"subscription disabled: {reason}")
 
 
 def record_failed_attempt(

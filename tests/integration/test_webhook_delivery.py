@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -150,9 +151,11 @@ def subscribe(
     return webhook_id, secret
 
 
-def finish_tasks(database_url: str, count: int, status: str = "COMPLETED") -> list[uuid.UUID]:
+def finish_tasks(
+    database_url: str, count: int, status: str = "COMPLETED", owner: str = "alice"
+) -> list[uuid.UUID]:
     """Insert tasks and move them to `status` in one transaction: the trigger's events."""
-    rows = [task_row() for _ in range(count)]
+    rows = [task_row(owner=owner) for _ in range(count)]
     with ledger(database_url) as conn:
         store.insert_tasks(conn, rows)
         with conn.cursor() as cur:
@@ -329,17 +332,44 @@ def test_a_worker_killed_right_after_a_finish_loses_no_event(
     client, auth, backends, processes, receiver, deliverer, webhook_settings
 ):
     headers = auth.key()
-    subscribe(backends.database_url, receiver.url("/hook"), ["task.completed"])
+    webhook_id, secret = subscribe(backends.database_url, receiver.url("/hook"), ["task.completed"])
     processes.settings = webhook_settings
     worker = processes.worker(concurrency=1)
-    tid = submit(client, headers, "echo", {"n": 1})
-    wait_for_status(client, headers, tid, {"COMPLETED"})
-    os.killpg(worker.pid, signal.SIGKILL)  # no deliverer ran yet: only the ledger has it
+    # The trigger NOTIFYs at the commit of the change that wrote the event: only the finish
+    # matches this subscription, so the first notification is the finish's commit.
+    listener = psycopg2.connect(backends.database_url)
+    listener.autocommit = True
+    try:
+        with listener.cursor() as cur:
+            cur.execute("LISTEN taskexec_webhooks")
+        tid = submit(client, headers, "echo", {"n": 1})
+        deadline = time.monotonic() + 60
+        while not listener.notifies:
+            assert time.monotonic() < deadline, "the task never finished"
+            select.select([listener], [], [], 1.0)
+            listener.poll()
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker dies right after the commit
+        killed_at = time.monotonic()
+    finally:
+        listener.close()
     worker.wait(10)
+    assert receiver.at("/hook") == []  # no deliverer has run: the event is only in the ledger
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status FROM tasks WHERE id = %s", (tid,))
+        assert cur.fetchone() == ("COMPLETED",)
     deliverer()
     wait_for(lambda: receiver.at("/hook"), 10)
-    doc = json.loads(receiver.at("/hook")[0]["body"])
+    doc = verify(secret, receiver.at("/hook")[0])
     assert doc["type"] == "task.completed" and doc["data"]["id"] == tid
+    assert doc["data"]["status"] == "COMPLETED"
+    rows = wait_for(
+        lambda: [
+            r for r in deliveries(backends.database_url, webhook_id) if r.status == "DELIVERED"
+        ]
+    )
+    assert len(rows) == 1 and rows[0].task_id == uuid.UUID(tid)
+    assert len(receiver.at("/hook")) == 1
+    assert time.monotonic() - killed_at < 30
 
 
 # ---------------------------------------------------------------- isolation and retries
@@ -623,3 +653,72 @@ def test_an_event_is_written_in_the_status_change_transaction(backends, receiver
     with ledger(backends.database_url) as check, check.cursor() as cur:
         cur.execute("SELECT count(*) FROM webhook_events")
         assert cur.fetchone()[0] == 0
+
+
+# ---------------------------------------------------------------- the owner's standing
+
+
+def revoke(database_url: str, headers: dict[str, str]) -> None:
+    with ledger(database_url) as conn:
+        assert store.revoke_api_key(conn, headers["X-API-Key"].split("_")[1])
+
+
+def disabled_reason(database_url: str, webhook_id: uuid.UUID) -> str | None:
+    with ledger(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT disabled, disabled_reason FROM webhooks WHERE id = %s", (webhook_id,))
+        row = cur.fetchone()
+    assert row is not None
+    return str(row[1]) if row[0] else None
+
+
+def test_a_rotated_key_keeps_the_subscription_and_the_last_revoked_key_disables_it(
+    auth, backends, receiver, deliverer
+):
+    old, new = auth.key(owner="alice"), auth.key(owner="alice")
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/hook"), ["task.completed"])
+    deliverer()
+    # Key rotation: one of the owner's keys goes, another stays: nothing changes.
+    revoke(backends.database_url, old)
+    finish_tasks(backends.database_url, 1)
+    wait_for(lambda: len(receiver.at("/hook")) == 1)
+    # The owner's last key goes: its subscription must stop receiving the owner's tasks.
+    revoke(backends.database_url, new)
+    finish_tasks(backends.database_url, 2)
+    reason = wait_for(lambda: disabled_reason(backends.database_url, webhook_id))
+    assert "every API key of its owner 'alice' is revoked" in reason
+    failed = wait_for(
+        lambda: [r for r in deliveries(backends.database_url, webhook_id) if r.status == "FAILED"]
+    )
+    assert all((r.error or "").startswith("subscription disabled: every API key") for r in failed)
+    time.sleep(0.5)
+    assert len(receiver.at("/hook")) == 1  # nothing was sent after the last revocation
+    finish_tasks(backends.database_url, 1)  # disabled: no delivery is queued any more
+    assert len(deliveries(backends.database_url, webhook_id)) == 3
+
+
+def test_scope_all_ends_with_the_owners_last_admin_key(auth, backends, receiver, deliverer):
+    admin = auth.key("*", owner="ops")
+    auth.key(["webhooks:read", "webhooks:write", "tasks:read"], owner="ops")
+    webhook_id, _ = subscribe(
+        backends.database_url, receiver.url("/all"), ["task.completed"], owner="ops", admin=True
+    )
+    deliverer()
+    finish_tasks(backends.database_url, 1)  # alice's task: ops may read it while admin
+    wait_for(lambda: len(receiver.at("/all")) == 1)
+    revoke(backends.database_url, admin)  # ops keeps a key, but none with tasks:admin
+    finish_tasks(backends.database_url, 1)
+    reason = wait_for(lambda: disabled_reason(backends.database_url, webhook_id))
+    assert "no active API key of its owner 'ops' holds tasks:admin" in reason
+    time.sleep(0.5)
+    assert len(receiver.at("/all")) == 1  # alice's second task never reached ops
+
+
+def test_an_owner_without_keys_is_not_judged_by_them(backends, receiver, deliverer):
+    # A JWT subject has no stored keys: its subscriptions stand until deleted or disabled.
+    subscribe(backends.database_url, receiver.url("/carol"), ["task.completed"], owner="carol")
+    subscribe(
+        backends.database_url, receiver.url("/root"), ["task.completed"], owner="root", admin=True
+    )
+    deliverer()
+    finish_tasks(backends.database_url, 1, owner="carol")
+    wait_for(lambda: len(receiver.at("/carol")) == 1 and len(receiver.at("/root")) == 1)
