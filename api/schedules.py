@@ -249,8 +249,10 @@ def trigger_schedule(schedule_id: str) -> tuple[Response, int, dict[str, str]]:
         row = _load(conn, schedule_id)
     definition = svc.definitions.get(row.task["taskDefinitionId"])
     new = store.SlotTask(fired_task(row.task, definition, row.owner), row.id, None)
+    executor = new.task.executor
+    open_windows = {executor} if svc.window.is_open(executor) else set()
     with svc.db.connection() as conn:
-        task = store.insert_schedule_tasks(conn, [new])[0]
+        task = store.insert_schedule_tasks(conn, [new], open_windows)[0]
     submission.publish([task], svc)
     SUBMITTED.labels(task.task_definition_id).inc()
     location = url_for("tasks.get_task", task_id=str(task.id))

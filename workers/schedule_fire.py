@@ -30,6 +30,7 @@ from shared.schedules import (
     fired_task,
     next_slot,
 )
+from shared.window import Window
 from workers.release_wait import ReleaseWait
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Ahead:
     slot: datetime
     next_slot: datetime | None
     task: store.NewTask
-    row: str
+    row: store.SlotRow
     done: store.Progress
     progress: str
     message: Rendered | None  # None for a manual task: nothing goes to Redis
@@ -130,13 +131,54 @@ def build_template(schedule: store.Schedule, definition: store.DefinitionRow | N
     return Template(schedule, timing, key, row, None)
 
 
+class Budget:
+    """The dispatch window as the firer spends it: room in Redis, less what its rounds have
+    let out and not yet pushed (two rounds run at once; neither may spend the other's room).
+
+    A fired task goes out at once on the same terms as a submission (under no limit, its
+    owner with nothing ready waiting, room in its executor's window); the rest waits in
+    Postgres for the releaser, which sends it fairly between owners as room opens.
+    """
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._out: dict[str, int] = {}
+
+    def take(self, rows: list[store.SlotRow]) -> set[int]:
+        """Let out as many of `rows` as their windows have room for: their id()s."""
+        wanted = [r for r in rows if r.may_publish]
+        if not wanted:
+            return set()
+        with self._lock:
+            try:
+                rooms = self.window.room(r.executor for r in wanted)
+            except BROKER_ERRORS:
+                # Redis unreachable: as a submission, stamp them; the outbox leaves them to
+                # the sweeper when the push fails.
+                rooms = {r.executor: len(wanted) for r in wanted}
+            allowed = set()
+            for row in wanted:
+                if rooms[row.executor] - self._out.get(row.executor, 0) > 0:
+                    self._out[row.executor] = self._out.get(row.executor, 0) + 1
+                    allowed.add(id(row))
+            return allowed
+
+    def sent(self, executors: list[str]) -> None:
+        """Give back the room of rows let out (their messages pushed now, or not inserted)."""
+        with self._lock:
+            for executor in executors:
+                if executor in self._out:
+                    self._out[executor] = max(self._out[executor] - 1, 0)
+
+
 @dataclass(frozen=True)
 class _Fire:
     """One claimed schedule's part of a round: its slot rows, its progress, its messages."""
 
     schedule_id: uuid.UUID
     tasks: list[store.NewTask]
-    rows: list[str]
+    rows: list[store.SlotRow]
     done: store.Progress
     progress: str
     messages: list[Rendered | None]
@@ -150,9 +192,10 @@ class Publisher:
     submission's: the row was stamped published in the firing transaction (the outbox).
     """
 
-    def __init__(self, db: Database, broker: Broker) -> None:
+    def __init__(self, db: Database, broker: Broker, window: Budget | None = None) -> None:
         self.db = db
         self.broker = broker
+        self.window = window
         self._queue: queue.Queue[list[tuple[store.NewTask, Rendered | None]] | None]
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="schedule-publish", daemon=True)
@@ -183,6 +226,9 @@ class Publisher:
                 self._publish(fired)
             except Exception:
                 log.exception("publishing %d fired task(s) failed", len(fired))
+            finally:
+                if self.window is not None:
+                    self.window.sent([t.executor for t, _ in fired])
 
     def _publish(self, fired: list[tuple[store.NewTask, Rendered | None]]) -> None:
         if not fired:
@@ -226,7 +272,8 @@ class ScheduleFirer:
         # one core while this process builds the next round on another.
         self._pool = ThreadPoolExecutor(FIRE_THREADS, thread_name_prefix="schedule-round")
         self.templates: dict[uuid.UUID, Template] = {}
-        self.publisher = Publisher(db, broker)
+        self.window = Budget(Window(settings, broker)) if settings is not None else None
+        self.publisher = Publisher(db, broker, self.window)
         self._prepared_at = 0.0
         self._forgot_at = time.monotonic()
 
@@ -286,15 +333,28 @@ class ScheduleFirer:
                 else:
                     planned.append(self._plan(conn, claimed, template, now, active))
             fires += self._render(conn, planned)
-            inserted = self._write(conn, fires)
-        self.publisher.put(
-            [
-                (task, message)
-                for f in fires
-                for task, message in zip(f.tasks, f.messages, strict=True)
-                if task.id in inserted and task.published
-            ]
-        )
+            rows = [r for f in fires for r in f.rows]
+            allowed = self.window.take(rows) if self.window is not None else None
+            try:
+                inserted = self._write(conn, fires, allowed)
+            except BaseException:
+                if self.window is not None and allowed:
+                    self.window.sent([r.executor for r in rows if id(r) in allowed])
+                raise
+        fired = [
+            (task, message, row)
+            for f in fires
+            for task, message, row in zip(f.tasks, f.messages, f.rows, strict=True)
+        ]
+        if self.window is not None and allowed:  # let out but not stamped: its room back
+            self.window.sent(
+                [
+                    row.executor
+                    for t, _, row in fired
+                    if id(row) in allowed and not inserted.get(t.id)
+                ]
+            )
+        self.publisher.put([(t, m) for t, m, _ in fired if inserted.get(t.id)])
         if inserted:
             log.info(
                 "schedules fired %d task(s), %d rendered ahead",
@@ -471,19 +531,29 @@ class ScheduleFirer:
             )
         return slots[-1:], slots[:-1]
 
-    def _write(self, conn: store.Conn, fires: list[_Fire]) -> set[uuid.UUID]:
-        """Insert the round and advance its schedules; a row the database refuses costs only
-        its own schedule's slots (recorded as skipped), never the round or the loop."""
+    def _write(
+        self, conn: store.Conn, fires: list[_Fire], allowed: set[int] | None
+    ) -> dict[uuid.UUID, bool]:
+        """Insert the round and advance its schedules; return the tasks inserted (and whether
+        each goes out at once). A row the database refuses costs only its own schedule's
+        slots (recorded as skipped), never the round or the loop.
+
+        `allowed`: the rows (by id()) the dispatch window lets out at once; None: all.
+        """
+
+        def sql(rows: list[store.SlotRow]) -> list[str]:
+            return [r.sql(allowed is None or id(r) in allowed) for r in rows]
+
         try:
             return store.fire_round(
-                conn, [r for f in fires for r in f.rows], [f.progress for f in fires]
+                conn, sql([r for f in fires for r in f.rows]), [f.progress for f in fires]
             )
         except _ROW_ERRORS:
             log.exception("a schedule round was refused; firing its schedules one by one")
-        inserted: set[uuid.UUID] = set()
+        inserted: dict[uuid.UUID, bool] = {}
         for fire in fires:
             try:
-                inserted |= store.fire_round(conn, fire.rows, [fire.progress])
+                inserted |= store.fire_round(conn, sql(fire.rows), [fire.progress])
             except _ROW_ERRORS as exc:
                 log.warning("schedule %s: its task was refused: %s", fire.schedule_id, exc)
                 done = fire.done

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,9 +11,18 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import Json
 
-from shared.status import ACTIVE
+from shared.status import ACTIVE, TaskType
 from shared.store._rows import Conn, Cursor, all_, one, statuses
-from shared.store.tasks import _INSERT_COLUMNS, _INSERT_TEMPLATE, NewTask, Task, _values
+from shared.store.tasks import (
+    _COLUMNS,
+    _NAMES,
+    _NOW_IF_FIRST,
+    _PICKED,
+    RELEASE_CHANNEL,
+    NewTask,
+    Task,
+    _values,
+)
 
 _ACTIVE = statuses(ACTIVE)
 #: The schedule-firing thread LISTENs on it: a created or edited schedule may be due sooner.
@@ -263,14 +272,20 @@ def active_schedule_tasks(
     return found
 
 
-# A slot's row is a submission's (tasks._values, whatever columns that grows) plus its
-# schedule and slot; the conflict target is the unique slot index.
+# A slot's row is a submission's (tasks._COLUMNS and _values, whatever columns those grow),
+# published at once on the same terms (shared/store/tasks.py's _NOW_IF_FIRST: the caller lets
+# it, and its owner has nothing ready waiting there), plus its schedule and slot; the conflict
+# target is the unique slot index.
 _SLOT_INSERT = (
-    f"INSERT INTO tasks ({_INSERT_COLUMNS}, schedule_id, scheduled_for) VALUES {{}}"
+    f"INSERT INTO tasks ({_NAMES}, published_at, schedule_id, scheduled_for)"
+    f" SELECT {_PICKED}, CASE WHEN v.publish AND {_NOW_IF_FIRST} THEN now() END,"
+    " v.schedule_id, v.scheduled_for"
+    f" FROM (VALUES {{}}) AS v({_NAMES}, publish, schedule_id, scheduled_for)"
     " ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING"
     " RETURNING {}"
 )
-_SLOT_TEMPLATE = _INSERT_TEMPLATE[:-1] + ", %s, %s)"
+_SLOT_HEAD = "(" + ", ".join(f"%s::{kind}" for _, kind in _COLUMNS) + ", "
+_SLOT_TAIL = "::boolean, %s::uuid, %s::timestamptz)"
 _PROGRESS = (
     "UPDATE schedules s SET next_run_at = v.next_run_at,"
     " last_run_at = COALESCE(v.last_run_at, s.last_run_at),"
@@ -289,13 +304,35 @@ _PROGRESS_TEMPLATE = (
 )
 
 
-def render_slots(conn: Conn, slots: Sequence[SlotTask]) -> list[str]:
-    """Each slot task's row as SQL text for fire_round (rendered ahead of its slot, even)."""
+@dataclass(frozen=True)
+class SlotRow:
+    """A slot task's row as SQL text for fire_round, but for whether it goes out at once."""
+
+    head: str
+    tail: str
+    executor: str
+    may_publish: bool  # not manual and under no concurrency limit (tasks._values)
+
+    def sql(self, publish: bool) -> str:
+        """The row; `publish`: its executor's window has room for it (the caller decides)."""
+        return f"{self.head}{'true' if publish and self.may_publish else 'false'}{self.tail}"
+
+
+def render_slots(conn: Conn, slots: Sequence[SlotTask]) -> list[SlotRow]:
+    """Each slot task's row as SQL text (rendered ahead of its slot, even)."""
+    out = []
     with conn.cursor() as cur:
-        return [
-            cur.mogrify(_SLOT_TEMPLATE, (*_values(s.task), s.schedule_id, s.scheduled_for)).decode()
-            for s in slots
-        ]
+        for s in slots:
+            values = _values(s.task)
+            out.append(
+                SlotRow(
+                    cur.mogrify(_SLOT_HEAD, values[:-1]).decode(),
+                    cur.mogrify(_SLOT_TAIL, (s.schedule_id, s.scheduled_for)).decode(),
+                    s.task.executor,
+                    bool(values[-1]),
+                )
+            )
+    return out
 
 
 def render_progress(conn: Conn, progress: Sequence[Progress]) -> list[str]:
@@ -319,24 +356,35 @@ def render_progress(conn: Conn, progress: Sequence[Progress]) -> list[str]:
         ]
 
 
-def insert_schedule_tasks(conn: Conn, slots: Sequence[SlotTask]) -> list[Task]:
+def insert_schedule_tasks(
+    conn: Conn, slots: Sequence[SlotTask], open_executors: Container[str] | None = None
+) -> list[Task]:
     """Insert a schedule's tasks (a trigger's); return those inserted. A slot already fired
     (same schedule and scheduled_for, by any sweeper) inserts nothing and is not returned.
 
-    Like a submission, a row is stamped published when inserted: the caller publishes it
-    after commit through the outbox, and the sweeper republishes it if that fails.
+    Published at once as a submission is (the caller publishes after commit): not manual,
+    under no limit, its executor in `open_executors` (None: all) and its owner with nothing
+    ready waiting; otherwise it waits for the releaser, which a NOTIFY wakes.
     """
     if not slots:
         return []
+    rows = render_slots(conn, slots)
     with conn.cursor() as cur:
-        cur.execute(_SLOT_INSERT.format(",".join(render_slots(conn, slots)), "*"))
-        return all_(cur, Task)
+        values = ",".join(
+            r.sql(open_executors is None or r.executor in open_executors) for r in rows
+        )
+        cur.execute(_SLOT_INSERT.format(values, "*"))
+        stored = all_(cur, Task)
+        if any(t.published_at is None and t.type != TaskType.MANUAL.value for t in stored):
+            cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
+        return stored
 
 
-def fire_round(conn: Conn, slots: Sequence[str], progress: Sequence[str]) -> set[uuid.UUID]:
-    """Insert a round's tasks and advance its schedules in one statement; return the ids
-    of the tasks inserted (a slot some sweeper already fired inserts nothing). `slots` and
-    `progress` are rows from render_slots and render_progress.
+def fire_round(conn: Conn, rows: Sequence[str], progress: Sequence[str]) -> dict[uuid.UUID, bool]:
+    """Insert a round's tasks and advance its schedules in one statement; return the tasks
+    inserted, each with whether it was stamped published (a slot some sweeper already fired
+    inserts nothing). `rows` are SlotRow.sql texts, `progress` render_progress's. A row left
+    to the releaser (a full window, a limit, its owner's backlog) wakes it, at commit.
 
     A schedule whose row changed since the claim (updated_at) is not advanced: the claim's
     lock makes that impossible today, and if it ever were not, an API write would still win
@@ -344,13 +392,14 @@ def fire_round(conn: Conn, slots: Sequence[str], progress: Sequence[str]) -> set
     """
     with conn.cursor() as cur:
         parts = []
-        if slots:
-            parts.append(f"fired AS ({_SLOT_INSERT.format(','.join(slots), 'id')})")
+        if rows:
+            returning = "id, published_at IS NOT NULL, type = 'MANUAL'"
+            parts.append(f"fired AS ({_SLOT_INSERT.format(','.join(rows), returning)})")
         if progress:
             parts.append(f"advanced AS ({_PROGRESS.format(','.join(progress))} RETURNING 1)")
         if not parts:
-            return set()
-        select = "SELECT id FROM fired" if slots else "SELECT NULL WHERE false"
+            return {}
+        select = "SELECT * FROM fired" if rows else "SELECT NULL, NULL, NULL WHERE false"
         # Under a savepoint: a row the database refuses rolls back this statement only, and
         # the caller can retry the round's schedules one by one in the same transaction.
         try:
@@ -358,7 +407,10 @@ def fire_round(conn: Conn, slots: Sequence[str], progress: Sequence[str]) -> set
         except psycopg2.Error:
             _rollback_to(cur, "fire_round")
             raise
-        return {r[0] for r in cur.fetchall()}
+        fired = cur.fetchall()
+        if any(not published and not manual for _, published, manual in fired):
+            cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
+        return {task_id: published for task_id, published, _ in fired}
 
 
 def _rollback_to(cur: Cursor, savepoint: str) -> None:

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def firer(settings: Any, clean_db: None) -> Iterator[ScheduleFirer]:
-    fire = ScheduleFirer(Database(settings.database_url, max_connections=4), Broker(settings))
+    fire = ScheduleFirer(
+        Database(settings.database_url, max_connections=4), Broker(settings), settings
+    )
     yield fire
     fire.publisher.close()
     fire._pool.shutdown()
@@ -134,3 +136,29 @@ def test_a_definition_released_after_the_slot_was_rendered_wins(firer, settings)
             cur.execute("DELETE FROM task_definitions WHERE id = 'echo'")
             store.publish_definitions(conn, [ECHO])
             conn.commit()
+
+
+def test_fired_tasks_go_out_only_as_the_dispatch_window_has_room(settings, clean_db):
+    # No worker, a window of 2: a round of 5 due slots sends 2 at once (rendered ahead or
+    # not), and the other 3 wait in Postgres for the releaser, as submissions would.
+    narrow = dataclasses.replace(settings, dispatch_window_min=2)
+    fire = ScheduleFirer(Database(narrow.database_url, max_connections=4), Broker(narrow), narrow)
+    try:
+        ids = [add_schedule(settings.database_url, due_in=1.5) for _ in range(5)]
+        fire.prepare(within=10)
+        assert all(fire.templates[i].ahead is not None for i in ids[:2])
+        time.sleep(1.6)
+        assert fire.fire_due() == 5
+        fire.publisher.close()
+        with ledger(settings.database_url) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),"
+                " count(*) FILTER (WHERE published_at IS NULL AND next_attempt_at IS NULL)"
+                " FROM tasks"
+            )
+            assert cur.fetchone() == (2, 3)
+        assert fire.broker.queue_depths(["standard-executor"]) == {"standard-executor": 2}
+        assert fire.window is not None and fire.window._out == {"standard-executor": 0}
+    finally:
+        fire.publisher.close()
+        fire._pool.shutdown()
