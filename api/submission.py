@@ -127,13 +127,22 @@ def _insert_and_publish(svc: Services, rows: Sequence[store.NewTask]) -> list[st
     return tasks
 
 
-def _open_windows(svc: Services, rows: Sequence[store.NewTask]) -> set[str]:
-    """The executors of `rows` whose dispatch window has room (a cached view of Redis).
+def _open_windows(svc: Services, rows: Sequence[store.NewTask]) -> set[uuid.UUID]:
+    """The rows that may be published at once: as many of each executor's as its window has
+    room for (a cached view of Redis), first ones first.
 
-    A row for a full window waits in Postgres for the releaser, which sends it as room
-    opens, round robin across owners (docs/architecture.md, "Release").
+    A row past the room waits in Postgres for the releaser, which sends it as room opens,
+    round robin across owners (docs/architecture.md, "Release").
     """
-    return {e for e in {r.executor for r in rows} if svc.window.is_open(e)}
+    by_executor: dict[str, list[uuid.UUID]] = {}
+    for r in rows:
+        if r.published and not r.limited:
+            by_executor.setdefault(r.executor, []).append(r.id)
+    return {
+        i
+        for executor, ids in by_executor.items()
+        for i in ids[: svc.window.grant(executor, len(ids))]
+    }
 
 
 def _conflict(key: str, task_id: uuid.UUID | None) -> IdempotencyConflict:

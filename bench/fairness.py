@@ -25,6 +25,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -169,15 +170,16 @@ def main() -> None:
         with ledger(url) as conn:
             store.publish_definitions(conn, load_registry(DIAGNOSTICS))
         cmd = worker_command(["standard-executor"], args.concurrency, "bench@%h")
-        for argv in (
-            [*cmd, "--without-mingle", "--without-gossip"],
-            [sys.executable, "-m", "cli", "sweeper"],
+        logs = Path(tempfile.mkdtemp(prefix="bench-fairness-"))
+        print(f"logs: {logs}")
+        for name, argv in (
+            ("worker", [*cmd, "--without-mingle", "--without-gossip"]),
+            ("sweeper", [sys.executable, "-m", "cli", "sweeper"]),
         ):
-            procs.append(
-                subprocess.Popen(
-                    argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            with open(logs / f"{name}.log", "wb") as log:
+                procs.append(
+                    subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
                 )
-            )
         sweeper = procs[-1]
         api = Api(settings, url)
         sleep = {"taskDefinitionId": "sleep", "input": {"seconds": args.seconds}}

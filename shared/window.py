@@ -25,10 +25,10 @@ SLOTS_TTL_SECONDS = 2.0
 class Window:
     """Per-executor window size and room, from Redis (the queues' depth, the heartbeats).
 
-    Shared by every thread of a process. `is_open` serves the API's submit path from a view
-    at most `open_ttl` seconds old, so a submission costs Redis one read per executor per
+    Shared by every thread of a process. `grant` serves the API's submit path from a view at
+    most `open_ttl` seconds old, so a submission costs Redis one read per executor per
     `open_ttl`, not one per request; being that stale only lets the window overshoot by what
-    one process accepts meanwhile.
+    the workers took meanwhile.
     """
 
     def __init__(self, settings: Settings, broker: Broker, open_ttl: float = 0.05) -> None:
@@ -38,7 +38,7 @@ class Window:
         self._lock = threading.Lock()
         self._slots: dict[str, int] = {}
         self._slots_at = -SLOTS_TTL_SECONDS
-        self._open: dict[str, tuple[float, bool]] = {}
+        self._room: dict[str, tuple[float, int]] = {}  # executor -> (when read, room left)
 
     def slots(self) -> dict[str, int]:
         """Slots of the live workers, by executor (a worker of several counts in each)."""
@@ -69,20 +69,29 @@ class Window:
         depths = self.broker.queue_depths(wanted)
         return {e: max(self.size(e) - depths.get(e, 0), 0) for e in wanted}
 
-    def is_open(self, executor: str) -> bool:
-        """Whether a submission may publish to `executor` at once (a view `open_ttl` old).
+    def grant(self, executor: str, wanted: int) -> int:
+        """How many of `wanted` new messages may go to `executor`'s queue now (taken from it).
 
-        Redis unreachable: open, so the row is stamped as today and the outbox leaves it to
-        the sweeper when the publish fails (the window cannot be read then anyway).
+        Served from a view of the room at most `open_ttl` old, spent as it is granted, so one
+        batch (a bulk request, a group commit) never sends more than the room, and requests
+        within `open_ttl` share it. Redis unreachable: all of them, stamped as before (the
+        outbox leaves them to the sweeper when the publish fails; the window cannot be read
+        then anyway).
         """
         now = time.monotonic()
-        seen = self._open.get(executor)
-        if seen is not None and now - seen[0] < self.open_ttl:
-            return seen[1]
-        try:
-            is_open = self.room([executor])[executor] > 0
-        except BROKER_ERRORS:
-            is_open = True
         with self._lock:
-            self._open[executor] = (now, is_open)
-        return is_open
+            seen = self._room.get(executor)
+        if seen is None or now - seen[0] >= self.open_ttl:
+            try:
+                seen = (now, self.room([executor])[executor])
+            except BROKER_ERRORS:
+                return wanted
+        with self._lock:
+            at, room = self._room.get(executor, seen) if seen[0] != now else seen
+            granted = max(min(wanted, room), 0)
+            self._room[executor] = (at, room - granted)
+        return granted
+
+    def is_open(self, executor: str) -> bool:
+        """Whether one more message may go to `executor`'s queue now (and take its place)."""
+        return self.grant(executor, 1) > 0

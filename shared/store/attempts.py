@@ -13,7 +13,7 @@ from psycopg2.extras import Json
 from shared.concurrency import limits_of
 from shared.status import ALLOWED_FROM, HELD, Status
 from shared.store._rows import Conn, Cursor, all_, one, statuses
-from shared.store.limits import LIMITED, wake_releaser
+from shared.store.limits import HELD_BEHIND, LIMITED, wake_releaser
 from shared.store.tasks import Task
 
 _CLAIM_FROM = statuses(ALLOWED_FROM[Status.RUNNING])
@@ -228,13 +228,13 @@ _FINISH_ATTEMPT = f"""
             end_time = now(), lease_expires_at = NULL, updated_at = now(),
             worker_lost_count = worker_lost_count + %(lost)s
         WHERE id = %(id)s AND status = ANY(%(from)s) AND attempts = %(attempt)s
-        RETURNING id, {LIMITED} AS limited
+        RETURNING id, {LIMITED} AND {HELD_BEHIND.format(t="tasks")} AS wake
     ), closed AS (
         UPDATE task_attempts a SET ended_at = now(), error = %(error)s, status = %(status)s
         WHERE a.task_id = %(id)s AND a.attempt = %(attempt)s AND a.ended_at IS NULL
           AND EXISTS (SELECT 1 FROM finished)
     )
-    SELECT count(*), COALESCE(bool_or(limited), false) FROM finished
+    SELECT count(*), COALESCE(bool_or(wake), false) FROM finished
 """
 
 
@@ -271,7 +271,7 @@ def finish_attempt(
         row = cur.fetchone()
         if row and row[0]:
             if row[1]:
-                wake_releaser(cur)  # its limits have room again
+                wake_releaser(cur)  # its limits have room again, and tasks wait for it
             return True
         close_attempt(cur, task_id, attempt, None, error)
         return False
@@ -318,7 +318,7 @@ def schedule_retry(
         task = one(cur, Task)
         close_attempt(cur, task_id, attempt, outcome if task else None, error)
         if task is not None and task.limited:
-            wake_releaser(cur)  # its limits have room until it runs again
+            wake_releaser(cur, task_id)  # its limits have room until it runs again
         return task
 
 

@@ -154,6 +154,24 @@ def hold(conn: Conn, holds: Sequence[tuple[Any, str]]) -> None:
             )
 
 
-def wake_releaser(cur: Cursor) -> None:
-    """Tell the releaser that a limit may have room (sent at commit; at once in autocommit)."""
-    cur.execute("SELECT pg_notify(%s, %s)", (RELEASE_CHANNEL, ROOM))
+#: Whether tasks are held back by one of the limits of the task row `{t}` (three probes of
+#: tasks_held): only then does the end of its run need to wake the releaser.
+HELD_BEHIND = (
+    "EXISTS (SELECT 1 FROM tasks h WHERE h.status IN ('PENDING', 'RETRYING') AND h.held_on IN"
+    " ('definition:' || {t}.task_definition_id, 'key:' || {t}.owner || ':' || {t}.concurrency_key,"
+    " 'principal:' || {t}.owner))"
+)
+
+
+def wake_releaser(cur: Cursor, task_id: Any = None) -> None:
+    """Tell the releaser that a limit may have room (sent at commit; at once in autocommit).
+
+    With `task_id`: only if tasks are held back by one of that task's limits.
+    """
+    if task_id is None:
+        cur.execute("SELECT pg_notify(%s, %s)", (RELEASE_CHANNEL, ROOM))
+        return
+    cur.execute(
+        f"SELECT pg_notify(%s, %s) FROM tasks t WHERE t.id = %s AND {HELD_BEHIND.format(t='t')}",
+        (RELEASE_CHANNEL, ROOM, task_id),
+    )

@@ -333,7 +333,7 @@ def fail_task(
         if task is not None and task.attempts:
             close_attempt(cur, task_id, task.attempts, status.value, error)
         if task is not None and task.limited:
-            wake_releaser(cur)  # a RUNNING one leaves room; a held one leaves the held set
+            wake_releaser(cur, task_id)  # a RUNNING one leaves room
         return task
 
 

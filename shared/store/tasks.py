@@ -179,16 +179,16 @@ _DELAYED_INSERT = (
 
 
 def insert_tasks(
-    conn: Conn, tasks: Sequence[NewTask], open_executors: Container[str] | None = None
+    conn: Conn, tasks: Sequence[NewTask], publishable: Container[uuid.UUID] | None = None
 ) -> list[Task]:
     """Insert PENDING tasks in one statement; return them as stored.
 
     A task marked `published` is stamped as if its message were already sent: the caller
     publishes right after commit, and if that fails (or the process dies first) the sweeper
     republishes it once `republish_after` has passed. This saves a write per submission.
-    That fast path is taken only while the executor's dispatch window has room (it is in
-    `open_executors`; None: every one), the task is under no concurrency limit and its owner
-    has nothing ready waiting there; otherwise the row waits, unpublished, for the releaser,
+    That fast path is taken only while the executor's dispatch window has room (the row's id
+    is in `publishable`; None: every row), the task is under no concurrency limit and its
+    owner has nothing ready waiting there; otherwise the row waits, unpublished, for the releaser,
     woken by a NOTIFY. A delayed task (`run_at`) is stored due at `run_at` and unpublished,
     so no message exists until the sweeper releases it; only a batch holding one pays for
     the NOTIFY up front.
@@ -198,8 +198,7 @@ def insert_tasks(
     delayed = any(t.run_at is not None for t in tasks)
     with conn.cursor() as cur:
         rows = [
-            _values(t, t.published and (open_executors is None or t.executor in open_executors))
-            for t in tasks
+            _values(t, t.published and (publishable is None or t.id in publishable)) for t in tasks
         ]
         if delayed:
             rows = [(*row, t.run_at) for row, t in zip(rows, tasks, strict=True)]
@@ -494,7 +493,9 @@ def cancel_task(
         if updated is not None:
             if previous == Status.RUNNING and updated.limited:
                 # Its limits have room: the releaser may send the next held-back task.
-                cur.execute("SELECT pg_notify(%s, 'room')", (RELEASE_CHANNEL,))
+                from shared.store.limits import wake_releaser  # limits reads this module
+
+                wake_releaser(cur, task_id)
             return CancelOutcome(updated, previous, cancelled=True)
         cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
         current = one(cur, Task)
