@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from limits.storage import RedisStorage
 
@@ -29,22 +28,11 @@ return {current, redis.call("ttl", KEYS[1])}
 """
 
 
-class _Counted(NamedTuple):
-    """What one `incr` learnt about a window: its key, the hits counted in it, and its end."""
-
-    key: str
-    hits: int
-    expires_at: float
-
-
 class SingleTripRedisStorage(RedisStorage):
-    """RedisStorage whose `get`/`get_expiry` of the key just counted answer from memory.
+    """RedisStorage with `count`: a hit and its window's end (for the headers) in one trip.
 
-    flask-limiter counts a request with `incr`, then reads the same key back with `get` and
-    `get_expiry` to fill the headers. Here `incr` remembers, per thread, the count and expiry
-    it got from Redis, and those two reads of that key are answered from it. The memo is
-    dropped before every `incr` and by `forget`, which the app calls when a request ends, so
-    it never answers for another request; any other read goes to Redis.
+    `api.limits` counts every request with `count`; the other operations are RedisStorage's
+    own, each a round trip of its own.
     """
 
     STORAGE_SCHEME = [SCHEME_PREFIX + scheme for scheme in ("redis", "rediss", "redis+unix")]
@@ -59,7 +47,6 @@ class SingleTripRedisStorage(RedisStorage):
         wrap_exceptions: bool = False,
         **options: float | str | bool,
     ) -> None:
-        self._memo = threading.local()
         super().__init__(
             uri.removeprefix(SCHEME_PREFIX),
             connection_pool=connection_pool,
@@ -71,41 +58,15 @@ class SingleTripRedisStorage(RedisStorage):
     def initialize_storage(self, uri: str) -> None:
         super().initialize_storage(uri)
         # Under the process's breaker of this Redis (shared/breaker.py): once a call times out,
-        # counting fails fast (flask-limiter then counts in memory) and so do the publishes.
+        # counting fails fast (the limiter then counts in memory) and so do the publishes.
         guard(self.storage)
         self.lua_incr_expire_ttl = self.get_connection().register_script(_INCR_EXPIRE_TTL)
 
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        # Forget first: if Redis fails, no older count may answer for this request.
-        self.forget()
-        count, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
+    def count(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
+        """Add `amount` to the window `key`; return its hits and its end (Unix time)."""
+        hits, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
         # The same arithmetic as RedisStorage.get_expiry, so the Reset header is unchanged.
-        self._memo.counted = _Counted(key, int(count), max(int(ttl), 0) + time.time())
-        return int(count)
+        return int(hits), max(int(ttl), 0) + time.time()
 
-    def get(self, key: str) -> int:
-        counted = self._counted(key)
-        return counted.hits if counted is not None else super().get(key)
-
-    def get_expiry(self, key: str) -> float:
-        counted = self._counted(key)
-        return counted.expires_at if counted is not None else super().get_expiry(key)
-
-    def clear(self, key: str) -> None:
-        self.forget()
-        super().clear(key)
-
-    def reset(self) -> int | None:
-        self.forget()
-        return super().reset()
-
-    def forget(self, _error: BaseException | None = None) -> None:
-        """Drop this thread's memo (a Flask `teardown_request` callback)."""
-        self._memo.counted = None
-
-    def _counted(self, key: str) -> _Counted | None:
-        counted: _Counted | None = getattr(self._memo, "counted", None)
-        if counted is None or counted.key != key:
-            return None
-        # A window that has ended since (a slow request) is read afresh, as before.
-        return counted if time.time() <= counted.expires_at else None
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.count(key, expiry, amount)[0]

@@ -1,26 +1,36 @@
-"""Per-principal rate limits kept in Redis (flask-limiter), with X-RateLimit-* headers.
+"""Per-principal rate limits kept in Redis (fixed windows of `limits`), with X-RateLimit-* headers.
 
 Two buckets per principal: `default` shared by every endpoint, and `bulk` shared by the views
-marked with `bulk_limit`. Limits are counted once per request in the limiter's before_request
-hook, which `create_app` registers right after `load_principal`, so the key is the principal.
-Public views (health, API docs) are exempt. Unrouted requests (404/405) count too. Counting
-and the numbers for the headers cost one Redis round trip (`api.limit_storage`).
+marked with `bulk_limit`. A request is counted once, in a before_request hook that `create_app`
+registers right after `load_principal`, so the key is the principal. Public views (health, API
+docs) are exempt. Unrouted requests (404/405) count too. Counting and the numbers for the headers
+cost one Redis round trip (`api.limit_storage`), and every API process counts in the same Redis
+keys, so a limit is exact across processes and replicas.
+
+This replaced flask-limiter's request hooks, whose own Python (resolving limits, scopes and
+exemptions, a context object and a second pass for the headers) cost more CPU than the Redis
+call: the same `limits` storage, strategy and keys, one function per request
+(docs/benchmarks.md, "How the figures got here"). When Redis cannot be reached, requests are
+counted in process memory and Redis is probed again after 1, 2, 4 ... 32 seconds, as
+flask-limiter did.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
-from flask_limiter import HeaderNames, Limit, Limiter
-from limits import parse_many
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from werkzeug.exceptions import TooManyRequests
 
 from api.auth import PUBLIC
 from api.limit_storage import SCHEME_PREFIX, SingleTripRedisStorage
-from api.services import services
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,10 +38,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 BULK = "bulk"
 DEFAULT = "default"
 UNROUTED = "unrouted"
-# flask-limiter writes its Retry-After on every response, which also clobbers the one a 503
-# sets; it writes this name instead, and `_retry_after` turns it into Retry-After on a 429.
-_RETRY_HEADER = "X-RateLimit-Retry-After"
+#: The first part of every window's key (after the storage's own `LIMITS:` prefix).
+KEY_PREFIX = "taskexec-limits"
 _STORAGE_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+_MAX_PROBE_STEP = 5  # probes of a lost Redis back off 1, 2, 4 ... 32 s, then start again
+_HEADER_LIMIT = "X-RateLimit-Limit"
+_HEADER_REMAINING = "X-RateLimit-Remaining"
+_HEADER_RESET = "X-RateLimit-Reset"
 
 
 def bulk_limit(view: F) -> F:
@@ -50,46 +63,13 @@ def limit_key() -> str:
     return f"ip:{request.remote_addr or 'unknown'}"
 
 
-def _view() -> Callable[..., Any] | None:
-    return current_app.view_functions.get(request.endpoint or "")  # type: ignore[return-value]
-
-
-def limit_group(_endpoint: str = "") -> str:
-    """Name the bucket the current request counts against (`bulk` or `default`)."""
-    return BULK if getattr(_view(), "rate_limit_group", None) == BULK else DEFAULT
-
-
-def current_limit() -> str:
-    """Return the limit of the current request: bulk, the key's own, or the default."""
-    settings = services().settings
-    if limit_group() == BULK:
-        return settings.ratelimit_bulk
-    principal = g.get("principal")
-    own = principal.rate_limit if principal is not None else None
-    if own:
-        if _parses(own):
-            return str(own)
-        log.warning("API key %s has an invalid rate limit %r", principal.key_id, own)
-    return settings.ratelimit_default
-
-
 @functools.lru_cache(maxsize=256)
-def _parses(limit: str) -> bool:
-    """Say whether a key's own limit is valid (asked on every request, so remembered)."""
+def _item(limit: str) -> RateLimitItem | None:
+    """A rate such as `100/minute` parsed (asked on every request, so remembered); None: invalid."""
     try:
-        parse_many(limit)
+        return parse(limit)
     except ValueError:
-        return False
-    return True
-
-
-def is_exempt() -> bool:
-    """Public views (health probes, API docs) are not limited."""
-    return getattr(_view(), "permission", None) == PUBLIC
-
-
-def _refused_message() -> str:
-    return f"rate limit of {current_limit()} exceeded; retry after the time in Retry-After"
+        return None
 
 
 def storage_uri(redis_url: str) -> str:
@@ -99,51 +79,127 @@ def storage_uri(redis_url: str) -> str:
     return SCHEME_PREFIX + redis_url
 
 
-def _retry_after(response: Response) -> Response:
-    seconds = response.headers.pop(_RETRY_HEADER, None)
-    if response.status_code == 429:
+class _Counted:
+    """One request's count: the rate it counted against, its hits, the window's end."""
+
+    __slots__ = ("item", "hits", "expires_at")
+
+    def __init__(self, item: RateLimitItem, hits: int, expires_at: float) -> None:
+        self.item = item
+        self.hits = hits
+        self.expires_at = expires_at
+
+    @property
+    def reset_at(self) -> int:
+        """Unix time in whole seconds when the window ends (flask-limiter's arithmetic)."""
+        return int(self.expires_at + 1)
+
+
+class RateLimiter:
+    """Counts each request against its principal's bucket and writes the headers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage = SingleTripRedisStorage(storage_uri(settings.redis_url), **_STORAGE_OPTIONS)
+        self.memory = MemoryStorage()
+        self._redis_lost = False
+        self._probe_step = 0
+        self._probed_at = 0.0
+        self._probe_lock = threading.Lock()
+
+    # ------------------------------------------------------------ per request
+
+    def check(self) -> None:
+        """Count the request (a before_request hook); refuse it with 429 past its limit."""
+        g.rate_counted = None
+        view = current_app.view_functions.get(request.endpoint or "")
+        if getattr(view, "permission", None) == PUBLIC:
+            return  # health probes and the API docs
+        group = BULK if getattr(view, "rate_limit_group", None) == BULK else DEFAULT
+        limit = self.current_limit(group)
+        item = _item(limit)
+        assert item is not None  # settings and keys are checked when made, or dropped below
+        key = item.key_for(KEY_PREFIX, limit_key(), group)
+        hits, expires_at = self._count(key, item.get_expiry())
+        g.rate_counted = _Counted(item, hits, expires_at)
+        if hits > item.amount:
+            log.info("rate limit %s exceeded by %s (%s)", limit, key, request.endpoint)
+            raise TooManyRequests(
+                f"rate limit of {limit} exceeded; retry after the time in Retry-After"
+            )
+
+    def current_limit(self, group: str) -> str:
+        """Return the limit of the current request: bulk, the key's own, or the default."""
+        if group == BULK:
+            return self.settings.ratelimit_bulk
+        principal = g.get("principal")
+        own = principal.rate_limit if principal is not None else None
+        if own:
+            if _item(own) is not None:
+                return str(own)
+            log.warning("API key %s has an invalid rate limit %r", principal.key_id, own)
+        return self.settings.ratelimit_default
+
+    def headers(self, response: Response) -> Response:
+        """Write X-RateLimit-* (an after_request hook), and Retry-After on our own 429."""
+        counted: _Counted | None = g.get("rate_counted")
+        if counted is None:
+            return response
+        reset_at = counted.reset_at
+        headers = response.headers
+        headers[_HEADER_LIMIT] = str(counted.item.amount)
+        headers[_HEADER_REMAINING] = str(max(0, counted.item.amount - counted.hits))
+        headers[_HEADER_RESET] = str(reset_at)
+        if response.status_code == 429 and counted.hits > counted.item.amount:
+            # The window may end within the second: never tell a client to retry after 0.
+            headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
+        return response
+
+    # ------------------------------------------------------------ counting
+
+    def _count(self, key: str, expiry: int) -> tuple[int, float]:
+        """Count in Redis; in process memory while Redis cannot be reached."""
+        if self._redis_lost and not self._redis_is_back():
+            return self._count_in_memory(key, expiry)
         try:
-            wait = int(seconds) if seconds is not None else 1
-        except ValueError:
-            wait = 1
-        # The window may end within the second: never tell a client to retry after 0.
-        response.headers["Retry-After"] = str(max(1, wait))
-    return response
+            return self.storage.count(key, expiry)
+        except Exception:  # noqa: BLE001 - any failure of the storage: count on, in memory
+            if not self._redis_lost:
+                log.warning("rate limit storage unreachable: counting in process memory")
+                self._redis_lost = True
+                self._probed_at = time.time()
+            return self._count_in_memory(key, expiry)
+
+    def _count_in_memory(self, key: str, expiry: int) -> tuple[int, float]:
+        hits = self.memory.incr(key, expiry)
+        return hits, self.memory.get_expiry(key)
+
+    def _redis_is_back(self) -> bool:
+        """Probe Redis at most after 1, 2, 4 ... 32 s (then from 1 s again); say if it answers."""
+        with self._probe_lock:
+            if self._probe_step > _MAX_PROBE_STEP:
+                self._probe_step = 0
+            if time.time() - self._probed_at <= 2**self._probe_step:
+                return False
+            self._probed_at = time.time()
+            self._probe_step += 1
+        try:
+            alive = bool(self.storage.check())
+        except Exception:  # noqa: BLE001 - still unreachable
+            alive = False
+        if alive:
+            log.info("rate limit storage recovered: counting in Redis again")
+            self._redis_lost = False
+            self._probe_step = 0
+        return alive
 
 
-def init_limiter(app: Flask, settings: Settings) -> Limiter:
+def init_limiter(app: Flask, settings: Settings) -> RateLimiter | None:
     """Attach the limiter to `app`; call it right after registering `load_principal`."""
-    default = Limit(
-        limit_provider=current_limit,
-        key_function=limit_key,
-        scope=limit_group,
-        shared=True,  # one bucket per principal and group, not one per endpoint
-        exempt_when=is_exempt,
-        error_message=_refused_message,
-    )
-    limiter = Limiter(
-        key_func=limit_key,
-        default_limits=[default],
-        storage_uri=storage_uri(settings.redis_url),
-        # Short timeouts: an unreachable Redis costs one request half a second, then only the
-        # periodic probe for its return (backing off to every 32 s) waits on it.
-        storage_options=_STORAGE_OPTIONS,
-        strategy="fixed-window",
-        headers_enabled=True,
-        header_name_mapping={HeaderNames.RETRY_AFTER: _RETRY_HEADER},
-        enabled=settings.ratelimit_enabled,
-        # Redis down: count in process memory rather than fail every request.
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-        key_prefix="taskexec-limits",
-        request_identifier=lambda: request.endpoint or UNROUTED,
-    )
-    if settings.ratelimit_enabled:
-        # Registered before the limiter's own after_request, so it runs after it.
-        app.after_request(_retry_after)
-    limiter.init_app(app)
-    storage = limiter.storage if settings.ratelimit_enabled else None
-    if isinstance(storage, SingleTripRedisStorage):
-        # The count a request got from Redis must not answer for the next one on this thread.
-        app.teardown_request(storage.forget)
+    if not settings.ratelimit_enabled:
+        return None
+    limiter = RateLimiter(settings)
+    app.before_request(limiter.check)
+    app.after_request(limiter.headers)
+    app.extensions["limiter"] = {limiter}
     return limiter
