@@ -159,6 +159,9 @@ def retry_row(
         "timeout": original.timeout_ms,
         "retryPolicy": original.retry_policy,
     }
+    if "executionConfig" not in changes and original.concurrency_key and original.key_limit:
+        # The replay stays under the original's per-key limit (docs/lifecycle.md).
+        config["concurrency"] = {"key": original.concurrency_key, "limit": original.key_limit}
     body = {
         "workflowInstanceId": original.workflow_instance_id,
         "input": changes.get("input", original.input),

@@ -1,7 +1,7 @@
 """Fair dispatch: a small owner's start delay behind another's backlog, limits' cost, releaser CPU.
 
 Run: `.venv/bin/python bench/fairness.py` (`--backlog 10000 --small 10 --rounds 2`). It creates
-a database of its own on the server of DATABASE_URL (default: the local one), uses Redis db 12,
+a database of its own on the server of DATABASE_URL (default: the local one), uses Redis db 11,
 starts a real Celery worker (`--concurrency`, default 2) and a real `taskexec sweeper` (the
 releaser), and submits through the API in this process (the Flask app, the same code path as
 gunicorn's workers: auth, group commit, the window check, the INSERT and the publish).
@@ -44,7 +44,7 @@ from shared import schema, store  # noqa: E402
 from shared.credentials import issue_key  # noqa: E402
 from workers.definitions import DIAGNOSTICS, load_registry  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = "redis://127.0.0.1:6379/11"  # 12-15: the other benches
 NAME = "taskexec_bench_fairness"
 ROOT = Path(__file__).resolve().parent.parent
 URL = "/api/v1/tasks"

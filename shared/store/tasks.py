@@ -200,16 +200,21 @@ def insert_tasks(
         rows = [
             _values(t, t.published and (publishable is None or t.id in publishable)) for t in tasks
         ]
+        # Rows sure to wait for the releaser (no room, a limit) send its wake-up in the same
+        # round trip; the hot path (everything published) sends none.
+        waits = any(t.published and not row[-1] for t, row in zip(tasks, rows, strict=True))
         if delayed:
             rows = [(*row, t.run_at) for row, t in zip(rows, tasks, strict=True)]
             sql, template = _DELAYED_INSERT, _TEMPLATE.format(more=", %s::timestamptz")
         else:
-            sql, template = _INSERT, _TEMPLATE.format(more="")
+            sql = f"NOTIFY {RELEASE_CHANNEL}; {_INSERT}" if waits else _INSERT
+            template = _TEMPLATE.format(more="")
         psycopg2.extras.execute_values(cur, sql, rows, template=template, page_size=len(rows))
         stored = all_(cur, Task)
-        if not delayed and any(_waits(t) for t in stored):
-            # Only a batch that left work waiting pays for the wake-up (after the commit
-            # on an autocommit connection; at commit in a transaction).
+        if not delayed and not waits and any(_waits(t) for t in stored):
+            # A row the INSERT kept back (its owner had work waiting): wake the releaser,
+            # which may have gone idle meanwhile (after the commit on an autocommit
+            # connection; at commit in a transaction).
             cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
         return stored
 
