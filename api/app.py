@@ -23,6 +23,7 @@ from api import (
     tasks,
 )
 from api.auth import TokenVerifier, load_principal, public
+from api.key_cache import KeyCache
 from api.limits import init_limiter
 from api.parsing import JSONProvider, check_body
 from api.schedules import blp as schedules_blp
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     svc = services or Services(settings)
     svc.tokens = TokenVerifier(settings)
+    svc.keys = KeyCache(settings.redis_url)
     app.extensions["taskexec"] = svc
 
     # Authenticate before the limiter runs, so limits are per principal; limit before the body

@@ -19,6 +19,7 @@ from shared.window import Window
 
 if TYPE_CHECKING:
     from api.auth import TokenVerifier
+    from api.key_cache import KeyCache
     from api.metrics import LedgerCollector
 
 
@@ -54,6 +55,7 @@ class Services:
 
     #: Set by create_app and metrics.init_app: their modules import this one.
     tokens: TokenVerifier
+    keys: KeyCache
     ledger: LedgerCollector
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:

@@ -11,7 +11,13 @@ import click
 from cli.base import ledger, load_settings
 from config.settings import parse_rate
 from shared import schema, store
-from shared.credentials import PERMISSIONS, check_permissions, issue_key, mint_token
+from shared.credentials import (
+    PERMISSIONS,
+    announce_revocation,
+    check_permissions,
+    issue_key,
+    mint_token,
+)
 from shared.errors import TaskexecError
 
 
@@ -127,12 +133,14 @@ def _when(moment: datetime | None, never: str = "never") -> str:
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key by its id; it stops working at once."""
+    """Revoke a key by its id; every API process refuses it within a second."""
     settings = load_settings()
     with ledger(settings.database_url) as conn:
         revoked = store.revoke_api_key(conn, key_id)
     if not revoked:
         raise click.ClickException(f"no active key {key_id}")
+    # Committed: the API processes forget their cached copy now (else within 0.9 s).
+    announce_revocation(settings.redis_url, key_id)
     click.echo(f"revoked {key_id}")
 
 

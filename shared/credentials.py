@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import jwt
 import psycopg2.extensions
+import redis
 
 from shared import store
 
@@ -31,6 +32,8 @@ PERMISSIONS: tuple[str, ...] = (
 )
 WILDCARD = "*"
 KEY_PREFIX = "tes_"
+#: Redis channel on which a revoked key's id is announced to every API process (api/key_cache.py).
+REVOKED_CHANNEL = "taskexec:api-keys:revoked"
 _KEY = re.compile(r"^tes_([a-z0-9]{12})_([A-Za-z0-9_-]{32,})$")
 
 
@@ -101,6 +104,22 @@ def issue_key(
         max_running=max_running,
     )
     return key, new.secret
+
+
+def announce_revocation(redis_url: str, key_id: str) -> bool:
+    """Tell every API process to forget `key_id` now; call it after the revocation committed.
+
+    Best effort: without it (Redis down) the processes still refuse the key within a second,
+    when their cached copy expires. Says whether the announcement was sent.
+    """
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.publish(REVOKED_CHANNEL, key_id)
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+    return True
 
 
 def hash_key(secret: str) -> str:
