@@ -4,10 +4,11 @@ A partition drops packets without a reset, so every call on a dead link waits fo
 timeout (the broker's 3 s, the rate limiter's 0.5 s), and a request that makes three calls waits
 for all three. Once one call has timed out (or could not connect), the server's breaker opens:
 for a cool-off (0.5 s, doubling after each failed probe up to 4 s) every call to that server
-from this process raises `CircuitOpen` at once, without touching the network. When the
-cool-off ends, the next call first probes the link: a fresh connection and a PING with short
-timeouts (0.5 s). A reply closes the breaker and the call goes on; a failure opens it again
-for the next, longer, cool-off and the call fails. Calls arriving while a probe runs fail fast.
+from this process raises `CircuitOpen` at once, without touching the network. The first call
+after the cool-off starts one probe of the link on a thread of its own (a fresh connection and a
+PING, 0.5 s timeouts) and fails fast like the others: no request waits on a dead link after
+the first has found it. A reply closes the breaker, and calls go through again; a failure opens
+it for the next, longer, cool-off.
 
 What a failed call means is up to its caller and does not change: a publish that fails leaves
 its row to the sweeper (shared/outbox.py), the rate limiter counts in process memory, a read of
@@ -100,11 +101,16 @@ class Breaker:
     def is_open(self) -> bool:
         return self._until is not None
 
-    def admit(self, probe: Callable[[], None]) -> int:
-        """Let a call go (return the generation it runs in), probe first, or raise CircuitOpen.
+    @property
+    def probing(self) -> bool:
+        """Whether a probe of the link is running."""
+        return self._probing_since is not None
 
-        Closed costs one attribute read and no lock. Open: the first call after the cool-off
-        runs `probe` (which raises on a dead link); every other call fails fast.
+    def admit(self, probe: Callable[[], None]) -> int:
+        """Let a call go (return the generation it runs in), or raise CircuitOpen.
+
+        Closed costs one attribute read and no lock. Open: every call fails fast; the first
+        one after the cool-off also starts `probe` (which raises on a dead link) on a thread.
         """
         if self._until is None:
             return self.generation
@@ -113,35 +119,45 @@ class Breaker:
                 return self.generation
             now = self._clock()
             probing = self._probing_since is not None and now < self._probing_since + _PROBE_LEASE
-            if now < self._until or probing:
-                self.refused += 1
-                raise CircuitOpen(
-                    f"Redis {self.name} unreachable moments ago: not tried"
-                    f" (next probe in {max(self._until - now, 0):.1f} s)"
-                )
-            self._probing_since = now
-            self.probes += 1
+            start = now >= self._until and not probing
+            if start:
+                self._probing_since = now
+                self.probes += 1
+            self.refused += 1
+            wait = max(self._until - now, 0.0)
+        if start:
+            threading.Thread(
+                target=self.run_probe, args=(probe,), name=f"redis-probe {self.name}", daemon=True
+            ).start()
+        raise CircuitOpen(
+            f"Redis {self.name} unreachable moments ago: not tried"
+            + (" (probing it)" if start or probing else f" (next probe in {wait:.1f} s)")
+        )
+
+    def run_probe(self, probe: Callable[[], None]) -> bool:
+        """Run `probe` and close the breaker if the server answered; say whether it did."""
         try:
             probe()
         except RedisError as exc:
             if is_link_failure(exc):
                 self._probe_failed(exc)
-                raise CircuitOpen(f"Redis {self.name} still unreachable: {exc}") from exc
-            return self._close()  # an error reply is a reply: the link works
+                return False
         except OSError as exc:
             self._probe_failed(exc)
-            raise CircuitOpen(f"Redis {self.name} still unreachable: {exc}") from exc
+            return False
         except BaseException:
             with self._lock:
                 self._probing_since = None  # not an answer either way: let the next one probe
             raise
-        return self._close()
+        # A reply, even an error one (a wrong password; a dataset still loading counts as a
+        # failure above, BusyLoadingError being a ConnectionError): the link works.
+        self._close()
+        return True
 
     def check(self) -> None:
         """Raise CircuitOpen while the breaker is open, without probing (for calls it cannot
-        guard itself, such as Celery's own connections)."""
-        until = self._until
-        if until is not None and self._clock() < until:
+        guard itself, such as Celery's own connections: the guarded calls probe)."""
+        if self._until is not None:
             with self._lock:
                 self.refused += 1
             raise CircuitOpen(f"Redis {self.name} unreachable moments ago: not tried")
@@ -162,7 +178,7 @@ class Breaker:
                 self._until = max(self._until, now + self._cool_off)
                 return
         log.warning(
-            "Redis %s unreachable (%s: %s): its calls fail fast for %.1f s, then one probes",
+            "Redis %s unreachable (%s: %s): its calls fail fast, probed after %.1f s",
             self.name,
             type(error).__name__,
             error,

@@ -91,12 +91,12 @@ def test_a_frozen_redis_costs_one_timeout_then_calls_fail_fast_until_a_probe_fin
 
         # Every call of the cool-off fails at once, on every client of that server.
         calls = [lambda: client.get("k"), other.ping, lambda: client.pipeline().get("k").execute()]
-        for call in calls:
-            took, error = timed(call)
+        for attempt in calls:
+            took, error = timed(attempt)
             assert isinstance(error, CircuitOpen) and took < SLACK, (error, took)
 
-        # The cool-off over, eight callers at once: one probes (and waits the probe's short
-        # timeout, not the client's), the other seven fail fast.
+        # The cool-off over, eight callers at once: all fail fast, and one probe of the link
+        # runs on a thread of its own (its short timeout, not the client's), finding it dead.
         time.sleep(FIRST_COOL_OFF)
         probes = breaker.probes
         results: list[tuple[float, BaseException | None]] = []
@@ -113,11 +113,12 @@ def test_a_frozen_redis_costs_one_timeout_then_calls_fail_fast_until_a_probe_fin
         for thread in threads:
             thread.join(10)
         assert breaker.probes == probes + 1
-        assert all(isinstance(e, CircuitOpen) for _, e in results), results
-        slow = sorted(t for t, _ in results)
-        assert PROBE_TIMEOUT * 0.9 <= slow[-1] < PROBE_TIMEOUT + SLACK, slow
-        assert slow[-2] < SLACK, slow
-        assert breaker.opened == 1
+        assert all(isinstance(e, CircuitOpen) and t < SLACK for t, e in results), results
+        started = time.monotonic()
+        while breaker.probing:
+            time.sleep(0.01)
+        assert time.monotonic() - started < PROBE_TIMEOUT + SLACK
+        assert breaker.is_open and breaker.opened == 1
 
     # Back: the next probe (after the cool-off, now 1 s) finds it, and calls go through.
     started = time.monotonic()
@@ -125,7 +126,7 @@ def test_a_frozen_redis_costs_one_timeout_then_calls_fail_fast_until_a_probe_fin
         took, error = timed(lambda: client.get("k"))
         if error is None:
             break
-        assert isinstance(error, CircuitOpen) and took < PROBE_TIMEOUT + SLACK
+        assert isinstance(error, CircuitOpen) and took < SLACK  # the probe: on its thread
         assert time.monotonic() - started < 2 * FIRST_COOL_OFF + SLACK + 1
         time.sleep(0.02)
     assert not breaker.is_open
@@ -223,7 +224,7 @@ def test_the_api_answers_at_once_while_its_redis_is_frozen(
     settings: Settings, clean_db: None, auth: Any, private_redis: RedisServer
 ) -> None:
     """Rate limited, windowed and published through Redis: each submit once waited for three
-    timeouts (0.5 s + 3 s + 3 s); now one half second, then a few milliseconds."""
+    timeouts (0.5 s + 3 s + 3 s); now the first one half second, the rest milliseconds."""
     app = create_app(
         settings.with_overrides(
             redis_url=private_redis.url, ratelimit_enabled=True, ratelimit_default="1000/minute"
@@ -245,8 +246,8 @@ def test_the_api_answers_at_once_while_its_redis_is_frozen(
         # The first one waits for the rate limiter's 0.5 s timeout, which opens the breaker:
         # the dispatch window's read and the publish are then not tried.
         assert took[0] < 0.5 + 2 * SLACK, took
-        # The rest: at most a probe's half second (one per cool-off), mostly nothing.
-        assert max(took[1:]) < PROBE_TIMEOUT + 2 * SLACK, took
+        # The rest wait on no Redis call, not even the probes (on a thread of their own).
+        assert max(took[1:]) < PROBE_TIMEOUT, took
         assert statistics.median(took[1:]) < SLACK, took
         # Counted in memory meanwhile (docs/security.md): headers on every answer.
         assert all("X-RateLimit-Remaining" in r.headers for _, r in answers)

@@ -119,23 +119,30 @@ def superseded_results(fleet: Fleet, marks: dict[str, int]) -> set[str]:
     return found
 
 
-#: The line of shared/breaker.py when a process finds a Redis server unreachable (its text log:
-#: `asctime` is local time, to the millisecond).
-BREAKER_OPENED = re.compile(
-    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) WARNING shared\.breaker\[\d+\] Redis \S+ unreachable"
+#: The lines of shared/breaker.py when a process finds a Redis server unreachable, and when
+#: its probe finds it back (the text log: `asctime` is local time, to the millisecond).
+BREAKER_LINE = re.compile(
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) WARNING shared\.breaker\[\d+\] Redis \S+"
+    r" (unreachable|reachable again)"
 )
 
 
 def breaker_opened(fleet: Fleet, window: Window) -> float | None:
-    """When (monotonic) the API on the cut host first found Redis unreachable in `window`."""
+    """When (monotonic) the API on the cut host found Redis unreachable in `window`: the cut's
+    start if its breaker was still open from an earlier cut; None if it never opened."""
     to_monotonic = window.healed - window.healed_at
     cut_at = window.began - to_monotonic
-    service = fleet.service("api", window.host)
-    for match in BREAKER_OPENED.finditer(service.log()):
+    open_at_cut = False
+    for match in BREAKER_LINE.finditer(fleet.service("api", window.host).log()):
         at = time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S")) + int(match[2]) / 1000
-        if cut_at <= at <= window.healed_at:
+        opened = match[3] == "unreachable"
+        if at < cut_at:
+            open_at_cut = opened
+        elif open_at_cut:
+            return window.began
+        elif opened and at <= window.healed_at:
             return at + to_monotonic
-    return None
+    return window.began if open_at_cut else None
 
 
 def breaker_figures(ledger: PartitionLedger, windows: list[Window]) -> tuple[float, float] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -52,38 +53,45 @@ def failing_probe() -> None:
     raise RedisTimeoutError("Timeout reading from socket")
 
 
-def counting(calls: list[str], then: Callable[[], None] | None = None) -> Callable[[], None]:
-    def probe() -> None:
-        calls.append("probe")
-        if then is not None:
-            then()
+def answering_probe() -> None:
+    pass
 
-    return probe
+
+def start_probe(breaker: Breaker, probe: Callable[[], None]) -> None:
+    """A call after the cool-off: it fails fast, and the probe it started runs to its end."""
+    probes = breaker.probes
+    with pytest.raises(CircuitOpen, match="probing it"):
+        breaker.admit(probe)
+    assert breaker.probes == probes + 1
+    deadline = time.monotonic() + 10
+    while breaker.probing:
+        assert time.monotonic() < deadline, "the probe never reported"
+        time.sleep(0.001)
 
 
 def test_closed_lets_every_call_through_without_a_probe(breaker: Breaker) -> None:
     for _ in range(3):
         assert breaker.admit(unexpected_probe) == 0
+    breaker.check()
     assert not breaker.is_open and breaker.opened == breaker.refused == breaker.probes == 0
 
 
-def test_a_failure_opens_it_and_calls_fail_fast_until_the_cool_off_ends(
+def test_a_failure_opens_it_calls_fail_fast_and_a_probe_after_the_cool_off_closes_it(
     breaker: Breaker, clock: Clock
 ) -> None:
     breaker.failed(RedisTimeoutError("Timeout reading from socket"))
     assert breaker.is_open and breaker.opened == 1
     for _ in range(5):
-        with pytest.raises(CircuitOpen, match="not tried"):
+        with pytest.raises(CircuitOpen, match="next probe in"):
             breaker.admit(unexpected_probe)
         clock.now += FIRST_COOL_OFF / 10
     assert breaker.refused == 5
     with pytest.raises(CircuitOpen):
         breaker.check()
 
-    clock.now += FIRST_COOL_OFF  # past the cool-off: the next call probes
-    calls: list[str] = []
-    assert breaker.admit(counting(calls)) == 1  # a new generation
-    assert calls == ["probe"] and not breaker.is_open
+    clock.now += FIRST_COOL_OFF  # past the cool-off: the next call starts a probe
+    start_probe(breaker, answering_probe)
+    assert not breaker.is_open and breaker.generation == 1
     breaker.check()  # closed: no error
     assert breaker.admit(unexpected_probe) == 1
 
@@ -98,13 +106,16 @@ def test_cool_offs_grow_from_the_first_to_the_cap(breaker: Breaker, clock: Clock
             try:
                 breaker.admit(failing_probe)
             except CircuitOpen as exc:
-                if "still unreachable" in str(exc):
+                if "probing it" in str(exc):
                     seen.append(clock.now - opened_at)
                     break
+        while breaker.probing:
+            time.sleep(0.001)
     assert seen == [FIRST_COOL_OFF, 1.0, 2.0, MOST_COOL_OFF, MOST_COOL_OFF]
+    assert breaker.is_open and breaker.opened == 1 and breaker.probes == 5
 
 
-def test_only_one_caller_probes_while_the_others_fail_fast(breaker: Breaker, clock: Clock) -> None:
+def test_one_probe_at_a_time_and_every_caller_fails_fast(breaker: Breaker, clock: Clock) -> None:
     breaker.failed(RedisTimeoutError("t"))
     clock.now += FIRST_COOL_OFF
     probing, release = threading.Event(), threading.Event()
@@ -119,26 +130,29 @@ def test_only_one_caller_probes_while_the_others_fail_fast(breaker: Breaker, clo
     lock = threading.Lock()
 
     def call() -> None:
+        started = time.monotonic()
         try:
             breaker.admit(slow_probe)
             result = "admitted"
         except CircuitOpen:
             result = "refused"
         with lock:
-            outcomes.append(result)
+            outcomes.append(f"{result} {time.monotonic() - started < 1}")
 
-    first = threading.Thread(target=call)
-    first.start()
-    assert probing.wait(10)
-    others = [threading.Thread(target=call) for _ in range(16)]
-    for thread in others:
+    callers = [threading.Thread(target=call) for _ in range(16)]
+    for thread in callers:
         thread.start()
-    for thread in others:
+    for thread in callers:
         thread.join(10)
-    assert outcomes == ["refused"] * 16  # while the probe runs, nobody else goes
+    assert probing.wait(10)
+    # Nobody waited for the probe, nobody went through, and only one probe runs.
+    assert outcomes == ["refused True"] * 16 and calls == ["probe"]
     release.set()
-    first.join(10)
-    assert calls == ["probe"] and outcomes[-1] == "admitted" and not breaker.is_open
+    deadline = time.monotonic() + 10
+    while breaker.is_open:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert breaker.admit(unexpected_probe) == 1 and calls == ["probe"]
 
 
 def test_a_late_failure_of_a_call_from_before_the_recovery_does_not_reopen(
@@ -147,7 +161,8 @@ def test_a_late_failure_of_a_call_from_before_the_recovery_does_not_reopen(
     before = breaker.admit(unexpected_probe)  # a call starts, then the link dies
     breaker.failed(RedisTimeoutError("t"), before)
     clock.now += FIRST_COOL_OFF
-    after = breaker.admit(lambda: None)  # the probe finds it back
+    start_probe(breaker, answering_probe)  # the probe finds it back
+    after = breaker.admit(unexpected_probe)
     assert after == before + 1
     breaker.failed(RedisTimeoutError("late"), before)  # another call from before, late
     assert not breaker.is_open
@@ -162,10 +177,10 @@ def test_a_failure_while_open_extends_the_cool_off_without_growing_it(
     clock.now += 0.4
     breaker.failed(RedisTimeoutError("t"))  # a call admitted before it opened, timing out now
     clock.now += 0.4  # 0.8 s after opening, 0.4 s after the second failure
-    with pytest.raises(CircuitOpen, match="not tried"):
+    with pytest.raises(CircuitOpen, match="next probe in"):
         breaker.admit(unexpected_probe)
     clock.now += 0.2
-    breaker.admit(lambda: None)
+    start_probe(breaker, answering_probe)
     assert not breaker.is_open
 
 
@@ -175,21 +190,21 @@ def test_an_error_reply_to_the_probe_is_an_answer(breaker: Breaker, clock: Clock
 
     breaker.failed(RedisTimeoutError("t"))
     clock.now += FIRST_COOL_OFF
-    breaker.admit(refused_by_server)
+    start_probe(breaker, refused_by_server)
     assert not breaker.is_open
 
 
-def test_a_probe_interrupted_otherwise_frees_the_slot(breaker: Breaker, clock: Clock) -> None:
-    def interrupted() -> None:
+def test_a_probe_that_breaks_otherwise_frees_the_slot(breaker: Breaker, clock: Clock) -> None:
+    def broken() -> None:
         raise KeyboardInterrupt
 
     breaker.failed(RedisTimeoutError("t"))
     clock.now += FIRST_COOL_OFF
     with pytest.raises(KeyboardInterrupt):
-        breaker.admit(interrupted)
-    calls: list[str] = []
-    breaker.admit(counting(calls))  # the next caller probes rather than fail forever
-    assert calls == ["probe"] and not breaker.is_open
+        breaker.run_probe(broken)
+    assert breaker.is_open and not breaker.probing
+    start_probe(breaker, answering_probe)  # the next caller probes rather than none ever again
+    assert not breaker.is_open
 
 
 @pytest.mark.parametrize(
