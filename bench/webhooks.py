@@ -41,6 +41,7 @@ import redis  # noqa: E402
 
 from bench.list_tasks import DEFAULT_SERVER, create_database, drop_database  # noqa: E402
 from bench.report import percentile  # noqa: E402
+from bench.stack import children  # noqa: E402
 from bench.usage import cpu_seconds  # noqa: E402
 from cli.base import ledger  # noqa: E402
 from cli.processes import worker_command  # noqa: E402
@@ -93,10 +94,12 @@ class Receiver:
 
 
 def backends_cpu(url: str, name: str) -> dict[int, tuple[str, float]]:
-    """(application_name, CPU seconds so far) of each Postgres backend of the bench's database."""
+    """(who, CPU seconds so far) of each Postgres backend of the bench's database; who is the
+    application_name, or `autovacuum` for an autovacuum worker."""
     with ledger(url) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT pid, application_name FROM pg_stat_activity"
+            "SELECT pid, CASE WHEN backend_type = 'autovacuum worker' THEN 'autovacuum'"
+            " ELSE application_name END FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
@@ -119,18 +122,23 @@ class Meter:
         }
 
     def used(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-        """The CPU each part used; Postgres split into the deliverer's backends and the rest."""
+        """The CPU each part used; Postgres split by whose backend it is."""
         out: dict[str, float] = {}
         for key, value in after.items():
             if key != "postgres":
                 out[key] = value - before[key]
         # A backend that left between the samples is lost (the worker's and the deliverer's
         # are long-lived); a new one counts from zero. Backends are named taskexec-<pid>.
-        mine = f"taskexec-{self.parts['deliverer']}"
-        out["pg-deliverer"] = out["pg-other"] = 0.0
+        tree = [self.parts["worker"], *children(self.parts["worker"])]
+        workers = {f"taskexec-{pid}" for pid in tree}
+        whose = {f"taskexec-{self.parts['deliverer']}": "pg-deliverer"}
+        whose.update({app: "pg-worker" for app in workers})
+        whose["autovacuum"] = "pg-autovacuum"
+        for key in ("pg-deliverer", "pg-worker", "pg-autovacuum", "pg-bench"):
+            out[key] = 0.0
         for pid, (app, cpu) in after["postgres"].items():
             used = cpu - before["postgres"].get(pid, (app, 0.0))[1]
-            out["pg-deliverer" if app == mine else "pg-other"] += used
+            out[whose.get(app, "pg-bench")] += used
         return out
 
 
@@ -210,6 +218,40 @@ def latency(url: str, receiver: Receiver, events: int = 300) -> list[float]:
     ]
 
 
+def drain(url: str, receiver: Receiver, meter: Meter, deliveries: int, subscriptions: int) -> str:
+    """Queue `deliveries` at once (a backlog: tasks finished by SQL in one transaction) and
+    time one deliverer draining them; its CPU per delivery, with nothing else running."""
+    unsubscribe_all(url)
+    vacuum(url)
+    for s in range(subscriptions):
+        subscribe(url, f"http://127.0.0.1:{receiver.port}/b{s}", ["task.completed"])
+    rows = echo_rows(deliveries // subscriptions)
+    with ledger(url) as conn:
+        store.insert_tasks(conn, rows)
+    receiver.reset()
+    expected = len(rows) * subscriptions
+    before = meter.sample()
+    started = time.monotonic()
+    with ledger(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE tasks SET status = 'COMPLETED', end_time = now() WHERE id = ANY (%s)",
+            ([r.id for r in rows],),
+        )
+    queued = time.monotonic() - started
+    deadline = time.monotonic() + 600
+    while receiver.count() < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    took = time.monotonic() - started - queued
+    used = meter.used(before, meter.sample())
+    return (
+        f"backlog: {expected} deliveries queued in {queued:.1f} s, drained by one deliverer in"
+        f" {took:.1f} s ({receiver.count() / took:.0f} deliveries/s); cpu per delivery (us):"
+        f" deliverer {used['deliverer'] / expected * 1e6:.0f},"
+        f" its postgres backends {used['pg-deliverer'] / expected * 1e6:.0f},"
+        f" receiver {used['receiver'] / expected * 1e6:.0f}"
+    )
+
+
 def run_tasks(url: str, settings: Settings, n: int, timeout: float = 300) -> float:
     """Insert and publish `n` echo tasks as the API does; seconds until all are COMPLETED."""
     db = Database(url, max_connections=2)
@@ -241,6 +283,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--deliveries-per-second", type=int, default=500)
     parser.add_argument("--subscriptions", type=int, default=0, help="fixed count (0: probe)")
+    parser.add_argument("--backlog", type=int, default=20000, help="deliveries drained (0: skip)")
+    parser.add_argument("--only-backlog", action="store_true")
     args = parser.parse_args()
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     url = create_database(server, NAME)
@@ -290,6 +334,12 @@ def main() -> None:
             f" p99 {percentile(seconds, 99) * 1000:.0f} ms, max {seconds[-1] * 1000:.0f} ms"
         )
 
+        meter = Meter(url, {"worker": worker.pid, "deliverer": deliverer.pid}, receiver)
+        if args.backlog:
+            print(drain(url, receiver, meter, args.backlog, 5), flush=True)
+        if args.only_backlog:
+            return
+
         # Throughput: subscriptions enough for the wanted deliveries/s at the baseline rate.
         unsubscribe_all(url)
         subscriptions = args.subscriptions
@@ -297,7 +347,6 @@ def main() -> None:
             base = 1000 / run_tasks(url, settings, 1000)
             subscriptions = max(1, math.ceil(args.deliveries_per_second / (2 * base)))
             print(f"probe: {base:.0f} tasks/s without webhooks -> {subscriptions} subscriptions")
-        meter = Meter(url, {"worker": worker.pid, "deliverer": deliverer.pid}, receiver)
         totals = {"baseline": 0.0, "webhooks": 0.0}
         cpu: dict[str, dict[str, float]] = {"baseline": {}, "webhooks": {}}
         rates: list[float] = []
@@ -358,12 +407,22 @@ def main() -> None:
             # Per delivery: what the webhook turns used beyond the baseline turns.
             per = {
                 k: (cpu["webhooks"][k] - cpu["baseline"][k]) / delivered * 1e6
-                for k in ("deliverer", "pg-deliverer", "pg-other", "worker", "machine")
+                for k in (
+                    "deliverer",
+                    "pg-deliverer",
+                    "pg-worker",
+                    "pg-autovacuum",
+                    "pg-bench",
+                    "worker",
+                    "machine",
+                )
             }
             print(
                 f"cpu per delivery (us, webhook turns minus baseline turns): deliverer"
                 f" {per['deliverer']:.0f}, its postgres backends {per['pg-deliverer']:.0f},"
-                f" other postgres backends (the trigger) {per['pg-other']:.0f},"
+                f" the worker's postgres backends (the trigger) {per['pg-worker']:.0f},"
+                f" autovacuum {per['pg-autovacuum']:.0f}, the bench's backends"
+                f" {per['pg-bench']:.0f},"
                 f" worker {per['worker']:.0f}, receiver"
                 f" {cpu['webhooks']['receiver'] / delivered * 1e6:.0f};"
                 f" whole machine {per['machine']:.0f} (other sessions included);"

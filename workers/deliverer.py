@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -31,8 +32,9 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 1.0
 #: ...up to this (then hourly until the retry horizon).
 BACKOFF_MAX_SECONDS = 3600.0
-#: Most due deliveries one claim looks at (the cap per subscription picks among them).
-CLAIM_BATCH = 500
+#: Due deliveries one claim looks at, at least (4 x the free room when more): the cap per
+#: subscription picks among them, and only the picked ones are locked.
+CLAIM_SCAN_MIN = 128
 #: Without a NOTIFY, look for due deliveries at least this often (retries, a lost LISTEN).
 IDLE_POLL_SECONDS = 2.0
 #: After a NOTIFY, wait this long for more before claiming: under load one claim then takes
@@ -154,7 +156,7 @@ class Deliverer:
                 free=free,
                 per_subscription=self.per_subscription,
                 room=room,
-                scan=max(CLAIM_BATCH, free * 4),
+                scan=max(CLAIM_SCAN_MIN, free * 4),
                 lease_seconds=self.lease_seconds,
             )
         self._starved = bool(claimed) and (
@@ -189,7 +191,7 @@ class Deliverer:
             if item.task is None:
                 data: Any = item.data or {}
             else:
-                task = task_from_snapshot(item.task)
+                task = task_from_snapshot(json.loads(item.task))
                 # The attempts the task had made at the change (a later retry's are not).
                 made = [a for a in attempts.get(task.id, []) if a.attempt <= task.attempts]
                 if task.task_definition_id in overrides:
@@ -230,6 +232,8 @@ class Deliverer:
                 wake = self._starved and (
                     self._total <= self.concurrency // 2 or left <= self.per_subscription // 2
                 )
+                if wake:
+                    self._starved = False  # one wake per claim round is enough
             if wake and self.waiter is not None:
                 self.waiter.wake()
 

@@ -182,7 +182,9 @@ class Claimed:
     retry_from: datetime | None  # when a redelivery restarted the retry horizon
     locked_until: datetime
     event_created_at: datetime
-    task: dict[str, Any] | None  # the task row as it was at the change (to_jsonb)
+    # The task row as it was at the change (to_jsonb), as JSON text: the deliveries of one
+    # event share it, so the deliverer decodes it once per event, not once per delivery.
+    task: str | None
     data: dict[str, Any] | None  # a test event's data
     url: str
     secret: str
@@ -204,7 +206,7 @@ class Claimed:
 #: What a claim returns for each leased delivery (the Claimed fields, in order).
 _CLAIMED = """
     d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts, d.created_at, d.retry_from,
-    d.locked_until, e.created_at AS event_created_at, e.task, e.data, w.url, w.secret,
+    d.locked_until, e.created_at AS event_created_at, e.task::text AS task, e.data, w.url, w.secret,
     w.previous_secret, w.previous_secret_expires_at, w.disabled, w.disabled_reason,
     w.failing_since, w.owner, w.admin,
     EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner) AS owner_keyed,
@@ -226,12 +228,13 @@ def claim_deliveries(
 ) -> list[Claimed]:
     """Lease up to `free` due deliveries in one statement, oldest due first; count the attempt.
 
-    Looks at up to `scan` due, unleased rows (FOR UPDATE SKIP LOCKED: several deliverers
-    never take the same row) and takes at most `room[w]` of subscription w's
+    Looks at up to `scan` due, unleased rows and takes at most `room[w]` of subscription w's
     (`per_subscription` for one not in `room`; 0 skips it): the deliverer's cap per
-    subscription. `next_attempt_at` moves to the lease's end with `locked_until`, so a
-    delivery whose deliverer dies mid-send becomes due again when the lease lapses, and the
-    due index never walks rows in flight. One statement: run it in autocommit.
+    subscription. Only the rows taken are locked (FOR UPDATE SKIP LOCKED, the condition
+    checked again: several deliverers never take the same row). `next_attempt_at` moves to
+    the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send becomes
+    due again when the lease lapses, and the due index never walks rows in flight. One
+    statement: run it in autocommit.
     """
     busy = [str(w) for w, n in room.items() if n <= 0]
     partial = [(str(w), n) for w, n in room.items() if n > 0]
@@ -244,7 +247,6 @@ def claim_deliveries(
                   AND NOT (webhook_id = ANY (%(busy)s::uuid[]))
                 ORDER BY next_attempt_at
                 LIMIT %(scan)s
-                FOR UPDATE SKIP LOCKED
             ), ranked AS (
                 SELECT due.id, due.next_attempt_at,
                     row_number() OVER (PARTITION BY due.webhook_id
@@ -254,12 +256,19 @@ def claim_deliveries(
                     AS room (webhook_id, free) ON room.webhook_id = due.webhook_id
             ), chosen AS (
                 SELECT id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT %(free)s
+            ), locked AS (
+                -- Only the chosen rows are locked (a lock is a write to the row). One another
+                -- deliverer leased meanwhile fails the recheck of the condition or is skipped.
+                SELECT d.id FROM webhook_deliveries d
+                WHERE d.id IN (SELECT id FROM chosen)
+                  AND d.status = 'PENDING' AND d.next_attempt_at <= now()
+                FOR UPDATE SKIP LOCKED
             )
             UPDATE webhook_deliveries d
             SET attempts = d.attempts + 1,
                 locked_until = now() + make_interval(secs => %(lease)s),
                 next_attempt_at = now() + make_interval(secs => %(lease)s)
-            FROM chosen c, webhook_events e, webhooks w
+            FROM locked c, webhook_events e, webhooks w
             WHERE d.id = c.id AND e.id = d.event_id AND w.id = d.webhook_id
             RETURNING {_CLAIMED}, (SELECT count(*) FROM due) AS due_count
             """,
