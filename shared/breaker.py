@@ -12,9 +12,9 @@ it for the next, longer, cool-off.
 
 What a failed call means is up to its caller and does not change: a publish that fails leaves
 its row to the sweeper (shared/outbox.py), the rate limiter counts in process memory, a read of
-heartbeats or queue depths answers "unknown". Errors on an established connection that the
-server reset (a restart) do not count: they are quick, and redis-py reconnects; only timeouts
-and failures to connect, the errors that cost a wait, open the breaker.
+heartbeats or queue depths answers "unknown". Only timeouts and failures to connect open the
+breaker; an error on an established connection that the server reset (a restart) does not: it
+is quick, and redis-py reconnects at once.
 
 `guard(client)` puts a redis-py client under the breaker of its server (one per host and port,
 or socket path, shared by every client of the process) and turns on TCP keepalives, so a
