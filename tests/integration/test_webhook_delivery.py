@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -518,6 +519,42 @@ def test_two_deliverers_send_each_delivery_once(backends, receiver, processes, w
         assert cur.fetchall() == [("DELIVERED", 1, 300)]
     logs = " ".join(open(p.log_path).read() for p in processes.procs)  # type: ignore[attr-defined]
     assert "deliverer running" in logs
+
+
+@pytest.mark.slow
+def test_the_deliverer_serves_its_metrics(backends, receiver, processes, webhook_settings):
+    receiver.plan["/flaky"] = [500, 200]
+    subscribe(backends.database_url, receiver.url("/ok"), ["task.completed"])
+    subscribe(backends.database_url, receiver.url("/flaky"), ["task.completed"])
+    processes.settings = webhook_settings
+    port = free_port()
+    processes._spawn(
+        "deliverer",
+        [sys.executable, "-m", "cli", "deliverer"],
+        {"TASKEXEC_METRICS_PORT": str(port)},
+    )
+    finish_tasks(backends.database_url, 3)
+
+    def scrape() -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("taskexec_webhook_")
+        }
+
+    # 3 to /ok, 1 failed then 3 delivered to /flaky (its first answer is a 500).
+    wanted = 'taskexec_webhook_attempts_total{result="delivered"}'
+    series = wait_for(lambda: (m := scrape()).get(wanted) == 6 and m, 30)
+    assert series['taskexec_webhook_attempts_total{result="retrying"}'] == 1
+    assert series['taskexec_webhook_attempts_total{result="failed"}'] == 0
+    assert series["taskexec_webhook_attempt_seconds_count"] == 7
+    assert series["taskexec_webhook_delivery_lag_seconds_count"] == 6
+    assert series['taskexec_webhook_delivery_lag_seconds_bucket{le="86400.0"}'] == 6
 
 
 # ---------------------------------------------------------------- rotation, tests, redelivery
