@@ -190,9 +190,9 @@ def main() -> None:
             "DATABASE_URL": url,
             "REDIS_URL": REDIS_URL,
             "TASKEXEC_REPUBLISH_AFTER": "86400",
-            # No worker runs: a window as wide as a fleet that takes a minute's slots at once,
+            # No worker runs: a window as wide as a fleet that takes every slot of the run,
             # so every task goes out as it is fired (a narrow one leaves them to the releaser).
-            "TASKEXEC_DISPATCH_WINDOW_MIN": str(2 * args.schedules),
+            "TASKEXEC_DISPATCH_WINDOW_MIN": str(args.schedules * (args.minutes + 1)),
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "sweeper"], env=env, stdout=subprocess.DEVNULL
