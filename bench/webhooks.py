@@ -25,6 +25,7 @@ import http.client
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -286,6 +287,9 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=20000, help="deliveries drained (0: skip)")
     parser.add_argument("--only-backlog", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through the
+    # `finally` below, which stops every process it started and drops its database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     url = create_database(server, NAME)
     redis.Redis.from_url(REDIS_URL).flushdb()

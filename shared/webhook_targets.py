@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
+import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-import urllib3
-from urllib3.exceptions import HTTPError
 
 #: Longest URL a subscription may have.
 MAX_URL_LENGTH = 2048
@@ -147,48 +147,69 @@ class Reply:
     elapsed_ms: int
 
 
+class _Connection(http.client.HTTPConnection):
+    """An HTTP(S) connection to the address the guard checked, not to whatever the name
+    resolves to now; TLS verifies the certificate for (and sends SNI of) the URL's host."""
+
+    def __init__(
+        self, address: str, port: int, host: str, timeout: float, tls: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(address, port, timeout=timeout)
+        self.server_host = host
+        self.tls = tls
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_hostname=self.server_host)
+        self.sock = sock
+
+
 class Sender:
     """POSTs to receivers, keeping connections alive per (scheme, address, port, host).
 
-    Thread-safe: the deliverer's threads share one Sender. Redirects are never followed (a
-    3xx is an answer like any other: not a 2xx, so the attempt failed), nothing is retried
-    here (the deliverer schedules retries), and a body is read up to 64 KiB.
+    Thread-safe: the deliverer's threads share one Sender; a connection serves one request at
+    a time and goes back to its destination's idle list (at most `pool_size` kept). Redirects
+    are never followed (a 3xx is an answer like any other: not a 2xx, so the attempt failed),
+    nothing is retried here (the deliverer schedules retries) except a request on a kept
+    connection that the receiver had closed meanwhile, sent again once on a new connection
+    before any answer came; a body is read up to 64 KiB. Built on http.client, not urllib3:
+    a request costs less than half the CPU (the deliverer's largest cost per delivery).
     """
 
     def __init__(self, timeout: float, allow_private: bool, pool_size: int = 4) -> None:
         self.timeout = timeout
         self.allow_private = allow_private
         self.pool_size = pool_size
-        self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
+        self._idle: dict[tuple[str, str, int, str], list[_Connection]] = {}
         self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
 
-    def _pool(
-        self, scheme: str, address: IPAddress, port: int, host: str
-    ) -> urllib3.HTTPConnectionPool:
-        key = (scheme, str(address), port, host)
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()  # verifies certificates and host names
+        return self._tls
+
+    def _take(self, key: tuple[str, str, int, str]) -> _Connection | None:
+        """A kept connection to `key` the receiver has not closed, or None."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                return None
+            if conn.sock is not None and not _dropped(conn.sock):
+                return conn
+            conn.close()
+
+    def _keep(self, key: tuple[str, str, int, str], conn: _Connection) -> None:
         with self._lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
-                if scheme == "https":
-                    # Connect to the checked address, but verify the certificate (and send
-                    # SNI) for the URL's host name.
-                    pool = urllib3.HTTPSConnectionPool(
-                        str(address),
-                        port,
-                        maxsize=self.pool_size,
-                        timeout=timeout,
-                        retries=False,
-                        server_hostname=host,
-                        assert_hostname=host,
-                        cert_reqs="CERT_REQUIRED",
-                    )
-                else:
-                    pool = urllib3.HTTPConnectionPool(
-                        str(address), port, maxsize=self.pool_size, timeout=timeout, retries=False
-                    )
-                self._pools[key] = pool
-            return pool
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.pool_size:
+                idle.append(conn)
+                return
+        conn.close()
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
         """POST `body` to `url`; raise TargetRefused (SSRF guard) or SendFailed (no answer)."""
@@ -199,64 +220,110 @@ class Sender:
             raise TargetRefused(f"refused: {url!r} is not an http(s) URL")
         port = parts.port or (443 if scheme == "https" else 80)
         address = resolve(host, port, self.allow_private)
-        pool = self._pool(scheme, address, port, host)
+        key = (scheme, str(address), port, host)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         default_port = port == (443 if scheme == "https" else 80)
         host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
+        wire = {"host": host_header, **headers, "content-length": str(len(body))}
         started = time.monotonic()
+        conn = self._take(key)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                tls = self._context() if scheme == "https" else None
+                conn = _Connection(str(address), port, host, self.timeout, tls)
+            try:
+                reply, keep = self._exchange(conn, target, body, wire, started)
+            except _Stale:
+                conn.close()
+                if not reused:
+                    raise SendFailed("connection error: closed by the receiver") from None
+                conn, reused = None, False  # the receiver closed a kept connection: once more
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            if keep:
+                self._keep(key, conn)
+            else:
+                conn.close()
+            return reply
+
+    def _exchange(
+        self, conn: _Connection, target: str, body: bytes, headers: dict[str, str], started: float
+    ) -> tuple[Reply, bool]:
+        """One request and its answer on `conn`; the reply and whether `conn` may be kept."""
         deadline = started + self.timeout
         try:
-            response = pool.urlopen(
-                "POST",
-                target,
-                body=body,
-                headers={**headers, "host": host_header},
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                assert_same_host=False,
-            )
-            try:
-                chunks: list[bytes] = []
-                size = 0
-                while size < MAX_RESPONSE_BYTES:
-                    if time.monotonic() > deadline:
-                        raise SendFailed(f"timed out reading the response after {self.timeout:g} s")
-                    chunk = response.read(min(16384, MAX_RESPONSE_BYTES - size))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                status = response.status
-                if size >= MAX_RESPONSE_BYTES:
-                    # The rest is not wanted: close rather than drain an unbounded body.
-                    response.close()
-            finally:
-                response.release_conn()
-        except HTTPError as exc:
-            raise SendFailed(_describe(exc, self.timeout)) from None
+            conn.putrequest("POST", target, skip_host=True, skip_accept_encoding=True)
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.endheaders(body)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _Stale() from exc
+        except ssl.SSLError as exc:
+            raise SendFailed(f"TLS error: {exc}") from None
+        except TimeoutError:
+            raise SendFailed(f"timed out after {self.timeout:g} s") from None
         except OSError as exc:
-            raise SendFailed(f"connection error: {exc}") from None
+            raise SendFailed(_describe_os(exc)) from None
+        try:
+            response = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+            raise _Stale() from exc
+        except TimeoutError:
+            raise SendFailed(f"timed out after {self.timeout:g} s") from None
+        except (http.client.HTTPException, OSError) as exc:
+            raise SendFailed(f"connection error: {exc!r}") from None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < MAX_RESPONSE_BYTES:
+                if time.monotonic() > deadline:
+                    raise SendFailed(f"timed out reading the response after {self.timeout:g} s")
+                chunk = response.read(min(16384, MAX_RESPONSE_BYTES - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except TimeoutError:
+            raise SendFailed(f"timed out reading the response after {self.timeout:g} s") from None
+        except (http.client.HTTPException, OSError) as exc:
+            raise SendFailed(f"connection error: {exc!r}") from None
+        # Kept only when the answer was read whole and the receiver keeps the connection; the
+        # rest of a longer body is not wanted (closing beats draining an unbounded one).
+        keep = response.isclosed() and not response.will_close
         elapsed_ms = int((time.monotonic() - started) * 1000)
-        return Reply(status, b"".join(chunks), elapsed_ms)
+        return Reply(response.status, b"".join(chunks), elapsed_ms), keep
 
     def close(self) -> None:
         """Close every kept connection."""
         with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.close()
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
 
 
-def _describe(exc: HTTPError, timeout: float) -> str:
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return f"timed out after {timeout:g} s"
-    if isinstance(exc, urllib3.exceptions.SSLError):
-        return f"TLS error: {exc}"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return f"connection refused or unreachable: {exc.__class__.__name__}"
-    if isinstance(exc, urllib3.exceptions.ProtocolError):
-        return f"connection error: {exc}"
-    return f"request failed: {exc}"
+class _Stale(Exception):
+    """A connection failed before any answer (the receiver closed it while it was kept)."""
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Say, without blocking, whether a kept connection has been closed by the receiver (it is
+    readable: an idle HTTP connection has nothing to read otherwise)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _describe_os(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused or unreachable: ConnectionRefusedError"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve: {exc}"
+    return f"connection error: {exc!r}"
