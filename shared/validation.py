@@ -25,9 +25,24 @@ def _validator(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+# The validator of each schema object seen lately, by identity: a definition's schema is the
+# same dict for as long as the definition cache keeps its row, and writing it out as canonical
+# JSON on every request cost more than validating a small input. The entry holds the schema
+# itself, so its id cannot be reused by another object while the entry lives. Schemas are
+# never changed in place once read.
+_BY_IDENTITY: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
 def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
-    """Return a compiled validator for `schema` (cached by its canonical JSON)."""
-    return _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    """Return a compiled validator for `schema` (cached by identity, then by canonical JSON)."""
+    entry = _BY_IDENTITY.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    if len(_BY_IDENTITY) >= 512:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[id(schema)] = (schema, validator)
+    return validator
 
 
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
