@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,9 @@ class PartitionLedger(Ledger):
         self.fleet = fleet
         self.bulk_items: Counter[str] = Counter()  # item outcome: "accepted" or an error code
         self.cuts: list[Cut] = []
+        #: The load's own tasks, the only ones it cancels: a scenario's probes and the long
+        #: task it cuts a host under must run their course, or its expectations are moot.
+        self.cancellable: list[str] = []
 
     def cut(self, kind: str, started: float, ended: float, hosts: list[str]) -> Cut:
         fault = Cut(kind, started, ended, hosts=frozenset(self.fleet.hostname(h) for h in hosts))
@@ -154,14 +158,19 @@ class Load(threading.Thread):
     def step(self) -> None:
         roll = self.rng.random()
         if roll < 0.6:
-            self.ledger.submit(*self.task())
+            self._own([self.ledger.submit(*self.task())])
         elif roll < 0.7:
-            self.ledger.submit_bulk([self.item() for _ in range(self.rng.randint(2, 6))])
+            self._own(self.ledger.submit_bulk([self.item() for _ in range(self.rng.randint(2, 6))]))
         else:
             with self.ledger._lock:
-                ids = list(self.ledger.tasks)
+                ids = self.ledger.cancellable[-50:]
             if ids:
-                self.ledger.cancel(self.rng.choice(ids[-50:]), force=self.rng.random() < 0.3)
+                self.ledger.cancel(self.rng.choice(ids), force=self.rng.random() < 0.3)
+
+    def _own(self, ids: Iterable[str | None]) -> None:
+        """Mark tasks the load submitted as ones it may cancel (both loads share the list)."""
+        with self.ledger._lock:
+            self.ledger.cancellable.extend(i for i in ids if i)
 
     def task(self) -> tuple[str, dict[str, Any]]:
         if self.rng.random() < 0.4:
