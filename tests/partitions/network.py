@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 PREFIX = "txp"
@@ -217,9 +218,43 @@ class Network:
         _run("ip", "link", "set", self.hosts[host].link, "down")
         self.isolated.add(host)
 
-    def rejoin(self, host: str) -> None:
-        _run("ip", "link", "set", self.hosts[host].link, "up")
+    def rejoin(self, host: str, timeout: float = 10.0) -> None:
+        """Bring the host's veth back up; return once both ends carry traffic again.
+
+        `ip link set up` returns before the link works: the carrier change of both ends, and
+        with it the bridge port's move to forwarding, is applied later by the kernel's link
+        watch (batched up to a second, later still on a loaded machine). Until then the host
+        is still cut off, so a heal that did not wait would count that time as healed.
+        """
+        link = self.hosts[host].link
+        _run("ip", "link", "set", link, "up")
         self.isolated.discard(host)
+        deadline = time.monotonic() + timeout
+        while not self._carries(host):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{link} not up {timeout:.0f}s after `ip link set up`")
+            time.sleep(0.02)
+        # What tried to reach the host (or it them) while it was away left ARP entries still
+        # resolving, retried once a second: a packet queued behind one waits up to that second
+        # (a 1 s connect timeout sees a host still cut). Forget them: the next packet asks at
+        # once. Pinned (permanent) entries, a cut's, stay.
+        rejoined = self.hosts[host]
+        _run("ip", "-n", rejoined.netns, "neigh", "flush", "dev", "eth0")
+        for other in self.hosts.values():
+            if other is not rejoined:
+                _run("ip", "-n", other.netns, "neigh", "flush", "to", rejoined.address)
+        _run("ip", "neigh", "flush", "to", rejoined.address, "dev", self.bridge)
+
+    def _carries(self, host: str) -> bool:
+        """Both ends of the host's veth up with a carrier, its bridge port forwarding."""
+        sysfs = f"/sys/class/net/{self.hosts[host].link}"
+        try:
+            with open(f"{sysfs}/operstate") as state, open(f"{sysfs}/brport/state") as port:
+                near_up = state.read().strip() == "up" and port.read().strip() == "3"
+        except OSError:
+            return False
+        inside = _run("ip", "-n", self.hosts[host].netns, "-o", "link", "show", "eth0")
+        return near_up and "state UP" in inside.stdout
 
     def heal_all(self) -> None:
         """End every cut and isolation in force (a scenario's teardown)."""
