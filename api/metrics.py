@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -74,13 +75,25 @@ def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+# The histogram's child per (method, route, status): `labels()` takes a lock and builds its key
+# on every call. Bounded by the routes, methods and statuses there are.
+_SECONDS_BY_LABELS: dict[tuple[str, str, int], Any] = {}
+
+
 def _observe(response: Response) -> Response:
-    endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    method = request.method if request.method in _METHODS else "OTHER"
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    rule = req.url_rule
+    endpoint = rule.rule if rule is not None else "<unmatched>"
+    method = req.method if req.method in _METHODS else "OTHER"
     status = response.status_code
     started = g.pop("metrics_started", None)
     if started is not None:
-        REQUEST_SECONDS.labels(method, endpoint, str(status)).observe(time.perf_counter() - started)
+        labels = (method, endpoint, status)
+        child = _SECONDS_BY_LABELS.get(labels)
+        if child is None:
+            child = REQUEST_SECONDS.labels(method, endpoint, str(status))
+            _SECONDS_BY_LABELS[labels] = child
+        child.observe(time.perf_counter() - started)
     if status == 429:
         RATE_LIMITED.labels(endpoint).inc()
     return response
