@@ -10,7 +10,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
@@ -53,6 +53,8 @@ FORGET_AFTER_SECONDS = 3600.0
 LOCKED_RETRY_SECONDS = 0.1
 #: Wake this long after a slot, so the claim finds it due on the database's clock.
 RELEASE_SLACK_SECONDS = 0.002
+#: A rendered slot due this long without advancing (paused, edited) is left to the claims.
+STALE_AHEAD_SECONDS = 2.0
 #: Errors of a row's data (not of the connection): a round that meets one is split up.
 _ROW_ERRORS = (
     psycopg2.DataError,
@@ -74,6 +76,10 @@ def timing_of(schedule: store.Schedule) -> Timing:
     )
 
 
+def _definition_of(schedule: store.Schedule) -> str:
+    return str(schedule.task.get("taskDefinitionId", ""))
+
+
 def _definition_key(definition: store.DefinitionRow | None) -> tuple[str, datetime] | None:
     return None if definition is None else (definition.version, definition.updated_at)
 
@@ -90,6 +96,7 @@ class Ahead:
     row: store.SlotRow
     done: store.Progress
     progress: str
+    advance: str  # its guarded advance, for a round without a claim (store.fire_rendered)
     message: Rendered | None  # None for a manual task: nothing goes to Redis
 
 
@@ -287,8 +294,75 @@ class ScheduleFirer:
         Postgres inserts one round this process builds the next. With little due, the second
         claim finds nothing (one short query).
         """
+        created = self._fire_rendered()
         drains = [self._pool.submit(self._drain) for _ in range(FIRE_THREADS)]
-        return sum(d.result() for d in drains)
+        return created + sum(d.result() for d in drains)
+
+    def _fire_rendered(self) -> int:
+        """Fire the slots rendered ahead that are due, without claiming them first.
+
+        Each statement's advance is its claim (store.fire_rendered): it saves the claim's row
+        locks and round trip. What it does not advance (edited, paused, fired by another
+        sweeper, not quite due by the database's clock, catching up) keeps its rendering and
+        goes to the claimed rounds that follow, which decide on the full plan.
+        """
+        now = datetime.now(UTC)
+        due = [t for t in self.templates.values() if t.ahead is not None and t.ahead.slot <= now]
+        if not due:
+            return 0
+        # A definition released since the rendering: the claimed rounds rebuild on it.
+        with self.db.connection(autocommit=True) as conn:
+            current = self._definitions(conn, {_definition_of(t.schedule) for t in due})
+        for template in due:
+            if template.definition != _definition_key(current[_definition_of(template.schedule)]):
+                template.ahead = None
+        due = [t for t in due if t.ahead is not None]
+        due.sort(key=lambda t: t.ahead.slot if t.ahead else now)
+        chunks = [due[i : i + SCHEDULE_BATCH] for i in range(0, len(due), SCHEDULE_BATCH)]
+        return sum(self._pool.map(self._fire_chunk, chunks))
+
+    def _fire_chunk(self, templates: list[Template]) -> int:
+        aheads = [t.ahead for t in templates if t.ahead is not None]
+        rows = [a.row for a in aheads]
+        allowed = self.window.take(rows) if self.window is not None else None
+        try:
+            with self.db.connection() as conn:
+                outcome = store.fire_rendered(
+                    conn,
+                    [r.sql(allowed is None or id(r) in allowed) for r in rows],
+                    [a.advance for a in aheads],
+                )
+        except BaseException:
+            outcome = None
+            raise
+        finally:
+            if outcome is None and self.window is not None and allowed:
+                self.window.sent([r.executor for r in rows if id(r) in allowed])
+        if outcome is None:
+            # A row held by another transaction (a PATCH, another sweeper's round): nothing
+            # was written, and the claimed rounds that follow skip what is held and fire the
+            # rest, with these renderings where they still apply.
+            return 0
+        advanced, inserted = outcome
+        stale = datetime.now(UTC) - timedelta(seconds=STALE_AHEAD_SECONDS)
+        for template in templates:
+            ahead = template.ahead
+            if ahead is not None and (template.schedule.id in advanced or ahead.slot < stale):
+                # Fired (its id is spent), or long due and still not advanced (paused or
+                # edited meanwhile): the claimed rounds decide on the row as it is now.
+                template.ahead = None
+        if self.window is not None and allowed:  # let out but not stamped: its room back
+            self.window.sent(
+                [
+                    a.row.executor
+                    for a in aheads
+                    if id(a.row) in allowed and not inserted.get(a.task.id)
+                ]
+            )
+        self.publisher.put([(a.task, a.message) for a in aheads if inserted.get(a.task.id)])
+        if inserted:
+            log.info("schedules fired %d task(s) rendered ahead, unclaimed", len(inserted))
+        return len(inserted)
 
     def _drain(self) -> int:
         created = 0
@@ -626,13 +700,23 @@ class ScheduleFirer:
             return
         rows = store.render_slots(conn, [slot for _, slot, _ in wanted])
         progress = store.render_progress(conn, [done for _, _, done in wanted])
+        advances = store.render_advances(
+            conn,
+            [
+                (done, done.last_run_at, t.schedule.catchup_window_ms)
+                for t, _, done in wanted
+                if done.last_run_at is not None
+            ],
+        )
         sent = [slot.task for _, slot, _ in wanted if slot.task.published]
         messages = iter(self.broker.render([_dispatch(t) for t in sent]))
-        for (template, slot, done), row, line in zip(wanted, rows, progress, strict=True):
+        for (template, slot, done), row, line, guarded in zip(
+            wanted, rows, progress, advances, strict=True
+        ):
             message = next(messages) if slot.task.published else None
             assert slot.scheduled_for is not None
             template.ahead = Ahead(
-                slot.scheduled_for, done.next_run_at, slot.task, row, done, line, message
+                slot.scheduled_for, done.next_run_at, slot.task, row, done, line, guarded, message
             )
 
     def forget_unused(self) -> None:

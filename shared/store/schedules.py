@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from psycopg2.extras import Json
 
 from shared.status import ACTIVE, TaskType
@@ -280,10 +281,24 @@ _SLOT_INSERT = (
     f"INSERT INTO tasks ({_NAMES}, published_at, schedule_id, scheduled_for)"
     f" SELECT {_PICKED}, CASE WHEN v.publish AND {_NOW_IF_FIRST} THEN now() END,"
     " v.schedule_id, v.scheduled_for"
-    f" FROM (VALUES {{}}) AS v({_NAMES}, publish, schedule_id, scheduled_for)"
+    f" FROM (VALUES {{values}}) AS v({_NAMES}, publish, schedule_id, scheduled_for) {{where}}"
     " ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING"
-    " RETURNING {}"
+    " RETURNING {returning}"
 )
+# A rendered slot's advance is its claim: it moves the schedule on only if the row is still
+# the version the slot was rendered from, waits for that very slot, is due by the database's
+# clock, within its catch-up window, and the slot is the only one due. A concurrent round
+# holding the row makes it wait, then re-check against the row that round left.
+_ADVANCE_IF = (
+    "UPDATE schedules s SET next_run_at = v.next_run_at, last_run_at = v.slot"
+    " FROM (VALUES {}) v(id, updated_at, slot, next_run_at, catchup_ms)"
+    " WHERE s.id = v.id AND s.updated_at = v.updated_at AND s.next_run_at = v.slot"
+    " AND NOT s.paused AND v.slot <= now()"
+    " AND v.slot >= now() - make_interval(secs => v.catchup_ms / 1000.0)"
+    " AND (v.next_run_at IS NULL OR v.next_run_at > now())"
+    " RETURNING s.id"
+)
+_ADVANCE_IF_TEMPLATE = "(%s::uuid, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::bigint)"
 _SLOT_HEAD = "(" + ", ".join(f"%s::{kind}" for _, kind in _COLUMNS) + ", "
 _SLOT_TAIL = "::boolean, %s::uuid, %s::timestamptz)"
 _PROGRESS = (
@@ -356,6 +371,64 @@ def render_progress(conn: Conn, progress: Sequence[Progress]) -> list[str]:
         ]
 
 
+def render_advances(conn: Conn, slots: Sequence[tuple[Progress, datetime, int]]) -> list[str]:
+    """Each rendered slot's guarded advance (progress, slot, catch-up ms) for fire_rendered."""
+    with conn.cursor() as cur:
+        return [
+            cur.mogrify(
+                _ADVANCE_IF_TEMPLATE, (p.id, p.updated_at, slot, p.next_run_at, catchup_ms)
+            ).decode()
+            for p, slot, catchup_ms in slots
+        ]
+
+
+#: How long a round without a claim waits for a row another transaction holds (a PATCH, a
+#: claimed round) before giving the whole batch back to the claimed rounds, which skip it.
+RENDERED_LOCK_TIMEOUT_MS = 200
+
+
+def fire_rendered(
+    conn: Conn, rows: Sequence[str], advances: Sequence[str]
+) -> tuple[set[uuid.UUID], dict[uuid.UUID, bool]] | None:
+    """Fire slots rendered ahead, without a claim: one statement advances each schedule
+    still as rendered (render_advances) and inserts the task of each one it advanced. Return
+    the schedules advanced, and the tasks inserted with whether each goes out at once; None
+    if a row was held by another transaction longer than RENDERED_LOCK_TIMEOUT_MS (nothing
+    written then: `conn` in a transaction, under a savepoint).
+
+    Exactly once as a claimed round: a schedule another round holds is waited for and then
+    re-checked (it has moved on), and the slot index still turns a second insert into none.
+    """
+    if not rows:
+        return set(), {}
+    insert = _SLOT_INSERT.format(
+        values=",".join(rows),
+        where="WHERE v.schedule_id IN (SELECT id FROM advanced)",
+        returning="id, schedule_id, published_at IS NOT NULL AS published,"
+        " type = 'MANUAL' AS manual",
+    )
+    with conn.cursor() as cur:
+        try:
+            cur.execute(
+                f"SAVEPOINT fire_rendered; SET LOCAL lock_timeout = {RENDERED_LOCK_TIMEOUT_MS};"
+                f" WITH advanced AS ({_ADVANCE_IF.format(','.join(advances))}),"
+                f" fired AS ({insert})"
+                " SELECT a.id, f.id, f.published, f.manual"
+                " FROM advanced a LEFT JOIN fired f ON f.schedule_id = a.id"
+            )
+        except psycopg2.errors.LockNotAvailable:
+            _rollback_to(cur, "fire_rendered")
+            return None
+        except psycopg2.Error:
+            _rollback_to(cur, "fire_rendered")
+            raise
+        found = cur.fetchall()
+        if any(t is not None and not published and not manual for _, t, published, manual in found):
+            cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
+    advanced = {schedule_id for schedule_id, _, _, _ in found}
+    return advanced, {t: published for _, t, published, _ in found if t is not None}
+
+
 def insert_schedule_tasks(
     conn: Conn, slots: Sequence[SlotTask], open_executors: Container[str] | None = None
 ) -> list[Task]:
@@ -373,7 +446,7 @@ def insert_schedule_tasks(
         values = ",".join(
             r.sql(open_executors is None or r.executor in open_executors) for r in rows
         )
-        cur.execute(_SLOT_INSERT.format(values, "*"))
+        cur.execute(_SLOT_INSERT.format(values=values, where="", returning="*"))
         stored = all_(cur, Task)
         if any(t.published_at is None and t.type != TaskType.MANUAL.value for t in stored):
             cur.execute(f"NOTIFY {RELEASE_CHANNEL}")
@@ -394,7 +467,8 @@ def fire_round(conn: Conn, rows: Sequence[str], progress: Sequence[str]) -> dict
         parts = []
         if rows:
             returning = "id, published_at IS NOT NULL, type = 'MANUAL'"
-            parts.append(f"fired AS ({_SLOT_INSERT.format(','.join(rows), returning)})")
+            insert = _SLOT_INSERT.format(values=",".join(rows), where="", returning=returning)
+            parts.append(f"fired AS ({insert})")
         if progress:
             parts.append(f"advanced AS ({_PROGRESS.format(','.join(progress))} RETURNING 1)")
         if not parts:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg2
 import pytest
 
 from cli.base import ledger
@@ -162,3 +163,24 @@ def test_fired_tasks_go_out_only_as_the_dispatch_window_has_room(settings, clean
     finally:
         fire.publisher.close()
         fire._pool.shutdown()
+
+
+def test_a_schedule_held_by_another_transaction_does_not_hold_up_the_others(firer, settings):
+    held, free = (add_schedule(settings.database_url, due_in=1.5) for _ in range(2))
+    firer.prepare(within=10)
+    holder = psycopg2.connect(settings.database_url)
+    try:
+        with holder.cursor() as cur:  # a slow PATCH, say, across the slot
+            cur.execute("SELECT 1 FROM schedules WHERE id = %s FOR UPDATE", (held,))
+        time.sleep(1.6)
+        started = time.monotonic()
+        assert firer.fire_due() == 1  # the free one; the held one is skipped, not waited for
+        assert time.monotonic() - started < 2
+        with ledger(settings.database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT schedule_id FROM tasks")
+            assert [r[0] for r in cur.fetchall()] == [free]
+    finally:
+        holder.rollback()
+        holder.close()
+    assert firer.fire_due() == 1  # released: its slot fires now, once
+    assert firer.fire_due() == 0
