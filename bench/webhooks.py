@@ -1,21 +1,29 @@
-"""Webhooks: event-to-receiver latency on an idle system, and deliveries/s beside task throughput.
+"""Webhooks: event-to-receiver latency, one deliverer's drain rate, and deliveries beside tasks.
 
-Run: `.venv/bin/python bench/webhooks.py --tasks 2000 --rounds 2`. It creates a database of its
-own on the server of DATABASE_URL (default: the local one) and uses Redis db 13, starts a real
-Celery worker (`--concurrency`, default 2) and, for the webhook parts, a real `taskexec
-deliverer` process, and a threaded HTTP receiver in this process that counts what it gets.
+Run: `.venv/bin/python bench/webhooks.py --tasks 5000 --rounds 2 --subscriptions 5`. It creates
+a database of its own on the server of DATABASE_URL (default: the local one) and uses Redis db
+13, and starts a real Celery worker (`--concurrency`, default 2), a real `taskexec deliverer`
+and a receiver in a process of its own (bench/webhook_receiver.py: asyncio, keep-alive, 204).
+CPU is read from /proc for each part: the worker tree, the deliverer, the receiver, and the
+Postgres backends of the bench's database split by whose they are (application_name
+taskexec-<pid>: the deliverer's, the worker's, autovacuum, the rest).
 
 1. Latency (idle): one subscription; 300 status changes, one every 20 ms, made by SQL; per
    event, receive time minus the event's `timestamp` (its status change's transaction):
    p50 / p99 / max.
-2. Throughput: --tasks echo tasks are inserted and published (as the API does: INSERT, then
+2. Backlog (`--backlog`, 0 skips it): that many deliveries queued at once (tasks finished by
+   SQL in one transaction, 5 subscriptions) and drained by the one deliverer with nothing else
+   running: deliveries/s and CPU per delivery of the deliverer and its backends.
+3. Throughput: --tasks echo tasks are inserted and published (as the API does: INSERT, then
    one pipelined publish per 100) and the time until all are COMPLETED is measured, with no
-   subscription ("baseline") and with enough subscriptions (each `task.started` and
-   `task.completed`) that the tasks' events make at least --deliveries-per-second deliveries
-   ("webhooks"); the variants take turns for --rounds rounds so drifting machine load hits
-   both alike. Reported: tasks/s of each, the throughput ratio (webhooks / baseline), the
-   deliveries/s the receiver saw while the tasks ran, and how long after the last task the
-   last delivery arrived (the backlog; 0 means the deliverer kept up).
+   subscription ("baseline") and with --subscriptions subscriptions (each `task.started` and
+   `task.completed`; 0: enough that the tasks' events make --deliveries-per-second at the
+   probed baseline rate) ("webhooks"). The variants take turns for --rounds rounds, the order
+   flipped each round, VACUUM between turns, so drifting machine load hits both alike.
+   Reported: tasks/s of each, the throughput ratio (webhooks / baseline), the deliveries/s
+   the receiver saw while the tasks ran, how long after the last task the last delivery
+   arrived (0: the deliverer kept up), and the CPU per delivery (webhook turns minus baseline
+   turns, over the deliveries made): the load-independent figure.
 """
 
 from __future__ import annotations
@@ -286,6 +294,16 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=0, help="fixed count (0: probe)")
     parser.add_argument("--backlog", type=int, default=20000, help="deliveries drained (0: skip)")
     parser.add_argument("--only-backlog", action="store_true")
+    parser.add_argument(
+        "--drop-webhook-fk",
+        action="store_true",
+        help="experiment: drop webhook_deliveries' foreign key to webhooks in the bench database",
+    )
+    parser.add_argument(
+        "--trigger-turns",
+        action="store_true",
+        help="a third variant: the subscriptions, with the deliverer stopped (the trigger alone)",
+    )
     args = parser.parse_args()
     # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through the
     # `finally` below, which stops every process it started and drops its database.
@@ -307,6 +325,12 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cores: {os.cpu_count()}")
     try:
         schema.migrate(url)
+        if args.drop_webhook_fk:
+            with ledger(url) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "ALTER TABLE webhook_deliveries"
+                    " DROP CONSTRAINT webhook_deliveries_webhook_id_fkey"
+                )
         with ledger(url) as conn:
             store.publish_definitions(conn, load_registry(DIAGNOSTICS))
         receiver = Receiver(env, workdir)
@@ -351,19 +375,20 @@ def main() -> None:
             base = 1000 / run_tasks(url, settings, 1000)
             subscriptions = max(1, math.ceil(args.deliveries_per_second / (2 * base)))
             print(f"probe: {base:.0f} tasks/s without webhooks -> {subscriptions} subscriptions")
-        totals = {"baseline": 0.0, "webhooks": 0.0}
-        cpu: dict[str, dict[str, float]] = {"baseline": {}, "webhooks": {}}
+        variants = ["baseline", "webhooks"] + (["trigger"] if args.trigger_turns else [])
+        totals = dict.fromkeys(variants, 0.0)
+        cpu: dict[str, dict[str, float]] = {v: {} for v in variants}
         rates: list[float] = []
         lags: list[float] = []
         delivered = 0
         for turn in range(args.rounds):
-            # Interleaved, and the order flips each round: drifting load hits both alike.
-            order = ("baseline", "webhooks") if turn % 2 == 0 else ("webhooks", "baseline")
-            for variant in order:
+            # Interleaved, and the order turns each round: drifting load hits all alike.
+            shift = turn % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
                 unsubscribe_all(url)
                 vacuum(url)
                 receiver.reset()
-                if variant == "webhooks":
+                if variant in ("webhooks", "trigger"):
                     for s in range(subscriptions):
                         subscribe(
                             url,
@@ -371,10 +396,20 @@ def main() -> None:
                             ["task.started", "task.completed"],
                         )
                 load = os.getloadavg()[0]
+                if variant == "trigger":
+                    os.kill(deliverer.pid, signal.SIGSTOP)  # events are queued, none sent
                 t0 = time.time()
                 before = meter.sample()
                 took = run_tasks(url, settings, args.tasks)
                 line = f"round {turn + 1} {variant}: {args.tasks / took:.0f} tasks/s"
+                if variant == "trigger":
+                    used = meter.used(before, meter.sample())
+                    os.kill(deliverer.pid, signal.SIGCONT)
+                    expected = args.tasks * 2 * subscriptions
+                    deadline = time.monotonic() + 300
+                    while receiver.count() < expected and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    line += f" ({receiver.count()}/{expected} delivered afterwards)"
                 if variant == "webhooks":
                     expected = args.tasks * 2 * subscriptions
                     during = receiver.count()
@@ -392,7 +427,8 @@ def main() -> None:
                         f" {len(got)}/{expected} delivered,"
                         f" last {lags[-1]:.2f} s after the last task"
                     )
-                used = meter.used(before, meter.sample())
+                if variant != "trigger":
+                    used = meter.used(before, meter.sample())
                 totals[variant] += took
                 for key, value in used.items():
                     cpu[variant][key] = cpu[variant].get(key, 0.0) + value
@@ -432,6 +468,19 @@ def main() -> None:
                 f" whole machine {per['machine']:.0f} (other sessions included);"
                 f" worker cpu per task (ms): baseline {cpu['baseline']['worker'] / n * 1e3:.2f},"
                 f" webhooks {cpu['webhooks']['worker'] / n * 1e3:.2f}"
+            )
+        if args.trigger_turns:
+            rows = n * 2 * subscriptions
+            trigger = n / totals["trigger"]
+            more = {
+                k: (cpu["trigger"][k] - cpu["baseline"][k]) / rows * 1e6
+                for k in ("pg-worker", "pg-autovacuum", "machine")
+            }
+            print(
+                f"trigger alone (deliverer stopped): {trigger:.0f} tasks/s"
+                f" (ratio {trigger / baseline:.3f}); per delivery row: the worker's postgres"
+                f" backends {more['pg-worker']:.0f} us more, autovacuum"
+                f" {more['pg-autovacuum']:.0f} us, whole machine {more['machine']:.0f} us"
             )
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:

@@ -242,9 +242,10 @@ def claim_deliveries(
         cur.execute(
             f"""
             WITH due AS MATERIALIZED (
-                SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries
+                SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries d
                 WHERE status = 'PENDING' AND next_attempt_at <= now()
                   AND NOT (webhook_id = ANY (%(busy)s::uuid[]))
+                  AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)
                 ORDER BY next_attempt_at
                 LIMIT %(scan)s
             ), ranked AS (
@@ -422,9 +423,12 @@ def fail_undeliverable(conn: Conn, claimed: Claimed, error: str) -> bool:
 def next_delivery_in(conn: Conn) -> float | None:
     """Seconds until the next pending delivery is due (0 if one is); None when none is pending."""
     with conn.cursor() as cur:
+        # A delivery whose subscription is gone (written while it was being deleted) is
+        # never sent: it must not count as due, or the deliverer would look again at once.
         cur.execute(
             "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
-            " FROM webhook_deliveries WHERE status = 'PENDING'"
+            " FROM webhook_deliveries d WHERE status = 'PENDING'"
+            " AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)"
         )
         row = cur.fetchone()
     if row is None or row[0] is None:
@@ -474,7 +478,8 @@ def retries_of_tasks(conn: Conn, task_ids: Iterable[uuid.UUID]) -> dict[uuid.UUI
 def purge_old_events(conn: Conn, older_than_seconds: float, limit: int) -> int:
     """Delete at most `limit` events older than the period, with their deliveries; return how many.
 
-    An event with a PENDING delivery (a redelivery of an old event) is kept until it ends.
+    An event with a PENDING delivery (a redelivery of an old event) is kept until it ends,
+    unless that delivery's subscription is gone (it is never sent).
     Oldest first; rows another purger holds are skipped, so several may run at once. A full
     batch means more may remain.
     """
@@ -485,7 +490,9 @@ def purge_old_events(conn: Conn, older_than_seconds: float, limit: int) -> int:
                 SELECT e.id FROM webhook_events e
                 WHERE e.created_at < now() - make_interval(secs => %s)
                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
-                                  WHERE d.event_id = e.id AND d.status = 'PENDING')
+                                  WHERE d.event_id = e.id AND d.status = 'PENDING'
+                                    AND EXISTS (SELECT 1 FROM webhooks w
+                                                WHERE w.id = d.webhook_id))
                 ORDER BY e.created_at
                 LIMIT %s FOR UPDATE SKIP LOCKED)
             """,

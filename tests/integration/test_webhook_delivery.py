@@ -675,6 +675,53 @@ def test_old_events_and_their_deliveries_are_purged_in_batches(
         assert cur.fetchone()[0] == 1
 
 
+def test_deleting_a_subscription_deletes_its_deliveries(backends, receiver):
+    gone, _ = subscribe(backends.database_url, receiver.url("/gone"))
+    kept, _ = subscribe(backends.database_url, receiver.url("/kept"))
+    finish_tasks(backends.database_url, 3)
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM webhooks WHERE id = %s", (gone,))
+        cur.execute("SELECT webhook_id, count(*) FROM webhook_deliveries GROUP BY 1")
+        assert cur.fetchall() == [(kept, 3)]
+
+
+def test_a_delivery_whose_subscription_is_gone_is_never_sent_nor_due(
+    backends, receiver, deliverer, webhook_settings
+):
+    # What a status change racing the subscription's deletion can leave: a delivery row
+    # whose subscription no longer exists (deliveries have no foreign key to webhooks).
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/hook"))
+    finish_tasks(backends.database_url, 1)
+    orphan = uuid.uuid4()
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO webhook_deliveries (id, event_id, webhook_id, type, task_id)"
+            " SELECT gen_random_uuid(), event_id, %s, type, task_id FROM webhook_deliveries",
+            (orphan,),
+        )
+    runner = deliverer()
+    wait_for(lambda: len(receiver.at("/hook")) == 1)
+    with ledger(backends.database_url) as conn:
+        # Not due: the loop sleeps instead of looking again at once.
+        assert store.next_delivery_in(conn) is None
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT status, attempts FROM webhook_deliveries WHERE webhook_id = %s", (orphan,)
+            )
+            assert cur.fetchall() == [("PENDING", 0)]
+            cur.execute("UPDATE webhook_events SET created_at = now() - interval '2 hours'")
+    wait_for(
+        lambda: all(d.status == "DELIVERED" for d in deliveries(backends.database_url, webhook_id))
+    )
+    purger = Deliverer(webhook_settings.with_overrides(webhook_retention="1h"))
+    assert purger.purge(threading.Event()) == 1  # the orphan does not keep its event
+    purger.db.close()
+    assert runner.sent == 1
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM webhook_deliveries")
+        assert cur.fetchone() == (0,)
+
+
 def test_an_event_is_written_in_the_status_change_transaction(backends, receiver):
     subscribe(backends.database_url, receiver.url("/tx"))
     row = task_row()
