@@ -15,7 +15,10 @@ gunicorn's workers: auth, group commit, the window check, the INSERT and the pub
    then from an owner whose key has maxRunning --max-running (never reached, so every task
    pays for the limit: the releaser's admission, the claim under advisory locks), in turns.
 3. The releaser's CPU per released task: the sweeper process's CPU time over the backlog phase
-   divided by the tasks the releaser published meanwhile (those not published at insert).
+   divided by the tasks the releaser published meanwhile (those not published at insert), and
+   over the limited throughput turns (every task there goes through the releaser).
+4. A held task's start after room opens: --held `sleep` tasks under a key limited to 1; the
+   gap from each one's end to the next one's start (the NOTIFY, the releaser, the claim).
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=2000, help="per throughput turn")
     parser.add_argument("--max-running", type=int, default=1000)
+    parser.add_argument("--held", type=int, default=100, help="tasks behind a key limit of 1")
     args = parser.parse_args()
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     url = create_database(server, NAME)
@@ -231,14 +235,34 @@ def main() -> None:
             )
             drop_backlog(url, "bench-a")
 
+        # 4. A held task's start once room opens: a key limited to 1, tasks one after another.
+        keyed = {**sleep, "executionConfig": {"concurrency": {"key": "k", "limit": 1}}}
+        ids = api.bulk("bench-keyed", keyed, args.held)
+        wait_done(url, ids)
+        rows = sql(
+            url,
+            "SELECT start_time, end_time FROM tasks WHERE id = ANY(%s::uuid[]) ORDER BY start_time",
+            (ids,),
+        )
+        gaps = sorted((b[0] - a[1]).total_seconds() for a, b in zip(rows, rows[1:], strict=False))
+        print(
+            f"held behind a key limit of 1 ({args.held} tasks): room -> next start"
+            f" p50 {ms(gaps, 50):.0f} ms, p99 {ms(gaps, 99):.0f} ms, max {gaps[-1] * 1000:.0f} ms"
+            f" (never two at once: smallest gap {gaps[0] * 1000:.1f} ms)"
+        )
+
         echo = {"taskDefinitionId": "echo", "input": {}}
         took = {"unlimited": 0.0, "limited": 0.0}
+        limited_cpu = 0.0
         api.key("bench-limited", max_running=args.max_running)
         for turn in range(args.rounds):
             for variant, owner in (("unlimited", "bench-free"), ("limited", "bench-limited")):
                 t0 = time.perf_counter()
+                cpu0 = cpu_seconds(sweeper.pid)
                 wait_done(url, api.bulk(owner, echo, args.tasks))
                 took[variant] += time.perf_counter() - t0
+                if variant == "limited":  # every one of these went through the releaser
+                    limited_cpu += cpu_seconds(sweeper.pid) - cpu0
                 print(f"round {turn + 1} {variant}: {args.tasks / (time.perf_counter() - t0):.0f}")
         n = args.tasks * args.rounds
         free, limited = n / took["unlimited"], n / took["limited"]
@@ -256,7 +280,8 @@ def main() -> None:
         )
         print(
             f"releaser CPU per released task: {sum(cpu) / len(cpu) * 1e6:.0f} us"
-            " (the sweeper process, backlog phases)"
+            " (the sweeper process, backlog phases);"
+            f" {limited_cpu / n * 1e6:.0f} us while it sent every limited echo task"
         )
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
