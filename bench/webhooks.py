@@ -295,11 +295,6 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=20000, help="deliveries drained (0: skip)")
     parser.add_argument("--only-backlog", action="store_true")
     parser.add_argument(
-        "--drop-webhook-fk",
-        action="store_true",
-        help="experiment: drop webhook_deliveries' foreign key to webhooks in the bench database",
-    )
-    parser.add_argument(
         "--trigger-turns",
         action="store_true",
         help="a third variant: the subscriptions, with the deliverer stopped (the trigger alone)",
@@ -325,12 +320,6 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), cores: {os.cpu_count()}")
     try:
         schema.migrate(url)
-        if args.drop_webhook_fk:
-            with ledger(url) as conn, conn.cursor() as cur:
-                cur.execute(
-                    "ALTER TABLE webhook_deliveries"
-                    " DROP CONSTRAINT webhook_deliveries_webhook_id_fkey"
-                )
         with ledger(url) as conn:
             store.publish_definitions(conn, load_registry(DIAGNOSTICS))
         receiver = Receiver(env, workdir)
