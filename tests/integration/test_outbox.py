@@ -15,10 +15,10 @@ from cli.servers import RedisServer, free_port
 from config.settings import Settings
 from shared import db, outbox, store
 from shared.breaker import FIRST_COOL_OFF
-from shared.broker import Broker
+from shared.broker import BROKER_ERRORS, Broker
 from shared.db import Database
 from shared.status import Status
-from tests.helpers import SEED_ORDER, wait_for_status
+from tests.helpers import SEED_ORDER, wait_for, wait_for_status
 
 pytestmark = pytest.mark.integration
 SEED_OUTPUT = {"subtotal": 46.97, "tax": 3.76, "total": 50.73}
@@ -125,20 +125,34 @@ def test_publish_releases_what_the_broker_refuses(
         # Redis is down: both are refused and released, so the next sweep takes them at once.
         assert outbox.publish(broker, database, dispatches, countdown=5.0) == dispatches
         assert [read_row(settings, str(t.id)).published_at for t in tasks] == [None, None]
+        # Waiting again, ready for the releaser at once (not after republish_after).
         with database.connection() as conn:
-            due = store.take_due_for_publish(conn, republish_after=3600)
+            assert store.take_due_for_publish(conn, republish_after=3600) == []
+            assert store.ready_executors(conn) == ["standard-executor"]
+            due = store.take_ready(conn, "standard-executor", room=10).dispatches
         assert sorted(d.id for d in due) == sorted(t.id for t in tasks)
 
         # Redis is back: everything is sent and nothing released (once the breaker's cool-off
         # from the refused connection is over: shared/breaker.py).
         private_redis.start()
         time.sleep(FIRST_COOL_OFF)
+        # The first call after the cool-off only starts the breaker's probe: wait for it to
+        # close (a read, so nothing is published or released meanwhile).
+        wait_for(lambda: _reachable(broker), timeout=10, interval=0.1)
         assert outbox.publish(broker, database, due) == []
         assert all(read_row(settings, str(t.id)).published_at is not None for t in tasks)
         wire = redis.Redis.from_url(settings.redis_url)
         assert sum(wire.llen(key) for key in wire.keys("standard-executor*")) == 2
     finally:
         database.close()
+
+
+def _reachable(broker: Broker) -> bool:
+    try:
+        broker.queue_depths(["standard-executor"])
+    except BROKER_ERRORS:
+        return False
+    return True
 
 
 def _echo_row() -> store.NewTask:
