@@ -280,3 +280,26 @@ def test_a_limited_task_starts_soon_after_room_opens(client, auth, processes, se
         rows = cur.fetchall()
     gaps = [(b[0] - a[1]).total_seconds() for a, b in zip(rows, rows[1:], strict=False)]
     assert all(0 <= g < 1.0 for g in gaps), gaps
+
+
+def test_cancelling_the_running_one_lets_the_held_one_start(client, auth, processes):
+    processes.worker(concurrency=2)
+    processes.sweeper(extra_env={"TASKEXEC_SWEEP_INTERVAL": "30"})  # only the NOTIFY wakes it
+    headers = auth.key("*")
+    body = {
+        "taskDefinitionId": "sleep",
+        "input": {"seconds": 30},
+        "executionConfig": {"concurrency": {"key": "one-at-a-time", "limit": 1}},
+    }
+    first, second = bulk(client, headers, [body, body])
+    wait_for(lambda: get(client, headers, first)["status"] == "RUNNING", timeout=20)
+    held = wait_for(
+        lambda: (t := get(client, headers, second))["pendingReason"] == "CONCURRENCY_LIMIT" and t,
+        timeout=10,
+    )
+    assert held["executionMetadata"]["attempts"] == 0
+    cancelled = time.monotonic()
+    assert client.post(f"{URL}/{first}/cancel", json={}, headers=headers).status_code == 200
+    wait_for(lambda: get(client, headers, second)["status"] == "RUNNING", timeout=10)
+    assert time.monotonic() - cancelled < 2.0
+    client.post(f"{URL}/{second}/cancel", json={"force": True}, headers=headers)
