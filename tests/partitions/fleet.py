@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import redis as redis_lib
 import requests
 
@@ -44,6 +45,18 @@ SWEEPER_HOSTS = ("s1", "s2")
 #: name -> addresses: the data host's own, then Postgres's, then Redis's.
 LAYOUT = {"data": 3, **dict.fromkeys((*API_HOSTS, *WORKER_HOSTS, *SWEEPER_HOSTS), 1)}
 WORKER_CONCURRENCY = 2
+#: Postgres's own keepalives on its clients' connections, as our clients have on theirs
+#: (shared/db.py link_options). A client cut off mid-transaction gives up its connection, but
+#: its goodbye is lost in the partition; the server, waiting for the next statement, would keep
+#: the session, its transaction and its locks until the kernel's default keepalive (2 hours).
+#: Unanswered probes end it a few seconds into the cut; once healed, the host's reset does.
+KEEPALIVES = (
+    f"tcp_keepalives_idle={SUITE_SETTINGS['db_connect_timeout']}",
+    "tcp_keepalives_interval=1",
+    "tcp_keepalives_count=3",
+)
+#: How long the fleet's reset waits for a lock before it names who holds it and fails.
+RESET_LOCK_TIMEOUT = 30
 
 
 class DataPostgres(PostgresServer):
@@ -79,7 +92,7 @@ class DataPostgres(PostgresServer):
         uid, gid = _service_user()
         cmd = [str(self._bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         cmd += ["-h", self.address, "-k", str(self.data_dir)]
-        for setting in ("fsync=on", "synchronous_commit=on", "max_connections=300"):
+        for setting in ("fsync=on", "synchronous_commit=on", "max_connections=300", *KEEPALIVES):
             cmd += ["-c", setting]
         drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         return self.net.command("data", [*drop, *cmd])
@@ -270,8 +283,32 @@ class Fleet:
             self.wait_ready()
         self.baseline = {(s.role, s.host): s.starts for s in self.services}
         with contextlib.closing(connect(self.settings.database_url)) as conn, conn.cursor() as cur:
-            cur.execute("TRUNCATE tasks, task_attempts, task_logs, idempotency_keys CASCADE")
+            # A session left holding a lock would block the TRUNCATE, and every query queued
+            # behind it, for good: a hang no test timeout can interrupt (it waits in libpq).
+            cur.execute(f"SET lock_timeout = '{RESET_LOCK_TIMEOUT}s'")
+            try:
+                cur.execute("TRUNCATE tasks, task_attempts, task_logs, idempotency_keys CASCADE")
+            except psycopg2.errors.LockNotAvailable:
+                raise RuntimeError(
+                    f"the ledger stayed locked for {RESET_LOCK_TIMEOUT}s: "
+                    + "; ".join(self.lingering(cur, since=time.time()))
+                ) from None
         redis_lib.Redis.from_url(self.redis.url).flushall()
+
+    def lingering(self, cur: Any, since: float) -> list[str]:
+        """Sessions in a transaction begun before `since` (epoch): host, state, age, query."""
+        cur.execute(
+            "SELECT host(client_addr), state, extract(epoch FROM now() - xact_start),"
+            " left(query, 100) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND xact_start < to_timestamp(%s)"
+            " AND pid <> pg_backend_pid()",
+            (since,),
+        )
+        by_address = {a: h.name for h in self.net.hosts.values() for a in h.addresses}
+        return [
+            f"{by_address.get(address, address)} {state} for {age:.0f}s: {query}"
+            for address, state, age, query in cur.fetchall()
+        ]
 
     def stop(self) -> None:
         """Stop every process, then the servers, then remove the network (always)."""

@@ -207,8 +207,26 @@ def run(
             with contextlib.suppress(AssertionError):
                 wait_until(lambda t=window.task: t in superseded_results(fleet, marks), 30)
     verdict = judge(ledger, windows, superseded_results(fleet, marks))
+    verdict.lingering = lingering_sessions(fleet, max(w.healed_at for w in windows))
     report(verdict)
     return ledger, verdict, windows
+
+
+#: How long past the settle a transaction open since before the last heal may linger: the
+#: server's keepalives (fleet.KEEPALIVES) end the session of a client gone in the cut within
+#: about 5 s of it; nothing of the service holds a transaction open for seconds.
+LINGER = 15.0
+
+
+def lingering_sessions(fleet: Fleet, healed_at: float) -> list[str]:
+    """Sessions still in a transaction begun before `healed_at` (epoch) after LINGER s more."""
+    deadline = time.monotonic() + LINGER
+    with contextlib.closing(connect(fleet.settings.database_url)) as conn, conn.cursor() as cur:
+        while True:
+            found = fleet.lingering(cur, since=healed_at)
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
 
 
 def handed_over(ledger: PartitionLedger, task_id: str) -> bool:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 
 from config.celery import celery_settings
+from tests.helpers import ROOT
 from tests.partitions.fleet import Fleet, connect
 from tests.partitions.load import PartitionLedger
 from tests.partitions.scenario import (
@@ -24,6 +27,7 @@ from tests.partitions.scenario import (
     isolation,
     link_cut,
     run,
+    wait_until,
 )
 from tests.partitions.verdicts import PartitionVerdict
 from tests.reliability.scenario import FACTOR
@@ -145,6 +149,84 @@ def test_worker_partitioned_past_its_lease_while_its_handler_runs(cluster: Fleet
     assert_handed_over_and_refused(cluster, windows[0].task, "w1", verdict)
     assert len(verdict.base.probes) == len(windows)
     assert not cluster.troubled(), "a partition must crash nothing"
+
+
+#: A client of the ledger in a host's namespace: takes a lock in a transaction, then, told the
+#: link is cut, sends its next statement and gives up on it as the service's clients do.
+HOLDER = """
+import sys
+from shared.db import connect
+conn = connect(sys.argv[1], connect_timeout=2)
+cur = conn.cursor()
+cur.execute("SELECT pg_advisory_xact_lock(%s), inet_client_port()", (int(sys.argv[2]),))
+print(cur.fetchone()[1], flush=True)
+sys.stdin.readline()
+try:
+    cur.execute("SELECT 1")
+    print("answered", flush=True)
+except Exception as exc:
+    print(type(exc).__name__, flush=True)
+"""
+#: Seconds from the cut until a vanished client's lock is free again: its server-side session
+#: ends at the server's keepalives (2 s idle, 3 probes 1 s apart) or at the first probe after
+#: the heal, which the host's kernel answers with a reset.
+LOCK_BACK_WITHIN = 12.0
+
+
+def test_a_session_cut_mid_transaction_gives_its_locks_back(cluster: Fleet) -> None:
+    """A client cut off inside a transaction gives up; Postgres must end its session too.
+
+    Its goodbye is lost in the partition and the server, waiting for the next statement,
+    would otherwise keep the transaction and its locks for hours (found by the suite: an API
+    host cut while in a transaction left a lock that blocked the ledger for good).
+    """
+    key = 4242
+    holder = subprocess.Popen(
+        cluster.net.command("w3", [sys.executable, "-c", HOLDER, cluster.settings.database_url,
+                                   str(key)]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    postgres = cluster.address_of("postgres")
+    try:
+        port = int(holder.stdout.readline())
+        # Cut while the server waits for the next statement, with nothing of its own in flight
+        # (the lock's reply acknowledged): its kernel has nothing to retransmit, so nothing
+        # finds the client gone after the heal but the server's keepalives.
+        wait_until(lambda: unacknowledged(cluster, port) == 0, 10)
+        cut = time.monotonic()
+        cluster.net.cut("w3", postgres)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        gave_up = holder.stdout.readline().strip()
+        assert gave_up == "OperationalError", f"the cut client's statement ended {gave_up!r}"
+        cluster.net.heal("w3", postgres)
+        with contextlib.closing(connect(cluster.settings.database_url)) as conn:
+            cur = conn.cursor()
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                free = cur.fetchone()
+                if (free and free[0]) or time.monotonic() - cut > LOCK_BACK_WITHIN:
+                    break
+                time.sleep(0.2)
+            took = time.monotonic() - cut
+            lingering = cluster.lingering(cur, since=time.time())
+            cur.execute("SELECT pg_advisory_unlock_all()")
+        assert free and free[0], f"the lock was still held {took:.1f}s after the cut: {lingering}"
+    finally:
+        cluster.net.heal_all()
+        holder.kill()
+        holder.wait(10)
+
+
+def unacknowledged(fleet: Fleet, client_port: int) -> int | None:
+    """Bytes Postgres sent a client (by its port) that it has not acknowledged yet."""
+    shown = subprocess.run(
+        ["ip", "netns", "exec", fleet.net.hosts["data"].netns,
+         "ss", "-Htn", "state", "established", f"( dport = :{client_port} )"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout.split()  # fmt: skip
+    return int(shown[1]) if len(shown) > 1 else None
 
 
 def assert_handed_over_and_refused(

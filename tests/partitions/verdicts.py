@@ -29,10 +29,18 @@ class PartitionVerdict:
     #: slowest submit to it sent from then until the heal (None: no breaker opened).
     breaker_opened: float | None = None
     slowest_after_open: float | None = None
+    #: Sessions whose transaction, open since before the last heal, Postgres still kept well
+    #: after it (a cut client's session holding its locks): must be none.
+    lingering: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.base.lost and not self.base.unexpected and self.results == 0
+        return (
+            not self.base.lost
+            and not self.base.unexpected
+            and self.results == 0
+            and not self.lingering
+        )
 
     def line(self) -> str:
         v = self.base
@@ -51,12 +59,17 @@ class PartitionVerdict:
             f"lost={len(v.lost)} unexpected={len(v.unexpected)} "
             f"duplicates={v.duplicated_tasks} (extra attempts {v.extra_attempts}) "
             f"results refused={self.superseded} two-results={self.results} "
+            f"lingering={len(self.lingering)} "
             f"refused during cuts=[{refused}] slowest={self.slowest:.1f}s {probe} "
             f"drain={v.drain:.1f}s outcomes={dict(sorted(v.counts.items()))}{notes}"
         )
 
     def explain(self) -> str:
-        shown = [*(f"lost: {t}" for t in self.base.lost[:10]), *self.base.unexpected[:20]]
+        shown = [
+            *(f"lost: {t}" for t in self.base.lost[:10]),
+            *self.base.unexpected[:20],
+            *(f"lingering session: {s}" for s in self.lingering),
+        ]
         return self.line() + "\n  " + "\n  ".join(shown)
 
 
@@ -80,6 +93,7 @@ def report(verdict: PartitionVerdict) -> None:
         "extra_attempts": v.extra_attempts,
         "superseded": verdict.superseded,
         "two_results": verdict.results,
+        "lingering": len(verdict.lingering),
         "refused": dict(verdict.refused),
         "slowest": round(verdict.slowest, 2),
         "breaker_opened": verdict.breaker_opened,
