@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import re
 import time
@@ -193,6 +194,13 @@ def run(
             windows.append(strike(ledger, rng))
             # Recovery: a task submitted after the heal completes (through either API host).
             ledger.probe(since=windows[-1].healed_at)
+        # A cut worker host takes work again once its broker connection is back, which Celery
+        # retries at growing intervals: 1-3 s after the heal here, more on a loaded machine.
+        # Keep the load coming until it has (the rejoin verdict), not a fixed time.
+        for window in windows:
+            if window.host in WORKER_HOSTS:
+                with contextlib.suppress(AssertionError):  # the test asserts on verdict.rejoin
+                    wait_until(functools.partial(rejoined, ledger, window), REJOIN_WAIT)
         time.sleep(after)
     finally:
         for load in loads:
@@ -227,6 +235,14 @@ def lingering_sessions(fleet: Fleet, healed_at: float) -> list[str]:
             if not found or time.monotonic() > deadline:
                 return found
             time.sleep(0.5)
+
+
+#: How long the load keeps going for a cut worker host to run something again after its heal.
+REJOIN_WAIT = 30.0
+
+
+def rejoined(ledger: PartitionLedger, window: Window) -> bool:
+    return ledger.rejoined(window.host, window.healed_at) is not None
 
 
 def handed_over(ledger: PartitionLedger, task_id: str) -> bool:
