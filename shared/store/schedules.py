@@ -15,14 +15,14 @@ from psycopg2.extras import Json
 from shared.status import ACTIVE, TaskType
 from shared.store._rows import Conn, Cursor, all_, one, statuses
 from shared.store.tasks import (
-    _COLUMNS,
-    _NAMES,
-    _NOW_IF_FIRST,
-    _PICKED,
+    PUBLISH_IF_FIRST,
     RELEASE_CHANNEL,
+    TASK_COLUMNS,
+    TASK_NAMES,
+    TASK_PICKED,
     NewTask,
     Task,
-    _values,
+    task_values,
 )
 
 _ACTIVE = statuses(ACTIVE)
@@ -273,15 +273,15 @@ def active_schedule_tasks(
     return found
 
 
-# A slot's row is a submission's (tasks._COLUMNS and _values, whatever columns those grow),
-# published at once on the same terms (shared/store/tasks.py's _NOW_IF_FIRST: the caller lets
+# A slot's row is a submission's (tasks.TASK_COLUMNS and task_values, whatever columns those grow),
+# published at once on the same terms (shared/store/tasks.py's PUBLISH_IF_FIRST: the caller lets
 # it, and its owner has nothing ready waiting there), plus its schedule and slot; the conflict
 # target is the unique slot index.
 _SLOT_INSERT = (
-    f"INSERT INTO tasks ({_NAMES}, published_at, schedule_id, scheduled_for)"
-    f" SELECT {_PICKED}, CASE WHEN v.publish AND {_NOW_IF_FIRST} THEN now() END,"
+    f"INSERT INTO tasks ({TASK_NAMES}, published_at, schedule_id, scheduled_for)"
+    f" SELECT {TASK_PICKED}, CASE WHEN v.publish AND {PUBLISH_IF_FIRST} THEN now() END,"
     " v.schedule_id, v.scheduled_for"
-    f" FROM (VALUES {{values}}) AS v({_NAMES}, publish, schedule_id, scheduled_for) {{where}}"
+    f" FROM (VALUES {{values}}) AS v({TASK_NAMES}, publish, schedule_id, scheduled_for) {{where}}"
     " ON CONFLICT (schedule_id, scheduled_for) WHERE schedule_id IS NOT NULL DO NOTHING"
     " RETURNING {returning}"
 )
@@ -299,7 +299,7 @@ _ADVANCE_IF = (
     " RETURNING s.id"
 )
 _ADVANCE_IF_TEMPLATE = "(%s::uuid, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::bigint)"
-_SLOT_HEAD = "(" + ", ".join(f"%s::{kind}" for _, kind in _COLUMNS) + ", "
+_SLOT_HEAD = "(" + ", ".join(f"%s::{kind}" for _, kind in TASK_COLUMNS) + ", "
 _SLOT_TAIL = "::boolean, %s::uuid, %s::timestamptz)"
 _PROGRESS = (
     "UPDATE schedules s SET next_run_at = v.next_run_at,"
@@ -326,7 +326,7 @@ class SlotRow:
     head: str
     tail: str
     executor: str
-    may_publish: bool  # not manual and under no concurrency limit (tasks._values)
+    may_publish: bool  # not manual and under no concurrency limit (tasks.task_values)
 
     def sql(self, publish: bool) -> str:
         """The row; `publish`: its executor's window has room for it (the caller decides)."""
@@ -338,7 +338,7 @@ def render_slots(conn: Conn, slots: Sequence[SlotTask]) -> list[SlotRow]:
     out = []
     with conn.cursor() as cur:
         for s in slots:
-            values = _values(s.task)
+            values = task_values(s.task)
             out.append(
                 SlotRow(
                     cur.mogrify(_SLOT_HEAD, values[:-1]).decode(),

@@ -126,7 +126,7 @@ READY = (
     " AND {t}.type <> 'MANUAL' AND {t}.status IN ('PENDING', 'RETRYING')"
 )
 # (column, the type its VALUES entry is cast to: the first row types the VALUES list).
-_COLUMNS = (
+TASK_COLUMNS = (
     ("id", "uuid"),
     ("owner", "text"),
     ("task_definition_id", "text"),
@@ -147,34 +147,34 @@ _COLUMNS = (
     ("key_limit", "integer"),
     ("owner_limit", "integer"),
 )
-_NAMES = ", ".join(c for c, _ in _COLUMNS)
+TASK_NAMES = ", ".join(c for c, _ in TASK_COLUMNS)
 # A plain INSERT ... VALUES of a row published as its caller says (a schedule's slot).
-_INSERT_COLUMNS = f"{_NAMES}, published_at"
-_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ", CASE WHEN %s THEN now() END)"
-_PICKED = ", ".join(f"v.{c}" for c, _ in _COLUMNS)
-_TEMPLATE = "(" + ", ".join(f"%s::{kind}" for _, kind in _COLUMNS) + ", %s::boolean{more})"
+_INSERT_COLUMNS = f"{TASK_NAMES}, published_at"
+_INSERT_TEMPLATE = "(" + ", ".join(["%s"] * len(TASK_COLUMNS)) + ", CASE WHEN %s THEN now() END)"
+TASK_PICKED = ", ".join(f"v.{c}" for c, _ in TASK_COLUMNS)
+_TEMPLATE = "(" + ", ".join(f"%s::{kind}" for _, kind in TASK_COLUMNS) + ", %s::boolean{more})"
 # A row goes out at once (stamped published, the caller publishes after commit) only if the
 # caller says so (not manual, under no limit, its executor's window has room) and its owner has
 # nothing ready waiting in that executor, which would otherwise be overtaken: then it waits
 # for the releaser like the rest of the owner's backlog. An index probe of tasks_ready, which
 # is empty while the system keeps up.
-_NOW_IF_FIRST = (
+PUBLISH_IF_FIRST = (
     f"NOT EXISTS (SELECT 1 FROM tasks w WHERE w.executor = v.executor AND w.owner = v.owner"
     f" AND {READY.format(t='w')})"
 )
 _INSERT = (
-    f"INSERT INTO tasks ({_NAMES}, published_at) SELECT {_PICKED},"
-    f" CASE WHEN v.publish AND {_NOW_IF_FIRST} THEN now() END"
-    f" FROM (VALUES %s) AS v({_NAMES}, publish) RETURNING *"
+    f"INSERT INTO tasks ({TASK_NAMES}, published_at) SELECT {TASK_PICKED},"
+    f" CASE WHEN v.publish AND {PUBLISH_IF_FIRST} THEN now() END"
+    f" FROM (VALUES %s) AS v({TASK_NAMES}, publish) RETURNING *"
 )
 # A batch with a delayed row: the row waits (next_attempt_at, no published_at) unless its time
 # has already come by the database's clock, which the claim and the sweeper also go by; the
 # NOTIFY (sent at commit, in the same round trip) wakes a sweeper to release it on time.
 _DELAYED_INSERT = (
-    f"NOTIFY {RELEASE_CHANNEL}; INSERT INTO tasks ({_NAMES}, published_at, run_at,"
-    f" next_attempt_at) SELECT {_PICKED}, CASE WHEN v.publish"
-    f" AND COALESCE(v.run_at <= now(), true) AND {_NOW_IF_FIRST} THEN now() END,"
-    f" v.run_at, v.run_at FROM (VALUES %s) AS v({_NAMES}, publish, run_at) RETURNING *"
+    f"NOTIFY {RELEASE_CHANNEL}; INSERT INTO tasks ({TASK_NAMES}, published_at, run_at,"
+    f" next_attempt_at) SELECT {TASK_PICKED}, CASE WHEN v.publish"
+    f" AND COALESCE(v.run_at <= now(), true) AND {PUBLISH_IF_FIRST} THEN now() END,"
+    f" v.run_at, v.run_at FROM (VALUES %s) AS v({TASK_NAMES}, publish, run_at) RETURNING *"
 )
 
 
@@ -198,7 +198,8 @@ def insert_tasks(
     delayed = any(t.run_at is not None for t in tasks)
     with conn.cursor() as cur:
         rows = [
-            _values(t, t.published and (publishable is None or t.id in publishable)) for t in tasks
+            task_values(t, t.published and (publishable is None or t.id in publishable))
+            for t in tasks
         ]
         # Rows sure to wait for the releaser (no room, a limit) send its wake-up in the same
         # round trip; the hot path (everything published) sends none.
@@ -224,7 +225,7 @@ def _waits(task: Task) -> bool:
     return task.published_at is None and task.type != TaskType.MANUAL.value
 
 
-def _values(t: NewTask, publish: bool | None = None) -> tuple[Any, ...]:
+def task_values(t: NewTask, publish: bool | None = None) -> tuple[Any, ...]:
     """A row's parameters for _TEMPLATE (and _INSERT_TEMPLATE); `publish` defaults to its own."""
     publish = t.published if publish is None else publish
     return (
