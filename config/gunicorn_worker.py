@@ -13,6 +13,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -33,6 +34,29 @@ EXPIRIES_PER_TURN = 256
 UNLIMITED_FDS = 1024 * 1024  # what "unlimited" open files stands for
 DEFAULT_FIELD_SIZE = 8190  # gunicorn's own fallbacks when a limit is 0 (unlimited)
 DEFAULT_LINE = 8190
+
+
+_http_date = gunicorn_util.http_date
+_date: tuple[int, str] = (0, "")
+
+
+def _http_date_per_second(timestamp: float | None = None) -> str:
+    """gunicorn's Date header, formatted once a second instead of for every response.
+
+    `email.utils.formatdate` cost 3.5 % of an API worker's Python CPU under submit load. One
+    tuple holds the second and its text, so a thread never pairs one with the other's.
+    """
+    global _date
+    if timestamp is not None:
+        return str(_http_date(timestamp))
+    now = int(time.time())
+    cached = _date
+    if cached[0] != now:
+        cached = _date = (now, str(_http_date(now)))
+    return cached[1]
+
+
+gunicorn_util.http_date = _http_date_per_second  # read as util.http_date() by every response
 
 
 def fd_limit() -> int:
