@@ -69,17 +69,23 @@ class KeyCache:
 
     def touch_due(self, key: store.ApiKey, every: timedelta) -> bool:
         """Say whether to record a use of `key` now: at most once per `every` and process."""
-        last = key.last_used_at
-        if last is not None and datetime.now(UTC) - last <= every:
-            return False
         now = time.monotonic()
-        touched = self._touched.get(key.id)
-        if touched is not None and now - touched < every.total_seconds():
-            return False  # this process recorded it; the row read before says otherwise
+        quiet_until = self._touched.get(key.id)
+        if quiet_until is not None and now < quiet_until:
+            return False  # the common case: one lookup, no date arithmetic
+        last = key.last_used_at
+        since = datetime.now(UTC) - last if last is not None else None
+        if since is not None and since <= every:
+            # Recorded lately (by any process): nothing to do until `every` has passed.
+            self._remember_touch(key.id, now + (every - since).total_seconds())
+            return False
+        self._remember_touch(key.id, now + every.total_seconds())
+        return True
+
+    def _remember_touch(self, key_id: str, quiet_until: float) -> None:
         if len(self._touched) >= _MAX_ENTRIES:
             self._touched = {}
-        self._touched[key.id] = now
-        return True
+        self._touched[key_id] = quiet_until
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop one key (a revocation), or every key (None: messages may have been missed)."""

@@ -72,6 +72,14 @@ def _item(limit: str) -> RateLimitItem | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _window_key(limit: str, key: str, group: str) -> str:
+    """The storage key of a bucket's windows (`limits` builds it anew on every call)."""
+    item = _item(limit)
+    assert item is not None
+    return item.key_for(KEY_PREFIX, key, group)
+
+
 def storage_uri(redis_url: str) -> str:
     """Translate a Redis URL to the URI of the single-trip `limits` storage."""
     if redis_url.startswith("unix://"):
@@ -119,7 +127,7 @@ class RateLimiter:
         limit = self.current_limit(group)
         item = _item(limit)
         assert item is not None  # settings and keys are checked when made, or dropped below
-        key = item.key_for(KEY_PREFIX, limit_key(), group)
+        key = _window_key(limit, limit_key(), group)
         hits, expires_at = self._count(key, item.get_expiry())
         g.rate_counted = _Counted(item, hits, expires_at)
         if hits > item.amount:
