@@ -176,11 +176,28 @@ def next_run_after_edit(timing: Timing, pending: datetime | None, now: datetime)
     return first_run(timing, now)
 
 
-def fired_task(template: dict[str, Any], definition: store.DefinitionRow, owner: str) -> NewTask:
+def fired_task(
+    template: dict[str, Any],
+    definition: store.DefinitionRow,
+    owner: str,
+    max_running: int | None = None,
+) -> NewTask:
     """The task row a schedule's template fires, built exactly as a submission's row.
 
     The input is checked against the definition's current schema (InputValidationError when
     it no longer matches), and the retry policy, timeout and executor come from the
-    definition, overridden by the template's executionConfig and priority.
+    definition, overridden by the template's executionConfig and priority. `max_running` is
+    the owner's per-principal limit (`running_limit`), as a submission of theirs would carry.
     """
-    return task_rows.new_task(Principal(subject=owner), template, definition, source="schedules")
+    principal = Principal(subject=owner, max_running=max_running)
+    return task_rows.new_task(principal, template, definition, source="schedules")
+
+
+def running_limit(keys: dict[str, int | None], owner: str, default: int | None) -> int | None:
+    """The per-principal limit a schedule's tasks run under: the tightest maxRunning among its
+    owner's active API keys (`store.owner_running_limits`), or for an owner with no key (a JWT
+    subject) TASKEXEC_MAX_RUNNING_PER_PRINCIPAL (`default`, None or 0: unlimited).
+    """
+    if owner in keys:
+        return keys[owner]
+    return default or None

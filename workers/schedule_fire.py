@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from shared.schedules import (
     advance,
     fired_task,
     next_slot,
+    running_limit,
 )
 from shared.window import Window
 from workers.release_wait import ReleaseWait
@@ -110,11 +112,14 @@ class Template:
     definition: tuple[str, datetime] | None
     row: store.NewTask | None  # the task a slot inserts (a new id each); None: skip the slot
     skip: tuple[str, str] | None  # (reason, message) when `row` is None
+    max_running: int | None = None  # the owner's per-principal limit it was built with
     used: float = 0.0  # monotonic time of the last round or preparation that used it
     ahead: Ahead | None = None  # its next slot, rendered by prepare()
 
 
-def build_template(schedule: store.Schedule, definition: store.DefinitionRow | None) -> Template:
+def build_template(
+    schedule: store.Schedule, definition: store.DefinitionRow | None, max_running: int | None = None
+) -> Template:
     """Build a schedule's task row as a submission's; a template that cannot make one says why.
 
     Never raises: a schedule that cannot fire must not stop the others.
@@ -126,7 +131,7 @@ def build_template(schedule: store.Schedule, definition: store.DefinitionRow | N
         message = f"task definition {definition_id!r} is not published"
         return Template(schedule, timing, key, None, (SKIP_DEFINITION, message))
     try:
-        row = fired_task(schedule.task, definition, schedule.owner)
+        row = fired_task(schedule.task, definition, schedule.owner, max_running)
     except InputValidationError as exc:
         problems = exc.details.get("errors") or [exc.details]
         detail = "; ".join(f"{p.get('field')}: {p.get('issue')}" for p in problems[:3])
@@ -135,7 +140,7 @@ def build_template(schedule: store.Schedule, definition: store.DefinitionRow | N
     except (TaskexecError, ValueError, KeyError, TypeError) as exc:
         message = exc.message if isinstance(exc, TaskexecError) else f"{exc!r}"
         return Template(schedule, timing, key, None, (SKIP_TEMPLATE, message))
-    return Template(schedule, timing, key, row, None)
+    return Template(schedule, timing, key, row, None, max_running)
 
 
 class Budget:
@@ -490,20 +495,33 @@ class ScheduleFirer:
         )
         out = []
         stamp = time.monotonic()
+        schedules = {d.id: rows.get(d.id) or self.templates[d.id].schedule for d in due}
+        limits = self._running_limits(conn, schedules.values())
         for d in due:
             template = self.templates.get(d.id)
-            schedule = rows.get(d.id) or (template.schedule if template else None)
-            assert schedule is not None  # claimed under lock, so it exists
+            schedule = schedules[d.id]
             definition = definitions.get(schedule.task.get("taskDefinitionId", ""))
+            limit = limits[schedule.owner]
             if (
                 template is None
                 or d.id in rows
                 or template.definition != _definition_key(definition)
+                or template.max_running != limit
             ):
-                template = self.templates[d.id] = build_template(schedule, definition)
+                template = self.templates[d.id] = build_template(schedule, definition, limit)
             template.used = stamp
             out.append(template)
         return out
+
+    def _running_limits(
+        self, conn: store.Conn, schedules: Iterable[store.Schedule]
+    ) -> dict[str, int | None]:
+        """Each owner's per-principal limit, read once per round (a key's change applies from
+        the next round: the templates built with another limit are rebuilt)."""
+        owners = {s.owner for s in schedules}
+        keys = store.owner_running_limits(conn, owners)
+        default = self.settings.max_running_per_principal if self.settings else None
+        return {owner: running_limit(keys, owner, default) for owner in owners}
 
     @staticmethod
     def _definitions(conn: store.Conn, ids: set[str]) -> dict[str, store.DefinitionRow | None]:
@@ -656,20 +674,27 @@ class ScheduleFirer:
         self._prepared_at = time.monotonic()
         with self.db.connection(autocommit=True) as conn:
             upcoming = store.schedules_due_by(conn, within, PREPARE_LIMIT)
+            kept_limits = self._running_limits(
+                conn, [t.schedule for u in upcoming if (t := self.templates.get(u.id))]
+            )
             missing = [
                 u.id
                 for u in upcoming
                 if (kept := self.templates.get(u.id)) is None
                 or kept.schedule.updated_at != u.updated_at
+                or kept.max_running != kept_limits[kept.schedule.owner]
             ]
             for start in range(0, len(missing), SCHEDULE_BATCH):
                 rows = store.get_schedules(conn, missing[start : start + SCHEDULE_BATCH])
                 definitions = self._definitions(
                     conn, {s.task.get("taskDefinitionId", "") for s in rows}
                 )
+                limits = self._running_limits(conn, rows)
                 for schedule in rows:
                     template = build_template(
-                        schedule, definitions.get(schedule.task.get("taskDefinitionId", ""))
+                        schedule,
+                        definitions.get(schedule.task.get("taskDefinitionId", "")),
+                        limits[schedule.owner],
                     )
                     template.used = self._prepared_at
                     self.templates[schedule.id] = template

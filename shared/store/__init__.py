@@ -64,6 +64,7 @@ from shared.store.keys import (
     get_api_key,
     insert_api_key,
     list_api_keys,
+    owner_running_limits,
     revoke_api_key,
     touch_api_key,
 )
@@ -257,6 +258,7 @@ __all__ = [
     "list_schedules",
     "listen_for_schedules",
     "next_schedule_in",
+    "owner_running_limits",
     "render_advances",
     "render_progress",
     "render_slots",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,3 +80,20 @@ def touch_api_key(conn: Conn, key_id: str, every_seconds: int = 60) -> None:
             " OR last_used_at < now() - make_interval(secs => %s))",
             (key_id, every_seconds),
         )
+
+
+def owner_running_limits(conn: Conn, owners: Collection[str]) -> dict[str, int | None]:
+    """The tightest maxRunning among each owner's active keys (None when none sets one).
+
+    Owners without an active key (JWT principals) are absent from the answer.
+    """
+    if not owners:
+        return {}
+    with conn.cursor() as cur:
+        # min() skips NULLs: an owner limited by any of its keys is held to the smallest.
+        cur.execute(
+            "SELECT owner, min(max_running) FROM api_keys"
+            " WHERE owner = ANY(%s) AND revoked_at IS NULL GROUP BY owner",
+            (list(owners),),
+        )
+        return {owner: limit for owner, limit in cur.fetchall()}

@@ -184,3 +184,46 @@ def test_a_schedule_held_by_another_transaction_does_not_hold_up_the_others(fire
         holder.close()
     assert firer.fire_due() == 1  # released: its slot fires now, once
     assert firer.fire_due() == 0
+
+
+def _owner_limit(database_url: str, schedule_id: uuid.UUID) -> list[int | None]:
+    with ledger(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT owner_limit FROM tasks WHERE schedule_id = %s", (schedule_id,))
+        return [r[0] for r in cur.fetchall()]
+
+
+def test_fired_tasks_run_under_the_owners_tightest_key_limit(firer, settings):
+    # Alice's keys: one without a limit, one with maxRunning 3, one revoked with 1.
+    with ledger(settings.database_url) as conn:
+        for key_id, limit in (("k-free", None), ("k-three", 3), ("k-gone", 1)):
+            store.insert_api_key(
+                conn,
+                key_id=key_id,
+                name=key_id,
+                owner="alice",
+                permissions=["*"],
+                key_hash="x",
+                rate_limit=None,
+                max_running=limit,
+            )
+        store.revoke_api_key(conn, "k-gone")
+        conn.commit()
+    schedule_id = add_schedule(settings.database_url, due_in=1)
+    firer.prepare(within=10)
+    fire_when_due(firer, schedule_id, settings.database_url)
+    # As a submission with her limited key would be: counted against maxRunning 3.
+    assert _owner_limit(settings.database_url, schedule_id) == [3]
+
+
+def test_fired_tasks_of_an_owner_without_keys_take_the_jwt_default(settings, clean_db):
+    limited = dataclasses.replace(settings, max_running_per_principal=2)
+    fire = ScheduleFirer(
+        Database(settings.database_url, max_connections=4), Broker(limited), limited
+    )
+    try:
+        schedule_id = add_schedule(settings.database_url, due_in=1)
+        fire_when_due(fire, schedule_id, settings.database_url)
+        assert _owner_limit(settings.database_url, schedule_id) == [2]
+    finally:
+        fire.publisher.close()
+        fire._pool.shutdown()
