@@ -194,9 +194,10 @@ def run(
             windows.append(strike(ledger, rng))
             # Recovery: a task submitted after the heal completes (through either API host).
             ledger.probe(since=windows[-1].healed_at)
-        # A cut worker host takes work again once its broker connection is back, which Celery
-        # retries at growing intervals: 1-3 s after the heal here, more on a loaded machine.
-        # Keep the load coming until it has (the rejoin verdict), not a fixed time.
+        # A cut worker host takes work again once its broker connection carries traffic: what
+        # it sent in the cut is retransmitted at exponentially growing intervals, so the next
+        # try comes 1-3 s after a 6 s cut's heal, later after a longer one or under load.
+        # Keep the load coming until it has run something again (the rejoin verdict).
         for window in windows:
             if window.host in WORKER_HOSTS:
                 with contextlib.suppress(AssertionError):  # the test asserts on verdict.rejoin
