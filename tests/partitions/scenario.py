@@ -288,6 +288,22 @@ def judge(ledger: PartitionLedger, windows: list[Window], refused: set[str]) -> 
             took = ledger.rejoined(window.host, window.healed_at)
             if took is not None:
                 rejoin.append(took)
+    # The margin of a handover: when the sweeper closed the cut host's attempt, from the heal
+    # (negative: during the cut, as it must be for the host's late result to be refused).
+    handed_back = []
+    with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
+        for window in windows:
+            if window.task:
+                cur.execute(
+                    "SELECT extract(epoch FROM ended_at) FROM task_attempts"
+                    " WHERE task_id = %s AND attempt = 1 AND error ->> 'kind' = 'WORKER_LOST'",
+                    (window.task,),
+                )
+                row = cur.fetchone()
+                if row and row[0] is not None:
+                    handed_back.append(float(row[0]) - window.healed_at)
+    if handed_back:
+        base.notes["handed_back"] = f"{max(handed_back):+.1f}s"
     crashed = [f"{s.role}@{s.host}" for s in ledger.fleet.services if not s.running()]
     if crashed:
         base.notes["crashed"] = ",".join(crashed)
