@@ -172,10 +172,11 @@ class Sender:
     Thread-safe: the deliverer's threads share one Sender; a connection serves one request at
     a time and goes back to its destination's idle list (at most `pool_size` kept). Redirects
     are never followed (a 3xx is an answer like any other: not a 2xx, so the attempt failed),
-    nothing is retried here (the deliverer schedules retries) except a request on a kept
-    connection that the receiver had closed meanwhile, sent again once on a new connection
-    before any answer came; a body is read up to 64 KiB. Built on http.client, not urllib3:
-    a request costs less than half the CPU (the deliverer's largest cost per delivery).
+    nothing is retried here (the deliverer schedules retries) except a request whose
+    connection was closed before any answer came (a kept one the receiver had closed, or a
+    new one reset), sent again once on a new connection; a body is read up to 64 KiB. Built
+    on http.client, not urllib3: a request costs less than half the CPU (the deliverer's
+    largest cost per delivery).
     """
 
     def __init__(self, timeout: float, allow_private: bool, pool_size: int = 4) -> None:
@@ -229,18 +230,21 @@ class Sender:
         wire = {"host": host_header, **headers, "content-length": str(len(body))}
         started = time.monotonic()
         conn = self._take(key)
-        reused = conn is not None
+        fresh_tries = 2
         while True:
             if conn is None:
+                fresh_tries -= 1
                 tls = self._context() if scheme == "https" else None
                 conn = _Connection(str(address), port, host, self.timeout, tls)
             try:
                 reply, keep = self._exchange(conn, target, body, wire, started)
             except _Stale:
+                # Closed before any answer: a kept connection the receiver had closed, or a
+                # new one reset (a receiver's full accept queue): once more on a new one.
                 conn.close()
-                if not reused:
+                if fresh_tries <= 0 or time.monotonic() - started > self.timeout:
                     raise SendFailed("connection error: closed by the receiver") from None
-                conn, reused = None, False  # the receiver closed a kept connection: once more
+                conn = None
                 continue
             except BaseException:
                 conn.close()

@@ -230,11 +230,11 @@ def claim_deliveries(
 
     Looks at up to `scan` due, unleased rows and takes at most `room[w]` of subscription w's
     (`per_subscription` for one not in `room`; 0 skips it): the deliverer's cap per
-    subscription. Only the rows taken are locked (FOR UPDATE SKIP LOCKED, the condition
-    checked again: several deliverers never take the same row). `next_attempt_at` moves to
-    the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send becomes
-    due again when the lease lapses, and the due index never walks rows in flight. One
-    statement: run it in autocommit.
+    subscription. The rows looked at are locked (FOR UPDATE SKIP LOCKED: several deliverers
+    never take the same row; a lock is a write, so keep `scan` small). `next_attempt_at`
+    moves to the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send
+    becomes due again when the lease lapses, and the due index never walks rows in flight.
+    One statement: run it in autocommit.
     """
     busy = [str(w) for w, n in room.items() if n <= 0]
     partial = [(str(w), n) for w, n in room.items() if n > 0]
@@ -245,9 +245,12 @@ def claim_deliveries(
                 SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries d
                 WHERE status = 'PENDING' AND next_attempt_at <= now()
                   AND NOT (webhook_id = ANY (%(busy)s::uuid[]))
-                  AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)
+                  -- A scalar subquery, not EXISTS: EXISTS becomes a join, and the plan then
+                  -- reads every pending row instead of the first few in index order.
+                  AND (SELECT true FROM webhooks w WHERE w.id = d.webhook_id)
                 ORDER BY next_attempt_at
                 LIMIT %(scan)s
+                FOR UPDATE SKIP LOCKED
             ), ranked AS (
                 SELECT due.id, due.next_attempt_at,
                     row_number() OVER (PARTITION BY due.webhook_id
@@ -257,19 +260,12 @@ def claim_deliveries(
                     AS room (webhook_id, free) ON room.webhook_id = due.webhook_id
             ), chosen AS (
                 SELECT id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT %(free)s
-            ), locked AS (
-                -- Only the chosen rows are locked (a lock is a write to the row). One another
-                -- deliverer leased meanwhile fails the recheck of the condition or is skipped.
-                SELECT d.id FROM webhook_deliveries d
-                WHERE d.id IN (SELECT id FROM chosen)
-                  AND d.status = 'PENDING' AND d.next_attempt_at <= now()
-                FOR UPDATE SKIP LOCKED
             )
             UPDATE webhook_deliveries d
             SET attempts = d.attempts + 1,
                 locked_until = now() + make_interval(secs => %(lease)s),
                 next_attempt_at = now() + make_interval(secs => %(lease)s)
-            FROM locked c, webhook_events e, webhooks w
+            FROM chosen c, webhook_events e, webhooks w
             WHERE d.id = c.id AND e.id = d.event_id AND w.id = d.webhook_id
             RETURNING {_CLAIMED}, (SELECT count(*) FROM due) AS due_count
             """,
@@ -425,10 +421,12 @@ def next_delivery_in(conn: Conn) -> float | None:
     with conn.cursor() as cur:
         # A delivery whose subscription is gone (written while it was being deleted) is
         # never sent: it must not count as due, or the deliverer would look again at once.
+        # The first in index order (a scalar subquery keeps that plan; see claim_deliveries).
         cur.execute(
-            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
+            "SELECT extract(epoch FROM next_attempt_at - now())::float8"
             " FROM webhook_deliveries d WHERE status = 'PENDING'"
-            " AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)"
+            " AND (SELECT true FROM webhooks w WHERE w.id = d.webhook_id)"
+            " ORDER BY next_attempt_at LIMIT 1"
         )
         row = cur.fetchone()
     if row is None or row[0] is None:

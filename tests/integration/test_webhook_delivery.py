@@ -43,6 +43,13 @@ ALL_EVENTS = [
 # ---------------------------------------------------------------- a real receiver
 
 
+class _Server(ThreadingHTTPServer):
+    # A real server's accept queue: the default 5 drops connections (a SYN retransmitted a
+    # second later) when two deliverers open 32 at once on a loaded machine.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class Receiver:
     """A threaded HTTP server recording every request; behaviour per path.
 
@@ -92,8 +99,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -516,7 +522,9 @@ def test_two_deliverers_send_each_delivery_once(backends, receiver, processes, w
         assert len(ids) == 150 and len(set(ids)) == 150
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, attempts, count(*) FROM webhook_deliveries GROUP BY 1, 2")
-        assert cur.fetchall() == [("DELIVERED", 1, 300)]
+        counts = cur.fetchall()
+        cur.execute("SELECT error FROM webhook_deliveries WHERE attempts > 1")
+        assert counts == [("DELIVERED", 1, 300)], cur.fetchall()
     logs = " ".join(open(p.log_path).read() for p in processes.procs)  # type: ignore[attr-defined]
     assert "deliverer running" in logs
 
