@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 1.0
 #: ...up to this (then hourly until the retry horizon).
 BACKOFF_MAX_SECONDS = 3600.0
-#: Due deliveries one claim looks at (and locks), at most 4 x the free room: the cap per
-#: subscription picks among them.
-CLAIM_SCAN_MAX = 128
+#: Due deliveries one claim looks at, at least (4 x the free room when more): the cap per
+#: subscription picks among them, and only the picked ones are locked (a lock is a write).
+CLAIM_SCAN_MIN = 128
 #: Without a NOTIFY, look for due deliveries at least this often (retries, a lost LISTEN).
 IDLE_POLL_SECONDS = 2.0
 #: After a NOTIFY, wait this long for more before claiming: under load one claim then takes
@@ -156,7 +156,7 @@ class Deliverer:
                 free=free,
                 per_subscription=self.per_subscription,
                 room=room,
-                scan=min(CLAIM_SCAN_MAX, free * 4),
+                scan=max(CLAIM_SCAN_MIN, free * 4),
                 lease_seconds=self.lease_seconds,
             )
         self._starved = bool(claimed) and (

@@ -230,11 +230,11 @@ def claim_deliveries(
 
     Looks at up to `scan` due, unleased rows and takes at most `room[w]` of subscription w's
     (`per_subscription` for one not in `room`; 0 skips it): the deliverer's cap per
-    subscription. The rows looked at are locked (FOR UPDATE SKIP LOCKED: several deliverers
-    never take the same row; a lock is a write, so keep `scan` small). `next_attempt_at`
-    moves to the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send
-    becomes due again when the lease lapses, and the due index never walks rows in flight.
-    One statement: run it in autocommit.
+    subscription. Only the rows taken are locked (FOR UPDATE SKIP LOCKED, the condition
+    checked again: several deliverers never take the same row). `next_attempt_at` moves to
+    the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send becomes
+    due again when the lease lapses, and the due index never walks rows in flight. One
+    statement: run it in autocommit.
     """
     busy = [str(w) for w, n in room.items() if n <= 0]
     partial = [(str(w), n) for w, n in room.items() if n > 0]
@@ -250,7 +250,6 @@ def claim_deliveries(
                   AND (SELECT true FROM webhooks w WHERE w.id = d.webhook_id)
                 ORDER BY next_attempt_at
                 LIMIT %(scan)s
-                FOR UPDATE SKIP LOCKED
             ), ranked AS (
                 SELECT due.id, due.next_attempt_at,
                     row_number() OVER (PARTITION BY due.webhook_id
@@ -260,12 +259,20 @@ def claim_deliveries(
                     AS room (webhook_id, free) ON room.webhook_id = due.webhook_id
             ), chosen AS (
                 SELECT id FROM ranked WHERE n <= free ORDER BY next_attempt_at LIMIT %(free)s
+            ), locked AS (
+                -- Only the rows taken are locked (a lock is a write to the row). One that
+                -- another deliverer took meanwhile is skipped (locked), or fails the condition
+                -- checked again on its latest version (leased: due later; or delivered).
+                SELECT d.id FROM webhook_deliveries d
+                WHERE d.id IN (SELECT id FROM chosen)
+                  AND d.status = 'PENDING' AND d.next_attempt_at <= now()
+                FOR UPDATE SKIP LOCKED
             )
             UPDATE webhook_deliveries d
             SET attempts = d.attempts + 1,
                 locked_until = now() + make_interval(secs => %(lease)s),
                 next_attempt_at = now() + make_interval(secs => %(lease)s)
-            FROM chosen c, webhook_events e, webhooks w
+            FROM locked c, webhook_events e, webhooks w
             WHERE d.id = c.id AND e.id = d.event_id AND w.id = d.webhook_id
             RETURNING {_CLAIMED}, (SELECT count(*) FROM due) AS due_count
             """,
