@@ -203,6 +203,14 @@ class Claimed:
     due_count: int = 0  # due rows the claim looked at (more than claimed: a backlog)
 
 
+#: Sent before the claim's and the next-due look-up's statement (in the same implicit
+#: transaction, so it ends with it): the first due rows in index order, never a bitmap scan
+#: of every pending row sorted. The planner picks the latter when its statistics say the
+#: table is small (freshly created or emptied, not analyzed since): measured 69 ms instead
+#: of 0.3 ms per claim with 27,000 rows pending.
+_INDEX_ORDER = "SET LOCAL enable_bitmapscan = off;"
+
+
 #: What a claim returns for each leased delivery (the Claimed fields, in order).
 _CLAIMED = """
     d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts, d.created_at, d.retry_from,
@@ -241,6 +249,7 @@ def claim_deliveries(
     with conn.cursor() as cur:
         cur.execute(
             f"""
+            {_INDEX_ORDER}
             WITH due AS MATERIALIZED (
                 SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries d
                 WHERE status = 'PENDING' AND next_attempt_at <= now()
@@ -430,7 +439,7 @@ def next_delivery_in(conn: Conn) -> float | None:
         # never sent: it must not count as due, or the deliverer would look again at once.
         # The first in index order (a scalar subquery keeps that plan; see claim_deliveries).
         cur.execute(
-            "SELECT extract(epoch FROM next_attempt_at - now())::float8"
+            _INDEX_ORDER + " SELECT extract(epoch FROM next_attempt_at - now())::float8"
             " FROM webhook_deliveries d WHERE status = 'PENDING'"
             " AND (SELECT true FROM webhooks w WHERE w.id = d.webhook_id)"
             " ORDER BY next_attempt_at LIMIT 1"
