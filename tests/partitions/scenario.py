@@ -41,11 +41,16 @@ Strike = Callable[[PartitionLedger, random.Random], Window]
 
 
 def link_cut(
-    host: str, services: tuple[str, ...], hold: float = HOLD, under_handler: bool = False
+    host: str,
+    services: tuple[str, ...],
+    hold: float = HOLD,
+    under_handler: bool = False,
+    past_handover: bool = False,
 ) -> Strike:
     """Cut `host` from the named servers of the data host ("postgres", "redis") for `hold` s.
 
     `under_handler`: first wait until a long handler runs on the (worker) host, and cut then.
+    `past_handover`: hold the cut until the sweeper has closed that handler's attempt, too.
     """
 
     def strike(ledger: PartitionLedger, rng: random.Random) -> Window:
@@ -55,7 +60,7 @@ def link_cut(
         began, at = time.monotonic(), time.time()
         for address in addresses:
             fleet.net.cut(host, address)
-        time.sleep(hold)
+        _hold(ledger, hold, task if past_handover else "")
         for address in addresses:
             fleet.net.heal(host, address)
         return _healed(ledger, f"{host}-{'+'.join(services)}", host, began, at, task)
@@ -63,18 +68,47 @@ def link_cut(
     return strike
 
 
-def isolation(host: str, hold: float, under_handler: bool = True) -> Strike:
-    """Take a host off the network entirely (its veth down) for `hold` seconds."""
+def isolation(
+    host: str, hold: float, under_handler: bool = True, past_handover: bool = False
+) -> Strike:
+    """Take a host off the network entirely (its veth down) for `hold` seconds (as link_cut)."""
 
     def strike(ledger: PartitionLedger, rng: random.Random) -> Window:
         task = running_long_task_on(ledger, host) if under_handler else ""
         began, at = time.monotonic(), time.time()
         ledger.fleet.net.isolate(host)
-        time.sleep(hold)
+        _hold(ledger, hold, task if past_handover else "")
         ledger.fleet.net.rejoin(host)
         return _healed(ledger, f"{host}-isolated", host, began, at, task)
 
     return strike
+
+
+#: How much longer than its `hold` a cut meant to outlast the lease waits for the handover.
+HANDOVER_WAIT = 20.0
+
+
+def _hold(ledger: PartitionLedger, hold: float, task: str) -> None:
+    """Hold a cut `hold` s, then, for a `task`, until the sweeper closed its first attempt.
+
+    A cut past the lease means to show the handler's late result refused: healed before the
+    sweeper acted (a lease expires 3-4 s into the cut, it acts within 0.3 s, later on a loaded
+    machine), the result would be accepted and the scenario would prove nothing.
+    """
+    time.sleep(hold)
+    if task:
+        with contextlib.suppress(AssertionError):  # the test asserts on the handover
+            wait_until(functools.partial(first_attempt_closed, ledger, task), HANDOVER_WAIT)
+
+
+def first_attempt_closed(ledger: PartitionLedger, task_id: str) -> bool:
+    with contextlib.closing(connect(ledger.settings.database_url)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT ended_at IS NOT NULL FROM task_attempts WHERE task_id = %s AND attempt = 1",
+            (task_id,),
+        )
+        row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def _healed(

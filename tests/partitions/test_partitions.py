@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 def test_worker_cut_from_postgres_only_while_its_handler_runs(cluster: Fleet) -> None:
     """Cut from Postgres past its lease, the handler is not stopped: its result is refused."""
-    strike = link_cut("w1", ("postgres",), under_handler=True)
+    strike = link_cut("w1", ("postgres",), under_handler=True, past_handover=True)
     ledger, verdict, windows = run(cluster, "worker-postgres", 1, strike)
 
     assert verdict.ok, verdict.explain()
@@ -64,7 +64,7 @@ def test_worker_cut_from_redis_only(cluster: Fleet) -> None:
 
 
 def test_worker_cut_from_postgres_and_redis(cluster: Fleet) -> None:
-    strike = link_cut("w2", ("postgres", "redis"), under_handler=True)
+    strike = link_cut("w2", ("postgres", "redis"), under_handler=True, past_handover=True)
     ledger, verdict, windows = run(cluster, "worker-both", 3, strike)
 
     assert verdict.ok, verdict.explain()
@@ -142,7 +142,7 @@ def test_one_link_flapping(cluster: Fleet) -> None:
 
 def test_worker_partitioned_past_its_lease_while_its_handler_runs(cluster: Fleet) -> None:
     """Off the network entirely for 2.5 leases: the same as a cut from Postgres alone."""
-    strike = isolation("w1", hold=cluster.settings.lease_seconds * 2.5)
+    strike = isolation("w1", hold=cluster.settings.lease_seconds * 2.5, past_handover=True)
     ledger, verdict, windows = run(cluster, "worker-past-lease", 8, strike)
 
     assert verdict.ok, verdict.explain()
