@@ -243,9 +243,7 @@ class Runtime:
         # message held past the visibility timeout would be delivered a second time. A
         # limited task's retry always waits there: the releaser sends it when its limits
         # have room, so a message waiting out its backoff never counts against them.
-        use_countdown = (
-            delay_ms / 1000.0 <= self.settings.retry_countdown_max and not task.limited
-        )
+        use_countdown = delay_ms / 1000.0 <= self.settings.retry_countdown_max and not task.limited
         with self.db.connection() as conn:
             retrying = store.schedule_retry(
                 conn,
