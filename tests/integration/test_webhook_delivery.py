@@ -436,7 +436,10 @@ def test_retries_end_at_the_horizon_and_a_failing_subscription_is_disabled(
 ):
     receiver.plan["/down"] = [500]
     webhook_id, _ = subscribe(backends.database_url, receiver.url("/down"))
-    deliverer(webhook_retry_horizon="3s", webhook_disable_after="2s")
+    # Attempts at about 0, 0.5-1 and 1.5-3 s (backoff with jitter); the third is past 1.2 s of
+    # failing, so it disables the subscription, and the next would be past the 3 s horizon.
+    # (With 2 s, a third attempt before 2 s, a quarter of the runs, disabled nothing.)
+    deliverer(webhook_retry_horizon="3s", webhook_disable_after="1.2s")
     finish_tasks(backends.database_url, 1)
     row = wait_for(
         lambda: next(
