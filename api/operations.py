@@ -37,6 +37,68 @@ def owner_scope(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.subject
 
 
+def live_executors(svc: Services) -> frozenset[str] | None:
+    """The executors some live worker consumes (heartbeats, cached); None if Redis is away."""
+    try:
+        return frozenset(svc.window.slots())
+    except BROKER_ERRORS:
+        return None
+
+
+def queue_position(svc: Services, conn: store.Conn, task: store.Task) -> int | None:
+    """A QUEUED task's approximate place: messages already in its queue, then the releaser's
+    fair order among the ready tasks in Postgres (store.queue_position)."""
+    try:
+        depth = svc.broker.queue_depths([task.executor])[task.executor]
+    except BROKER_ERRORS:
+        return None
+    if task.published_at is not None:
+        return max(depth, 1)  # its message is among them: at most that many go first
+    return depth + store.queue_position(conn, task)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPage:
+    """One page of the task list, as the API and the console show it."""
+
+    tasks: list[store.Task]
+    more: bool  # another page follows
+    total: int
+    exact: bool  # False: `total` is the planner's estimate past the exact-count cap
+    live: frozenset[str] | None  # live_executors, for pendingReason
+
+
+def list_task_page(
+    svc: Services,
+    principal: Principal,
+    query: dict[str, Any],
+    page: int | None,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> TaskPage:
+    """The tasks the caller may see that match the list's query, newest first, one page."""
+    limit = query["limit"]
+    live = live_executors(svc)
+    flt = store.TaskFilter(
+        owner=owner_scope(principal),
+        statuses=query.get("status", ()),
+        type=query.get("type"),
+        workflow_instance_id=query.get("workflowInstanceId"),
+        task_definition_id=query.get("taskDefinitionId"),
+        schedule_id=query.get("scheduleId"),
+        created_after=query.get("createdAfter"),
+        created_before=query.get("createdBefore"),
+        pending_reasons=query.get("pendingReason", ()),
+        live_executors=None if live is None else tuple(sorted(live)),
+    )
+    with svc.db.connection() as conn:
+        # One row more than the page says whether another page follows (for nextCursor).
+        tasks = store.list_tasks(
+            conn, flt, limit=limit + 1, offset=((page or 1) - 1) * limit, after=after
+        )
+        total, exact = store.count_tasks(conn, flt, svc.settings.list_exact_count_max)
+    return TaskPage(tasks[:limit], len(tasks) > limit, total, exact, live)
+
+
 def load_task(conn: store.Conn, raw_id: str, principal: Principal) -> store.Task:
     """Return the task `raw_id` names if the caller may see it; 404 otherwise."""
     task = store.get_task(conn, parse_task_id(raw_id), owner_scope(principal))

@@ -36,9 +36,8 @@ from api.schemas import (
     SubmitTaskSchema,
     load_bulk_item,
 )
-from api.services import Services, services
+from api.services import services
 from shared import store, task_rows
-from shared.broker import BROKER_ERRORS
 from shared.errors import TaskexecError, ValidationError
 from shared.pending import pending_reason
 from shared.status import PendingReason
@@ -210,14 +209,14 @@ def get_task(task_id: str) -> Response:
     Errors: 404 unknown (or another principal's) task.
     """
     svc = services()
-    live = _live_executors(svc)
+    live = operations.live_executors(svc)
     with svc.db.connection() as conn:
         task = operations.load_task(conn, task_id, current_principal())
         attempts = store.get_attempts(conn, task.id)
         retried_by = store.retries_of(conn, task.id)
         position = None
         if pending_reason(task, live=live) == PendingReason.QUEUED:
-            position = _queue_position(svc, conn, task)
+            position = operations.queue_position(svc, conn, task)
     doc = task_json(
         task,
         attempts,
@@ -227,26 +226,6 @@ def get_task(task_id: str) -> Response:
         queue_position=position,
     )
     return jsonify(doc)
-
-
-def _live_executors(svc: Services) -> frozenset[str] | None:
-    """The executors some live worker consumes (heartbeats, cached); None if Redis is away."""
-    try:
-        return frozenset(svc.window.slots())
-    except BROKER_ERRORS:
-        return None
-
-
-def _queue_position(svc: Services, conn: store.Conn, task: store.Task) -> int | None:
-    """A QUEUED task's approximate place: messages already in its queue, then the releaser's
-    fair order among the ready tasks in Postgres (store.queue_position)."""
-    try:
-        depth = svc.broker.queue_depths([task.executor])[task.executor]
-    except BROKER_ERRORS:
-        return None
-    if task.published_at is not None:
-        return max(depth, 1)  # its message is among them: at most that many go first
-    return depth + store.queue_position(conn, task)
 
 
 @blp.route("", methods=["GET"], strict_slashes=False)
@@ -276,31 +255,12 @@ def list_tasks(query: dict[str, Any]) -> Response:
     Errors: 400 naming the parameter (unknown status or type, bad date, page < 1, limit
     outside 1..100, unknown parameter, bad cursor, page together with cursor).
     """
-    svc = services()
     page, after = position(query)
-    limit = query["limit"]
-    live = _live_executors(svc)
-    flt = store.TaskFilter(
-        owner=operations.owner_scope(current_principal()),
-        statuses=query.get("status", ()),
-        type=query.get("type"),
-        workflow_instance_id=query.get("workflowInstanceId"),
-        task_definition_id=query.get("taskDefinitionId"),
-        schedule_id=query.get("scheduleId"),
-        created_after=query.get("createdAfter"),
-        created_before=query.get("createdBefore"),
-        pending_reasons=query.get("pendingReason", ()),
-        live_executors=None if live is None else tuple(sorted(live)),
-    )
-    with svc.db.connection() as conn:
-        # One row more than the page says whether another page follows (for nextCursor).
-        tasks = store.list_tasks(
-            conn, flt, limit=limit + 1, offset=((page or 1) - 1) * limit, after=after
-        )
-        total, exact = store.count_tasks(conn, flt, svc.settings.list_exact_count_max)
-    more, tasks = len(tasks) > limit, tasks[:limit]
-    cursor = encode_cursor(tasks[-1].created_at, tasks[-1].id) if more else None
-    return jsonify(task_list(tasks, page_doc(page, limit, total, exact), cursor, live))
+    found = operations.list_task_page(services(), current_principal(), query, page, after)
+    tasks = found.tasks
+    cursor = encode_cursor(tasks[-1].created_at, tasks[-1].id) if found.more else None
+    doc = page_doc(page, query["limit"], found.total, found.exact)
+    return jsonify(task_list(tasks, doc, cursor, found.live))
 
 
 # ------------------------------------------------------------------ cancel and complete

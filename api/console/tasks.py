@@ -8,7 +8,6 @@ from flask import Response, redirect, request, url_for
 from marshmallow import ValidationError as SchemaError
 
 from api import operations, submission
-from api import tasks as api_tasks
 from api.auth import current_principal, requires
 from api.console.blueprint import bp, query_string, render
 from api.console.forms import parse_json
@@ -88,26 +87,15 @@ def _load_tasks() -> dict[str, Any]:
         context["problem"] = exc.message
         return context
     limit = query["limit"]
-    svc = services()
-    live = api_tasks._live_executors(svc)  # as the API's list: who has a live worker
-    flt = store.TaskFilter(
-        owner=operations.owner_scope(current_principal()),
-        statuses=query.get("status", ()),
-        type=query.get("type"),
-        workflow_instance_id=query.get("workflowInstanceId"),
-        task_definition_id=query.get("taskDefinitionId"),
-        schedule_id=query.get("scheduleId"),
-        created_after=query.get("createdAfter"),
-        created_before=query.get("createdBefore"),
-        pending_reasons=query.get("pendingReason", ()),
-        live_executors=None if live is None else tuple(sorted(live)),
+    # The API's list, read the same way: same filters, scope, paging and pendingReason.
+    found = operations.list_task_page(services(), current_principal(), query, page, after)
+    tasks, more, total, exact, live = (
+        found.tasks,
+        found.more,
+        found.total,
+        found.exact,
+        found.live,
     )
-    with svc.db.connection() as conn:
-        tasks = store.list_tasks(
-            conn, flt, limit=limit + 1, offset=((page or 1) - 1) * limit, after=after
-        )
-        total, exact = store.count_tasks(conn, flt, svc.settings.list_exact_count_max)
-    more, tasks = len(tasks) > limit, tasks[:limit]
     base = {k: v for k, v in raw.items() if k not in ("page", "cursor")}
     links: dict[str, str | None] = {"first": None, "prev": None, "next": None, "older": None}
     if page is not None and page > 1:
@@ -157,7 +145,7 @@ def task_rows() -> tuple[str, int]:
 def _task_context(task_id: str) -> dict[str, Any]:
     principal = current_principal()
     svc = services()
-    live = api_tasks._live_executors(svc)
+    live = operations.live_executors(svc)
     with svc.db.connection() as conn:
         task = operations.load_task(conn, task_id, principal)
         attempts = store.get_attempts(conn, task.id)
@@ -165,7 +153,7 @@ def _task_context(task_id: str) -> dict[str, Any]:
         lines = store.log_tail(conn, task.id, LOG_TAIL)
         position = None
         if pending_reason(task, live=live) == PendingReason.QUEUED:
-            position = api_tasks._queue_position(svc, conn, task)
+            position = operations.queue_position(svc, conn, task)
     doc = task_json(
         task,
         attempts,
