@@ -17,8 +17,10 @@ from shared import store, task_rows
 from shared.broker import BROKER_ERRORS
 from shared.credentials import Principal
 from shared.errors import Conflict, TaskAlreadyFinished, TaskexecError, TaskNotFound
+from shared.pending import pending_reason
 from shared.retention import Retention
-from shared.status import Priority, Status, TaskType
+from shared.status import PendingReason, Priority, Status, TaskType
+from shared.task_document import task_json
 
 #: A task in one of these may be replayed: it ended without doing its work.
 RETRYABLE = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CANCELLED})
@@ -55,6 +57,23 @@ def queue_position(svc: Services, conn: store.Conn, task: store.Task) -> int | N
     if task.published_at is not None:
         return max(depth, 1)  # its message is among them: at most that many go first
     return depth + store.queue_position(conn, task)
+
+
+def task_document(
+    svc: Services, conn: store.Conn, task: store.Task, live: frozenset[str] | None
+) -> dict[str, Any]:
+    """A task as GET /api/v1/tasks/{id} shows it: attempts, retries, why it waits and where."""
+    position = None
+    if pending_reason(task, live=live) == PendingReason.QUEUED:
+        position = queue_position(svc, conn, task)
+    return task_json(
+        task,
+        store.get_attempts(conn, task.id),
+        store.retries_of(conn, task.id),
+        expires_at=expires_at(task),
+        live=live,
+        queue_position=position,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,8 +39,6 @@ from api.schemas import (
 from api.services import services
 from shared import store, task_rows
 from shared.errors import TaskexecError, ValidationError
-from shared.pending import pending_reason
-from shared.status import PendingReason
 
 blp = Blueprint(
     "tasks", __name__, url_prefix="/api/v1/tasks", description="Submit and manage tasks"
@@ -212,19 +210,7 @@ def get_task(task_id: str) -> Response:
     live = operations.live_executors(svc)
     with svc.db.connection() as conn:
         task = operations.load_task(conn, task_id, current_principal())
-        attempts = store.get_attempts(conn, task.id)
-        retried_by = store.retries_of(conn, task.id)
-        position = None
-        if pending_reason(task, live=live) == PendingReason.QUEUED:
-            position = operations.queue_position(svc, conn, task)
-    doc = task_json(
-        task,
-        attempts,
-        retried_by,
-        expires_at=operations.expires_at(task),
-        live=live,
-        queue_position=position,
-    )
+        doc = operations.task_document(svc, conn, task, live)
     return jsonify(doc)
 
 

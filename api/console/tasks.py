@@ -19,7 +19,6 @@ from shared import store
 from shared.errors import TaskexecError, ValidationError
 from shared.pending import pending_reason
 from shared.status import PendingReason, Status, TaskType
-from shared.task_document import task_json
 
 #: The list's filters, as the form and the API name them.
 FILTERS = (
@@ -148,20 +147,8 @@ def _task_context(task_id: str) -> dict[str, Any]:
     live = operations.live_executors(svc)
     with svc.db.connection() as conn:
         task = operations.load_task(conn, task_id, principal)
-        attempts = store.get_attempts(conn, task.id)
-        retried_by = store.retries_of(conn, task.id)
+        doc = operations.task_document(svc, conn, task, live)  # exactly what the API shows
         lines = store.log_tail(conn, task.id, LOG_TAIL)
-        position = None
-        if pending_reason(task, live=live) == PendingReason.QUEUED:
-            position = operations.queue_position(svc, conn, task)
-    doc = task_json(
-        task,
-        attempts,
-        retried_by,
-        expires_at=operations.expires_at(task),
-        live=live,
-        queue_position=position,
-    )
     status = Status(task.status)
     return {
         "task": doc,
