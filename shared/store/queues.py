@@ -6,19 +6,20 @@ from dataclasses import dataclass
 
 from shared.store._rows import Conn, all_
 
-# Both statements read only the partial index tasks_queues (migration 0010): the active,
-# non-manual rows, never the finished millions. Its predicate is repeated literally so the
-# planner can prove it. "Waiting" has no message in Redis (published_at IS NULL: delayed, in
-# a retry's backoff, held back, or a publish that failed); "dispatched" has one. A task is due
-# from coalesce(next_attempt_at, created_at): its runAt or backoff end, else its submission.
-_EXECUTORS = """
+# Both statements read only the partial index tasks_queues (migrations 0010, 0015): the
+# active, non-manual rows, never the finished millions. Its predicate is repeated literally so
+# the planner can prove it. "Waiting" has no message in Redis (published_at IS NULL: delayed,
+# in a retry's backoff, held back, or a publish that failed); "dispatched" has one. A task is
+# due from its runAt or backoff end (next_attempt_at; due_at once the sweeper has made it
+# ready), else from its submission.
+_DUE = "coalesce(next_attempt_at, due_at, created_at)"
+_EXECUTORS = f"""
 SELECT executor,
     count(*) FILTER (WHERE status <> 'RUNNING' AND published_at IS NULL) AS waiting,
     count(*) FILTER (WHERE status <> 'RUNNING' AND published_at IS NOT NULL) AS dispatched,
     count(*) FILTER (WHERE status = 'RUNNING') AS running,
-    (EXTRACT(EPOCH FROM now() - min(coalesce(next_attempt_at, created_at)) FILTER (
-        WHERE status <> 'RUNNING' AND coalesce(next_attempt_at, created_at) <= now()))
-        * 1000)::bigint AS oldest_waiting_ms
+    (EXTRACT(EPOCH FROM now() - min({_DUE}) FILTER (
+        WHERE status <> 'RUNNING' AND {_DUE} <= now())) * 1000)::bigint AS oldest_waiting_ms
 FROM tasks
 WHERE status IN ('PENDING', 'RETRYING', 'RUNNING') AND type <> 'MANUAL'
 GROUP BY executor

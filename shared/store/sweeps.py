@@ -59,12 +59,13 @@ def ready_due(conn: Conn, limit: int = 5000) -> int:
     """Make waiting tasks whose time has come ready (delayed, in a backoff, refused by Redis).
 
     Clearing `next_attempt_at` moves them into tasks_ready, where the releaser takes them in
-    its fair order; the claim reads a NULL as "due".
+    its fair order; the claim reads a NULL as "due". `due_at` keeps the time they became due,
+    which the queues' oldest waiting age counts from.
     """
     with conn.cursor() as cur:
         cur.execute(
             """
-            UPDATE tasks SET next_attempt_at = NULL WHERE id IN (
+            UPDATE tasks SET due_at = next_attempt_at, next_attempt_at = NULL WHERE id IN (
                 SELECT id FROM tasks
                 WHERE published_at IS NULL AND status IN ('PENDING', 'RETRYING')
                   AND next_attempt_at <= now()

@@ -82,6 +82,32 @@ def test_waiting_dispatched_running_and_the_oldest_due_age(client, auth, setting
     assert "manual" not in _queues(client, admin)
 
 
+def test_a_released_retry_counts_its_age_from_when_it_became_due(client, auth, settings):
+    """The sweeper clears next_attempt_at to make a task ready: its age still counts from then."""
+    admin = auth.key("*")
+    task_id = submit(client, admin, "echo", {"n": "retry"})
+    # A retry submitted an hour ago whose backoff ended two minutes ago, not yet released.
+    _sql(
+        settings,
+        "UPDATE tasks SET status = 'RETRYING', published_at = NULL,"
+        " created_at = now() - interval '1 hour',"
+        " next_attempt_at = now() - interval '2 minutes' WHERE id = %s",
+        task_id,
+    )
+    before = _queues(client, admin)[EXECUTOR]["oldestWaitingAge"]
+    conn = db.connect(settings.database_url)
+    with conn:
+        assert store.ready_due(conn) == 1
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT next_attempt_at FROM tasks WHERE id = %s", (task_id,))
+        assert cur.fetchone() == (None,)  # released: in tasks_ready, where the releaser looks
+    conn.close()
+    after = _queues(client, admin)[EXECUTOR]["oldestWaitingAge"]
+    # Two minutes, before and after the release; never the hour since its submission.
+    assert 120_000 <= before < 150_000
+    assert 120_000 <= after < 150_000
+
+
 def test_workers_and_slots_come_from_fresh_heartbeats(client, auth, settings):
     admin = auth.key("tasks:admin")
     r = redis.Redis.from_url(settings.redis_url)
