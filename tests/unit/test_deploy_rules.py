@@ -35,13 +35,15 @@ def _names(families: Iterable[Metric]) -> set[str]:
 
 
 def exported() -> set[str]:
-    """Every series name the API's /metrics and the workers' (and sweeper's) can carry."""
+    """Every series name the API's /metrics and the workers' (sweeper's, deliverer's) can carry."""
     from api.gauges import BuildInfo, WorkersUp
     from api.metrics import LedgerCollector
+    from workers.deliverer_metrics import DelivererMetrics
     from workers.metrics import WorkerMetrics
 
     registry = CollectorRegistry()
     WorkerMetrics(registry)
+    DelivererMetrics(registry)
     api = [
         *REGISTRY.collect(),  # api.metrics' counters and histogram, registered at import
         *LedgerCollector(None).describe(),  # type: ignore[arg-type] - describe reads nothing
@@ -131,6 +133,7 @@ def test_the_alerts_an_operator_needs_are_there():
         "TaskexecFailureRatioHigh",
         "TaskexecNoWorkers",
         "TaskexecLeaseRescues",
+        "TaskexecWebhookDeliveriesFailing",
     ):
         assert alert in rules
         assert rules[alert]["annotations"]["summary"]
