@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -16,24 +15,28 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 
 from config.settings import Settings
-from shared import outbox, store
-from shared.broker import BROKER_ERRORS, Broker, Rendered
+from shared import store
+from shared.broker import Broker, Rendered
 from shared.db import Database
-from shared.errors import InputValidationError, TaskexecError
+from shared.errors import TaskexecError
 from shared.schedules import (
     SKIP_CATCHUP,
-    SKIP_DEFINITION,
-    SKIP_INPUT,
     SKIP_OVERLAP,
     SKIP_TEMPLATE,
-    Timing,
     advance,
-    fired_task,
     next_slot,
     running_limit,
 )
 from shared.window import Window
 from workers.release_wait import ReleaseWait
+from workers.schedule_publish import Budget, Publisher, dispatch_of
+from workers.schedule_templates import (
+    Ahead,
+    Template,
+    build_template,
+    definition_key,
+    definition_of,
+)
 
 log = logging.getLogger(__name__)
 #: Schedules one round claims at most (one transaction); a full batch runs again at once.
@@ -66,124 +69,6 @@ _ROW_ERRORS = (
 )
 
 
-def timing_of(schedule: store.Schedule) -> Timing:
-    """A stored schedule's slot rule."""
-    return Timing(
-        cron=schedule.cron,
-        interval_ms=schedule.interval_ms,
-        timezone=schedule.timezone,
-        anchor=schedule.start_at or schedule.created_at,
-        start_at=schedule.start_at,
-        end_at=schedule.end_at,
-    )
-
-
-def _definition_of(schedule: store.Schedule) -> str:
-    return str(schedule.task.get("taskDefinitionId", ""))
-
-
-def _definition_key(definition: store.DefinitionRow | None) -> tuple[str, datetime] | None:
-    return None if definition is None else (definition.version, definition.updated_at)
-
-
-@dataclass(frozen=True)
-class Ahead:
-    """A schedule's next slot, rendered before it falls due: its task (id and all), the SQL
-    rows of its insert and of the schedule's advance, and its message. Used only if, at the
-    claim, the schedule still waits for that slot and it is the only one due."""
-
-    slot: datetime
-    next_slot: datetime | None
-    task: store.NewTask
-    row: store.SlotRow
-    done: store.Progress
-    progress: str
-    advance: str  # its guarded advance, for a round without a claim (store.fire_rendered)
-    message: Rendered | None  # None for a manual task: nothing goes to Redis
-
-
-@dataclass
-class Template:
-    """A schedule as the firer keeps it between rounds: valid while its `updated_at` and its
-    definition's (version, updated_at) are those it was built from."""
-
-    schedule: store.Schedule
-    timing: Timing
-    definition: tuple[str, datetime] | None
-    row: store.NewTask | None  # the task a slot inserts (a new id each); None: skip the slot
-    skip: tuple[str, str] | None  # (reason, message) when `row` is None
-    max_running: int | None = None  # the owner's per-principal limit it was built with
-    used: float = 0.0  # monotonic time of the last round or preparation that used it
-    ahead: Ahead | None = None  # its next slot, rendered by prepare()
-
-
-def build_template(
-    schedule: store.Schedule, definition: store.DefinitionRow | None, max_running: int | None = None
-) -> Template:
-    """Build a schedule's task row as a submission's; a template that cannot make one says why.
-
-    Never raises: a schedule that cannot fire must not stop the others.
-    """
-    timing = timing_of(schedule)
-    key = _definition_key(definition)
-    definition_id = schedule.task.get("taskDefinitionId", "")
-    if definition is None:
-        message = f"task definition {definition_id!r} is not published"
-        return Template(schedule, timing, key, None, (SKIP_DEFINITION, message))
-    try:
-        row = fired_task(schedule.task, definition, schedule.owner, max_running)
-    except InputValidationError as exc:
-        problems = exc.details.get("errors") or [exc.details]
-        detail = "; ".join(f"{p.get('field')}: {p.get('issue')}" for p in problems[:3])
-        message = f"{exc.message} (version {definition.version}): {detail}"
-        return Template(schedule, timing, key, None, (SKIP_INPUT, message))
-    except (TaskexecError, ValueError, KeyError, TypeError) as exc:
-        message = exc.message if isinstance(exc, TaskexecError) else f"{exc!r}"
-        return Template(schedule, timing, key, None, (SKIP_TEMPLATE, message))
-    return Template(schedule, timing, key, row, None, max_running)
-
-
-class Budget:
-    """The dispatch window as the firer spends it: room in Redis, less what its rounds have
-    let out and not yet pushed (two rounds run at once; neither may spend the other's room).
-
-    A fired task goes out at once on the same terms as a submission (under no limit, its
-    owner with nothing ready waiting, room in its executor's window); the rest waits in
-    Postgres for the releaser, which sends it fairly between owners as room opens.
-    """
-
-    def __init__(self, window: Window) -> None:
-        self.window = window
-        self._lock = threading.Lock()
-        self._out: dict[str, int] = {}
-
-    def take(self, rows: list[store.SlotRow]) -> set[int]:
-        """Let out as many of `rows` as their windows have room for: their id()s."""
-        wanted = [r for r in rows if r.may_publish]
-        if not wanted:
-            return set()
-        with self._lock:
-            try:
-                rooms = self.window.room(r.executor for r in wanted)
-            except BROKER_ERRORS:
-                # Redis unreachable: as a submission, stamp them; the outbox leaves them to
-                # the sweeper when the push fails.
-                rooms = {r.executor: len(wanted) for r in wanted}
-            allowed = set()
-            for row in wanted:
-                if rooms[row.executor] - self._out.get(row.executor, 0) > 0:
-                    self._out[row.executor] = self._out.get(row.executor, 0) + 1
-                    allowed.add(id(row))
-            return allowed
-
-    def sent(self, executors: list[str]) -> None:
-        """Give back the room of rows let out (their messages pushed now, or not inserted)."""
-        with self._lock:
-            for executor in executors:
-                if executor in self._out:
-                    self._out[executor] = max(self._out[executor] - 1, 0)
-
-
 @dataclass(frozen=True)
 class _Fire:
     """One claimed schedule's part of a round: its slot rows, its progress, its messages."""
@@ -194,75 +79,6 @@ class _Fire:
     done: store.Progress
     progress: str
     messages: list[Rendered | None]
-
-
-class Publisher:
-    """Publishes fired tasks after their commit, on a thread of its own.
-
-    The next round claims and inserts while this one's messages go out. A task whose message
-    is lost (the process dies first, Redis refuses it) is republished by the sweeper, as any
-    submission's: the row was stamped published in the firing transaction (the outbox).
-    """
-
-    def __init__(self, db: Database, broker: Broker, window: Budget | None = None) -> None:
-        self.db = db
-        self.broker = broker
-        self.window = window
-        self._queue: queue.Queue[list[tuple[store.NewTask, Rendered | None]] | None]
-        self._queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="schedule-publish", daemon=True)
-        self._thread.start()
-
-    def put(self, fired: list[tuple[store.NewTask, Rendered | None]]) -> None:
-        """Publish these committed tasks (a message rendered ahead, or None to render now)."""
-        if fired:
-            self._queue.put(fired)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Publish what is queued, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batches = [self._queue.get()]
-            while True:  # everything already waiting goes out in one pipeline
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = None in batches
-            fired = [f for b in batches if b is not None for f in b]
-            try:
-                self._publish(fired)
-            except Exception:
-                log.exception("publishing %d fired task(s) failed", len(fired))
-            finally:
-                if self.window is not None:
-                    self.window.sent([t.executor for t, _ in fired])
-
-    def _publish(self, fired: list[tuple[store.NewTask, Rendered | None]]) -> None:
-        if not fired:
-            return
-        late = [t for t, message in fired if message is None]
-        made = iter(self.broker.render([_dispatch(t) for t in late]))
-        messages = [m if m is not None else next(made) for _, m in fired]
-        try:
-            self.broker.push(messages)
-        except BROKER_ERRORS:
-            log.warning("broker unreachable: %d fired task(s) left for the sweeper", len(fired))
-            try:  # released for the sweeper's next round (else it republishes them later)
-                with self.db.connection() as conn:
-                    store.unpublish(conn, [t.id for t, _ in fired])
-            except TaskexecError:
-                pass
-
-
-def _dispatch(task: store.NewTask) -> outbox.Dispatch:
-    return outbox.Dispatch(
-        task.id, task.task_definition_id, task.executor, task.priority, task.timeout_ms
-    )
 
 
 class ScheduleFirer:
@@ -317,9 +133,9 @@ class ScheduleFirer:
             return 0
         # A definition released since the rendering: the claimed rounds rebuild on it.
         with self.db.connection(autocommit=True) as conn:
-            current = self._definitions(conn, {_definition_of(t.schedule) for t in due})
+            current = self._definitions(conn, {definition_of(t.schedule) for t in due})
         for template in due:
-            if template.definition != _definition_key(current[_definition_of(template.schedule)]):
+            if template.definition != definition_key(current[definition_of(template.schedule)]):
                 template.ahead = None
         due = [t for t in due if t.ahead is not None]
         due.sort(key=lambda t: t.ahead.slot if t.ahead else now)
@@ -505,7 +321,7 @@ class ScheduleFirer:
             if (
                 template is None
                 or d.id in rows
-                or template.definition != _definition_key(definition)
+                or template.definition != definition_key(definition)
                 or template.max_running != limit
             ):
                 template = self.templates[d.id] = build_template(schedule, definition, limit)
@@ -734,7 +550,7 @@ class ScheduleFirer:
             ],
         )
         sent = [slot.task for _, slot, _ in wanted if slot.task.published]
-        messages = iter(self.broker.render([_dispatch(t) for t in sent]))
+        messages = iter(self.broker.render([dispatch_of(t) for t in sent]))
         for (template, slot, done), row, line, guarded in zip(
             wanted, rows, progress, advances, strict=True
         ):

@@ -15,7 +15,7 @@ from shared.schedules import (
     fired_task,
     next_run_after_edit,
 )
-from workers.schedule_fire import build_template
+from workers.schedule_templates import build_template
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
