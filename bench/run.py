@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import http_submit, listing, profiler
+from bench import http_submit, listing, peers, profiler
 from bench.http_submit import SubmitSettings
 from bench.report import Report
 from bench.stack import OPEN_WINDOW, SERVICE_QUEUE, Stack
@@ -48,6 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-seconds", type=float, default=6.0)
     p.add_argument("--private-postgres", action="store_true", help="never use 127.0.0.1:5432")
+    p.add_argument(
+        "--peers",
+        type=Path,
+        help="a results-*.jsonl of ../shared/peers/run_peers.py: bulk end to end beside its Celery",
+    )
+    p.add_argument(
+        "--run-peers",
+        action="store_true",
+        help="run the peers' Celery and huey (e2e with a PG update, --tasks jobs) before e2e",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep logs and profiles after the run")
     args = p.parse_args(argv)
@@ -138,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             e2e = end_to_end.EndToEndSettings(
                 args.tasks, args.clients, 100, args.concurrency, args.e2e_timeout, args.e2e_rounds
             )
+            if args.run_peers:  # in the same sitting, right before the service's turns
+                args.peers = peers.run(workdir / "peers", max(args.tasks, 5000))
+                phase("peers")
             end_to_end.run(stack, report, api, api_url, e2e, memory)
             phase("end-to-end")
+            if args.peers:
+                peers.compare(report, args.peers)
         if "latency" in selected:
             lat = latency.LatencySettings(args.repetitions, args.concurrency)
             latency.run(stack, report, api_url, lat)
