@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.hotpath                      # CPU time per request, both targets
     .venv/bin/python -m bench.hotpath --callgrind          # instructions per request (valgrind)
     .venv/bin/python -m bench.hotpath --profile out.txt    # cProfile of the service's requests
+    .venv/bin/python -m bench.hotpath service --profile out.txt --wall   # ... on the wall clock
 
 The HTTP figure (`python -m bench --only submit`) moves with whatever else the machine runs.
 This one calls each WSGI app directly, one request after another on one thread, against a
@@ -100,7 +101,9 @@ def drive(app: WSGIApp, path: str, key: str, requests: int) -> None:
         raise SystemExit(f"{len(bad)} of {requests} requests were not 201: {bad[:3]}")
 
 
-def child(target: str, requests: int, warmup: int, profile: str, pause: bool) -> None:
+def child(
+    target: str, requests: int, warmup: int, profile: str, pause: bool, wall_clock: bool = False
+) -> None:
     """Run inside the prepared environment: warm up, then time `requests` submits.
 
     With `pause` (under callgrind), say READY after the warm-up and DONE after the requests,
@@ -108,7 +111,8 @@ def child(target: str, requests: int, warmup: int, profile: str, pause: bool) ->
     """
     key = os.environ["BENCH_API_KEY"]
     app, path = load_app(target)
-    window = getattr(app, "extensions", {}).get("taskexec") and app.extensions["taskexec"].window
+    services = getattr(app, "extensions", {}).get("taskexec")
+    window = services.window if services is not None else None
     if pause and window is not None:
         # The dispatch window's room is read again after 50 ms of wall time: every request
         # under valgrind (~50x slower), once per 15-20 requests at full speed. Read once here,
@@ -118,7 +122,9 @@ def child(target: str, requests: int, warmup: int, profile: str, pause: bool) ->
     if pause:
         print("READY", flush=True)
         sys.stdin.readline()
-    profiler = cProfile.Profile(time.process_time) if profile else None  # CPU, not waits
+    # The CPU clock by default (waits left out); the wall clock for a one-request latency.
+    clock = time.perf_counter if wall_clock else time.process_time
+    profiler = cProfile.Profile(clock) if profile else None
     if profiler is not None:
         profiler.enable()
     cpu, wall = time.process_time(), time.perf_counter()
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
     p.add_argument("--callgrind", action="store_true", help="count instructions instead")
     p.add_argument("--profile", default="", help="write a cProfile of the service here")
+    p.add_argument("--wall", action="store_true", help="profile on the wall clock (waits included)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pause", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if set(targets) - set(TARGETS):
         p.error(f"targets are {', '.join(TARGETS)}")
     if args.child:
-        child(targets[0], args.requests, args.warmup, args.profile, args.pause)
+        child(targets[0], args.requests, args.warmup, args.profile, args.pause, args.wall)
         return
     with tempfile.TemporaryDirectory(prefix="taskexec-hotpath-") as tmp:
         stack = Stack(Path(tmp), api_workers=1, api_threads=1)
@@ -238,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 for target in targets:
                     profiled = args.profile and target == "service"
                     extra = ["--profile", args.profile] if profiled else []
+                    extra += ["--wall"] if profiled and args.wall else []
                     line = _run_child(
                         stack,
                         [target, "--requests", str(args.requests), "--warmup", str(args.warmup)]

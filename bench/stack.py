@@ -12,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -126,7 +127,7 @@ class Stack:
             fsync = str(cur.fetchone()[0])  # type: ignore[index]
             cur.execute("SHOW synchronous_commit")
             sync = str(cur.fetchone()[0])  # type: ignore[index]
-        info = self.redis().info("server")
+        info: dict[str, Any] = self.redis().info("server")  # type: ignore[assignment]
         return {
             "postgres": f"{pg} ({self.postgres_note}; fsync={fsync}, synchronous_commit={sync})",
             "redis": f"{info['redis_version']} (private server)",

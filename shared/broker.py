@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from kombu import serialization
 from kombu.compression import compress
 from kombu.entity import maybe_delivery_mode
@@ -107,7 +109,10 @@ class WireFormat:
         a direct queue (its routing key names the queue, so no binding lookup is needed).
         """
         headers, properties, body, _ = message
-        content_type, content_encoding, data = serialization.dumps(body, self.serializer)
+        if self.serializer == "json" and serialization.registry._encoders["json"] == _KOMBU_JSON:
+            content_type, content_encoding, data = _KOMBU_JSON[0], _KOMBU_JSON[1], _json(body)
+        else:
+            content_type, content_encoding, data = serialization.dumps(body, self.serializer)
         if self.compression:
             data, headers["compression"] = compress(data, self.compression)
         properties["delivery_mode"] = self.delivery_mode
@@ -124,7 +129,34 @@ class WireFormat:
             "headers": headers,
             "properties": properties,
         }
-        return str(kombu_json.dumps(envelope))
+        return _json(envelope)
+
+
+#: kombu's json codec as it registers it (content type, encoding, encoder).
+_KOMBU_JSON = serialization.registry._encoders["json"]
+
+
+def _json(value: Any) -> str:
+    """kombu's JSON text of `value`: the same bytes, by the stdlib's cached encoder.
+
+    kombu's encoder is the stdlib's plus a `default` for types JSON lacks (dates, UUIDs,
+    bytes); a message of plain values never reaches it, so only such a message takes it.
+    """
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(kombu_json.dumps(value))
+
+
+def _pack(commands: Sequence[tuple[str, ...]]) -> bytes:
+    """Commands of text arguments in Redis's protocol (RESP), as redis-py packs them."""
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = arg.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 class Rendered(NamedTuple):
@@ -150,8 +182,12 @@ class Broker:
         self._lock = threading.Lock()
         self._pid = 0
         self._redis: redis.Redis | None = None
+        self._retry: Retry | None = None
         self._breaker: Breaker | None = None
         self._format: WireFormat | None = None
+        self._origin = ""  # the `origin` header send_task writes from this process (its pid)
+        # The publishing connection of each thread (see `_send`).
+        self._local = threading.local()
         # Queues whose exchange binding this process has written (as kombu's maybe_declare).
         self._declared: set[str] = set()
 
@@ -232,22 +268,54 @@ class Broker:
         return rendered
 
     def push(self, rendered: Sequence[Rendered]) -> None:
-        """Send rendered messages in one pipeline; raises one of BROKER_ERRORS."""
+        """Send rendered messages in one round trip; raises one of BROKER_ERRORS."""
         if not rendered:
             return
-        client, wire = self._client()
+        _, wire = self._client()
         undeclared = list(dict.fromkeys(r.queue for r in rendered if r.queue not in self._declared))
+        commands = [binding for queue in undeclared for binding in self._bindings(wire, queue)]
+        commands += [("LPUSH", entry.key, entry.envelope) for entry in rendered]
         try:
-            with client.pipeline(transaction=False) as pipe:
-                for queue in undeclared:
-                    self._bind(pipe, wire, queue)
-                for entry in rendered:
-                    pipe.lpush(entry.key, entry.envelope)
-                pipe.execute()
+            self._send(commands)
         except BROKER_ERRORS:
             self._declared.clear()  # Redis may come back empty: bind again then
             raise
         self._declared.update(undeclared)
+
+    def _send(self, commands: Sequence[tuple[str, ...]]) -> None:
+        """Send commands in one round trip and read every reply (a pipeline without a MULTI).
+
+        On a connection of the calling thread's own (of the pool's class, so under the same
+        breaker, timeouts and keepalives), packed and read directly: redis-py's pipeline
+        (pool checkout with a readiness poll, command stack, observability hooks) cost more
+        CPU than building the message. A refused or dropped connection is retried as the
+        pipeline retried it (the publish retry policy); resending is harmless, the claim is
+        a compare-and-set.
+        """
+        conn = self._connection()
+        packed = [_pack(commands)]
+
+        def attempt() -> None:
+            conn.send_packed_command(packed, check_health=False)
+            for _ in commands:
+                conn.read_response()  # raises an error reply, as the pipeline did
+
+        assert self._retry is not None  # set with the client by `_client`
+        try:
+            self._retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        except BaseException:
+            conn.disconnect()  # whatever was half sent or unread must not reach the next call
+            raise
+
+    def _connection(self) -> Any:
+        """This thread's publishing connection, made anew after a fork."""
+        local = self._local
+        client, _ = self._client()
+        if getattr(local, "client", None) is not client:  # a new process or client
+            pool = client.connection_pool
+            local.conn = pool.connection_class(**pool.connection_kwargs)
+            local.client = client
+        return local.conn
 
     def _task_message(self, dispatch: Dispatch, countdown: float | None) -> Any:
         """Build the message `send_task` would, with the same arguments it passes."""
@@ -271,10 +339,16 @@ class Broker:
             root_id=root_id,
             parent_id=parent_id,
             ignore_result=None,
+            # What Celery would compute for these arguments (saferepr of one short string
+            # and of no kwargs; the producer's node name), given ready-made: saferepr alone
+            # was a third of building the message.
+            argsrepr=f"[{task_id!r}]",
+            kwargsrepr="{}",
+            origin=self._origin,
         )
 
-    def _bind(self, pipe: Any, wire: WireFormat, name: str) -> None:
-        """Queue the binding writes kombu's queue declaration makes (its `_queue_bind`).
+    def _bindings(self, wire: WireFormat, name: str) -> list[tuple[str, str, str]]:
+        """The binding writes kombu's queue declaration makes (its `_queue_bind`).
 
         Nothing reads them for these messages: their exchange is the anonymous one, so
         kombu restores an unacknowledged message to its routing key's queue without a
@@ -283,8 +357,10 @@ class Broker:
         queue = self.app.amqp.queues[name]
         exchange = queue.exchange.name
         member = wire.sep.join([queue.routing_key or "", "", name])
-        for table in (RedisChannel.keyprefix_queue, RedisChannel.keyprefix_binding_permanent):
-            pipe.sadd(wire.key_prefix + table % (exchange,), member)
+        return [
+            ("SADD", wire.key_prefix + table % (exchange,), member)
+            for table in (RedisChannel.keyprefix_queue, RedisChannel.keyprefix_binding_permanent)
+        ]
 
     def _client(self) -> tuple[redis.Redis, WireFormat]:
         """This process's Redis client, made anew after a fork (never share sockets)."""
@@ -294,6 +370,7 @@ class Broker:
                 if self._redis is None or self._format is None or self._pid != pid:
                     self._format = WireFormat.of(self.app)
                     self._redis = self._connect()
+                    self._origin = anon_nodename()
                     self._pid = pid
         return self._redis, self._format
 
@@ -303,7 +380,7 @@ class Broker:
         # A publish must not hang the API: bounded waits, and the publish retry policy's
         # quick tries (never its "forever") on a refused or dropped connection, as Redis
         # restarts. A timeout is not retried: what failed stays in Postgres for the sweeper.
-        retry = Retry(
+        retry = self._retry = Retry(
             _PolicyBackoff(policy),
             int(policy.get("max_retries") or 0) if conf.task_publish_retry else 0,
             supported_errors=(RedisConnectionError,),
