@@ -181,7 +181,10 @@ def subscribe(url: str, target: str, events: list[str]) -> None:
 
 def unsubscribe_all(url: str) -> None:
     with ledger(url) as conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE webhooks, webhook_events, webhook_deliveries, tasks CASCADE")
+        cur.execute(
+            "TRUNCATE webhooks, webhook_event_queue, webhook_events, webhook_deliveries, tasks"
+            " CASCADE"
+        )
 
 
 def echo_rows(n: int) -> list[store.NewTask]:

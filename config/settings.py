@@ -273,7 +273,11 @@ class Settings:
     visibility_timeout: int = field(
         default=691_200, metadata=_env("TASKEXEC_VISIBILITY_TIMEOUT", _positive_int)
     )
-    worker_events: bool = field(default=True, metadata=_env("TASKEXEC_WORKER_EVENTS", _bool))
+    # Off: task events cost the worker a publish per state change. Flower switches them on
+    # in the running workers itself (its `enable_events`), so only a watched fleet pays.
+    worker_events: bool = field(default=False, metadata=_env("TASKEXEC_WORKER_EVENTS", _bool))
+    # Celery's INFO lines for every task received and returned: a tenth of a no-op task's CPU.
+    worker_task_log: bool = field(default=False, metadata=_env("TASKEXEC_WORKER_TASK_LOG", _bool))
     worker_concurrency: int = field(
         default=0, metadata=_env("TASKEXEC_WORKER_CONCURRENCY", _non_negative_int)
     )
@@ -319,6 +323,11 @@ class Settings:
     )
     webhook_subscription_concurrency: int = field(
         default=8, metadata=_env("TASKEXEC_WEBHOOK_SUBSCRIPTION_CONCURRENCY", _positive_int)
+    )
+    # Seconds between two looks of a deliverer at the queue of new events (status change ->
+    # receiver latency is about this plus the request; each look is one small statement).
+    webhook_poll: float = field(
+        default=0.05, metadata=_env("TASKEXEC_WEBHOOK_POLL", _positive_float)
     )
     # Subscriptions one owner may have (0: no limit). Every status change probes them, and
     # each matching one is a row and a request: the cap bounds what one key can make the

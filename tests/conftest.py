@@ -109,7 +109,7 @@ def clean_db(backends: Backends) -> Iterator[None]:
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute(
             "TRUNCATE tasks, task_attempts, task_logs, idempotency_keys, api_keys, schedules,"
-            " webhooks, webhook_events, webhook_deliveries"
+            " webhooks, webhook_event_queue, webhook_events, webhook_deliveries"
         )
     redis_lib.Redis.from_url(backends.redis_url).flushall()
     yield

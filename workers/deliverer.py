@@ -37,9 +37,9 @@ BACKOFF_MAX_SECONDS = 3600.0
 CLAIM_SCAN_MIN = 128
 #: Without a NOTIFY, look for due deliveries at least this often (retries, a lost LISTEN).
 IDLE_POLL_SECONDS = 2.0
-#: After a NOTIFY, wait this long for more before claiming: under load one claim then takes
-#: the events of many status changes (one statement, one commit) instead of one each.
-CLAIM_LINGER_SECONDS = 0.02
+#: Queued events one fan-out statement takes at most (their deliveries: this x the
+#: subscriptions that want each). A full batch is followed by the next one at once.
+FANOUT_BATCH = 500
 #: Outcomes are written in batches: the first waits this long for others, and one
 #: statement records at most RECORD_BATCH of them.
 RECORD_LINGER_SECONDS = 0.02
@@ -129,6 +129,13 @@ class Deliverer:
         self._definitions_at = 0.0
         self.waiter: DeliveryWait | None = None
         self.sent = 0  # attempts made (for logs and the bench)
+        self.fanned_out = 0  # events taken off the queue (for logs and tests)
+        # Seconds between looks at the event queue (TASKEXEC_WEBHOOK_POLL): new events wait
+        # this long at most before their deliveries are made and claimed.
+        self.poll_seconds = settings.webhook_poll
+        # A claim is wanted before its time: a finished send freed room for due rows left
+        # behind, or a NOTIFY (a redelivery, a test event) came.
+        self._claim_now = False
         # The last claim left due rows behind (the pool or a subscription's cap was full):
         # a finished send wakes the loop to claim more.
         self._starved = False
@@ -139,6 +146,19 @@ class Deliverer:
         self._recording = True
         self._recorder: threading.Thread | None = None
         self.metrics = metrics.DelivererMetrics.get()
+
+    # ------------------------------------------------------------ fanning out
+
+    def fan_out(self) -> store.FanOut:
+        """Fan one batch of queued events out to their deliveries (one statement, one commit).
+
+        The status change's transaction wrote only the event, in the queue; its deliveries
+        are written here, off the task's path, many events in one statement.
+        """
+        with self.db.connection(autocommit=True) as conn:
+            done = store.fan_out_events(conn, FANOUT_BATCH)
+        self.fanned_out += done.events
+        return done
 
     # ------------------------------------------------------------ claiming
 
@@ -234,6 +254,7 @@ class Deliverer:
                 )
                 if wake:
                     self._starved = False  # one wake per claim round is enough
+                    self._claim_now = True
             if wake and self.waiter is not None:
                 self.waiter.wake()
 
@@ -382,6 +403,26 @@ class Deliverer:
 
     # ------------------------------------------------------------ the loop
 
+    def claim_and_plan(self) -> float:
+        """Claim what is due; return the seconds until the next claim round is wanted."""
+        claimed = self.claim_round()
+        if self._starved:
+            # Due rows left behind: a finishing send wakes us to claim them.
+            return STARVED_POLL_SECONDS
+        if claimed:
+            # Took all that was due: look again soon (new deliveries wake us first).
+            return RECHECK_SECONDS
+        with self.db.connection(autocommit=True) as conn:
+            due_in = store.next_delivery_in(conn)
+        if due_in is not None and due_in > 0:
+            return min(due_in, IDLE_POLL_SECONDS)
+        if due_in == 0:
+            # Due but not ours to take: subscriptions at their cap here, or another
+            # deliverer claiming them right now.
+            self._starved = True
+            return STARVED_POLL_SECONDS
+        return IDLE_POLL_SECONDS
+
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Deliver until `stop` is set; survive database outages; finish in-flight sends."""
         stop = stop or threading.Event()
@@ -400,37 +441,27 @@ class Deliverer:
             target=self._record_forever, name="webhook-record", daemon=True
         )
         self._recorder.start()
+        next_claim = 0.0  # monotonic time of the next claim round (0: at once)
         try:
             while not stop.is_set():
-                wait = IDLE_POLL_SECONDS
                 try:
                     self.waiter.listen()  # before the look-up: an event after it wakes us
-                    claimed = self.claim_round()
-                    if self._starved:
-                        # Due rows left behind: a finishing send wakes us to claim them.
-                        wait = STARVED_POLL_SECONDS
-                    elif claimed:
-                        # Took all that was due. Look again soon (a NOTIFY usually comes
-                        # first under load); a round that finds nothing computes the wait.
-                        wait = RECHECK_SECONDS
-                    else:
-                        with self.db.connection(autocommit=True) as conn:
-                            due_in = store.next_delivery_in(conn)
-                        if due_in is not None and due_in > 0:
-                            wait = min(due_in, IDLE_POLL_SECONDS)
-                        elif due_in == 0:
-                            # Due but not ours to take: subscriptions at their cap here, or
-                            # another deliverer claiming them right now.
-                            self._starved = True
-                            wait = STARVED_POLL_SECONDS
+                    done = self.fan_out()
+                    more = done.events >= FANOUT_BATCH
+                    if done.deliveries or self._claim_now or time.monotonic() >= next_claim:
+                        self._claim_now = False
+                        next_claim = time.monotonic() + self.claim_and_plan()
+                    # The queue is looked at every poll, the deliveries when due (or woken).
+                    wait = 0.0 if more else min(self.poll_seconds, next_claim - time.monotonic())
                 except TaskexecError as exc:
                     log.warning("delivery round skipped: %s", exc.message)
+                    # Postgres away: try again (claims too) in a while, not 20 times a second.
+                    wait, next_claim = IDLE_POLL_SECONDS, 0.0
                 except Exception:
                     log.exception("delivery round failed")
-                if wait > 0 and not stop.is_set():
-                    if self.waiter.sleep(wait) and not stop.is_set():
-                        # Woken by a status change: let a few more commit, claim them at once.
-                        stop.wait(CLAIM_LINGER_SECONDS)
+                    wait, next_claim = IDLE_POLL_SECONDS, 0.0
+                if wait > 0 and not stop.is_set() and self.waiter.sleep(wait):
+                    self._claim_now = True  # a NOTIFY: a redelivery or a test event
         finally:
             self.pool.shutdown(wait=True)
             self._recording = False

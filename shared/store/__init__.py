@@ -136,6 +136,7 @@ from shared.store.tasks import (
     retries_of,
     task_ids_of_workflow,
 )
+from shared.store.webhook_events import FanOut, fan_out_events, queued_events
 from shared.store.webhooks import (
     Webhook,
     WebhookFilter,
@@ -288,4 +289,7 @@ __all__ = [
     "list_webhooks",
     "rotate_webhook_secret",
     "update_webhook",
+    "FanOut",
+    "fan_out_events",
+    "queued_events",
 ]

@@ -515,11 +515,13 @@ def purge_old_events(conn: Conn, older_than_seconds: float, limit: int) -> int:
         return int(cur.rowcount)
 
 
-#: The channel the task trigger, `redeliver` and `enqueue_test_event` NOTIFY at commit.
+#: The channel `redeliver` and `enqueue_test_event` NOTIFY at commit. The task trigger does
+#: not: a notifying commit holds a database-wide lock through its WAL flush, so status changes
+#: would commit one at a time; deliverers look at the event queue on a short clock instead.
 DELIVERY_CHANNEL = "taskexec_webhooks"
 
 
 def listen_for_deliveries(conn: Conn) -> None:
-    """Subscribe an autocommit connection to the NOTIFY a new or redelivered delivery sends."""
+    """Subscribe an autocommit connection to the NOTIFY a test event or a redelivery sends."""
     with conn.cursor() as cur:
         cur.execute(f"LISTEN {DELIVERY_CHANNEL}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.store._rows import Conn, all_, one, scalar
 
-#: The task events a subscription may ask for (the trigger of migration 0008 writes them).
+#: The task events a subscription may ask for (the task trigger queues them: migration 0014).
 TASK_EVENTS = (
     "task.started",
     "task.retrying",

@@ -1,7 +1,8 @@
-"""What a status change reaches (the 0008 trigger), the delivery log, redeliver and test.
+"""What a status change reaches (the trigger, then the fan-out), the delivery log, redeliver, test.
 
 The events come from real status changes made through the API (complete, cancel) and, for
-the ones only a worker makes, the same UPDATE a worker runs; the log is read over HTTP.
+the ones only a worker makes, the same UPDATE a worker runs; a deliverer's fan-out makes their
+deliveries (no deliverer runs here: `log` fans out first); the log is read over HTTP.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from cli.base import ledger
+from shared import store
 from tests.api.test_openapi import Conformance
 
 URL = "/api/v1/webhooks"
@@ -53,7 +55,17 @@ def cancel(client: Any, headers: dict[str, str], task_id: str) -> None:
     assert response.status_code == 200, response.get_json()
 
 
+def fan_out(client: Any) -> None:
+    """What a deliverer does first: the events the status changes queued become deliveries."""
+    url = client.application.extensions["taskexec"].settings.database_url
+    with ledger(url) as conn:
+        conn.autocommit = True
+        while store.fan_out_events(conn, 500).events:
+            pass
+
+
 def log(client: Any, headers: dict[str, str], webhook_id: str, query: str = "") -> Any:
+    fan_out(client)
     response = client.get(f"{URL}/{webhook_id}/deliveries?{query}", headers=headers)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
@@ -155,6 +167,7 @@ def test_the_log_filters_pages_and_matches_the_document(client, auth, backends, 
     complete(client, headers, tasks[0])
     cancel(client, headers, tasks[1])
     complete(client, headers, tasks[2])
+    fan_out(client)
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute(
             "UPDATE webhook_deliveries SET status = 'FAILED', attempts = 7, error = 'HTTP 500',"

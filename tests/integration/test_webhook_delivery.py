@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import sys
@@ -159,9 +158,15 @@ def subscribe(
 
 
 def finish_tasks(
-    database_url: str, count: int, status: str = "COMPLETED", owner: str = "alice"
+    database_url: str,
+    count: int,
+    status: str = "COMPLETED",
+    owner: str = "alice",
+    *,
+    fan_out: bool = False,
 ) -> list[uuid.UUID]:
-    """Insert tasks and move them to `status` in one transaction: the trigger's events."""
+    """Insert tasks and move them to `status` in one transaction: the trigger queues their
+    events. With `fan_out`, make their deliveries at once (as a deliverer's first step)."""
     rows = [task_row(owner=owner) for _ in range(count)]
     with ledger(database_url) as conn:
         store.insert_tasks(conn, rows)
@@ -170,7 +175,19 @@ def finish_tasks(
                 "UPDATE tasks SET status = %s, end_time = now() WHERE id = ANY(%s)",
                 (status, [r.id for r in rows]),
             )
+    if fan_out:
+        fan_out_all(database_url)
     return [r.id for r in rows]
+
+
+def fan_out_all(database_url: str, batch: int = 500) -> int:
+    """Fan every queued event out to its deliveries (a deliverer's step); return the events."""
+    total = 0
+    with ledger(database_url) as conn:
+        conn.autocommit = True
+        while done := store.fan_out_events(conn, batch).events:
+            total += done
+    return total
 
 
 def deliveries(database_url: str, webhook_id: uuid.UUID) -> list[store.Delivery]:
@@ -342,23 +359,20 @@ def test_a_worker_killed_right_after_a_finish_loses_no_event(
     webhook_id, secret = subscribe(backends.database_url, receiver.url("/hook"), ["task.completed"])
     processes.settings = webhook_settings
     worker = processes.worker(concurrency=1)
-    # The trigger NOTIFYs at the commit of the change that wrote the event: only the finish
-    # matches this subscription, so the first notification is the finish's commit.
-    listener = psycopg2.connect(backends.database_url)
-    listener.autocommit = True
+    # The trigger queues the event in the transaction of the change: only the finish matches
+    # this subscription, so the first queued event is the finish's commit.
+    watcher = psycopg2.connect(backends.database_url)
+    watcher.autocommit = True
     try:
-        with listener.cursor() as cur:
-            cur.execute("LISTEN taskexec_webhooks")
         tid = submit(client, headers, "echo", {"n": 1})
         deadline = time.monotonic() + 60
-        while not listener.notifies:
+        while not store.queued_events(watcher):
             assert time.monotonic() < deadline, "the task never finished"
-            select.select([listener], [], [], 1.0)
-            listener.poll()
+            time.sleep(0.002)
         os.killpg(worker.pid, signal.SIGKILL)  # the worker dies right after the commit
         killed_at = time.monotonic()
     finally:
-        listener.close()
+        watcher.close()
     worker.wait(10)
     assert receiver.at("/hook") == []  # no deliverer has run: the event is only in the ledger
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
@@ -640,8 +654,8 @@ def test_a_test_event_and_a_redelivery(backends, receiver, deliverer):
 
 def test_the_delivery_log_pages_newest_first_with_filters(backends, receiver):
     webhook_id, _ = subscribe(backends.database_url, receiver.url("/log"))
-    tasks = finish_tasks(backends.database_url, 3)
-    finish_tasks(backends.database_url, 2, "FAILED")
+    tasks = finish_tasks(backends.database_url, 3, fan_out=True)
+    finish_tasks(backends.database_url, 2, "FAILED", fan_out=True)
     with ledger(backends.database_url) as conn:
         everything = store.list_deliveries(conn, webhook_id, limit=10)
         assert len(everything) == 5 == store.count_deliveries(conn, webhook_id)
@@ -671,7 +685,7 @@ def test_old_events_and_their_deliveries_are_purged_in_batches(
     wait_for(
         lambda: all(d.status == "DELIVERED" for d in deliveries(backends.database_url, webhook_id))
     )
-    finish_tasks(backends.database_url, 1)  # a fresh one stays
+    finish_tasks(backends.database_url, 1, fan_out=True)  # a fresh one stays
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute(
             "UPDATE webhook_events SET created_at = now() - interval '2 hours'"
@@ -689,7 +703,7 @@ def test_old_events_and_their_deliveries_are_purged_in_batches(
 def test_deleting_a_subscription_deletes_its_deliveries(backends, receiver):
     gone, _ = subscribe(backends.database_url, receiver.url("/gone"))
     kept, _ = subscribe(backends.database_url, receiver.url("/kept"))
-    finish_tasks(backends.database_url, 3)
+    finish_tasks(backends.database_url, 3, fan_out=True)
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM webhooks WHERE id = %s", (gone,))
         cur.execute("SELECT webhook_id, count(*) FROM webhook_deliveries GROUP BY 1")
@@ -702,7 +716,7 @@ def test_a_delivery_whose_subscription_is_gone_is_never_sent_nor_due(
     # What a status change racing the subscription's deletion can leave: a delivery row
     # whose subscription no longer exists (deliveries have no foreign key to webhooks).
     webhook_id, _ = subscribe(backends.database_url, receiver.url("/hook"))
-    finish_tasks(backends.database_url, 1)
+    finish_tasks(backends.database_url, 1, fan_out=True)
     orphan = uuid.uuid4()
     with ledger(backends.database_url) as conn, conn.cursor() as cur:
         cur.execute(
@@ -746,8 +760,123 @@ def test_an_event_is_written_in_the_status_change_transaction(backends, receiver
     finally:
         conn.close()
     with ledger(backends.database_url) as check, check.cursor() as cur:
+        assert store.queued_events(check) == 0
         cur.execute("SELECT count(*) FROM webhook_events")
         assert cur.fetchone()[0] == 0
+
+
+# ---------------------------------------------------------------- the fan-out
+
+
+def delivery_pairs(database_url: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(event, subscription) of every delivery, sorted."""
+    with ledger(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT event_id, webhook_id FROM webhook_deliveries ORDER BY 1, 2")
+        return [(e, w) for e, w in cur.fetchall()]
+
+
+def test_the_status_change_queues_only_the_event(backends, receiver):
+    subscribe(backends.database_url, receiver.url("/a"))
+    subscribe(backends.database_url, receiver.url("/b"))
+    finish_tasks(backends.database_url, 3)
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        # Committed with the change: the events, queued; no delivery until a fan-out.
+        assert store.queued_events(conn) == 3
+        cur.execute("SELECT count(*) FROM webhook_deliveries")
+        assert cur.fetchone() == (0,)
+    assert fan_out_all(backends.database_url) == 3
+    pairs = delivery_pairs(backends.database_url)
+    assert len(pairs) == 6 and len(set(pairs)) == 6
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        assert store.queued_events(conn) == 0
+        cur.execute("SELECT count(*) FROM webhook_events")
+        assert cur.fetchone() == (3,)
+        # The deliveries keep the event's time (the log's order, the retry horizon's start).
+        cur.execute(
+            "SELECT count(*) FROM webhook_deliveries d JOIN webhook_events e"
+            " ON e.id = d.event_id WHERE d.created_at <> e.created_at"
+        )
+        assert cur.fetchone() == (0,)
+
+
+def test_a_subscription_created_after_the_event_gets_none_of_it(backends, receiver):
+    before, _ = subscribe(backends.database_url, receiver.url("/before"))
+    switched_off, _ = subscribe(backends.database_url, receiver.url("/off"))
+    finish_tasks(backends.database_url, 2)
+    after, _ = subscribe(backends.database_url, receiver.url("/after"))
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE webhooks SET disabled = true WHERE id = %s", (switched_off,))
+    fan_out_all(backends.database_url)
+    assert {w for _, w in delivery_pairs(backends.database_url)} == {before}
+    # Its own events it does get.
+    finish_tasks(backends.database_url, 1, fan_out=True)
+    whose = [w for _, w in delivery_pairs(backends.database_url)]
+    assert sorted(map(str, whose)) == sorted(map(str, [before, before, before, after]))
+
+
+def test_a_fan_out_killed_midway_leaves_the_events_queued_and_duplicates_nothing(
+    backends, receiver
+):
+    subscribe(backends.database_url, receiver.url("/a"))
+    subscribe(backends.database_url, receiver.url("/b"))
+    finish_tasks(backends.database_url, 5)
+    doomed = psycopg2.connect(backends.database_url)
+    try:
+        # A deliverer's fan-out, not yet committed when its backend is killed.
+        assert store.fan_out_events(doomed, 500) == store.FanOut(5, 10)
+        with ledger(backends.database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (doomed.get_backend_pid(),))
+    finally:
+        doomed.close()
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        assert store.queued_events(conn) == 5
+        cur.execute("SELECT count(*) FROM webhook_deliveries")
+        assert cur.fetchone() == (0,)
+    assert fan_out_all(backends.database_url) == 5
+    pairs = delivery_pairs(backends.database_url)
+    assert len(pairs) == 10 and len(set(pairs)) == 10
+    # An event queued again (its row restored by hand, say) gets no second set of deliveries.
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO webhook_event_queue (id, type, task_id, task, created_at)"
+            " SELECT id, type, task_id, task, created_at FROM webhook_events"
+        )
+    assert fan_out_all(backends.database_url) == 5
+    assert delivery_pairs(backends.database_url) == pairs
+
+
+def test_fan_outs_side_by_side_take_each_event_once(backends, receiver):
+    subscribe(backends.database_url, receiver.url("/a"))
+    finish_tasks(backends.database_url, 30)
+    holder = psycopg2.connect(backends.database_url)
+    try:
+        # One fan-out holds the oldest 10 (uncommitted); another takes the rest meanwhile.
+        assert store.fan_out_events(holder, 10) == store.FanOut(10, 10)
+        with ledger(backends.database_url) as conn:
+            conn.autocommit = True
+            assert store.fan_out_events(conn, 500) == store.FanOut(20, 20)
+            assert store.fan_out_events(conn, 500) == store.FanOut(0, 0)
+        holder.commit()
+    finally:
+        holder.close()
+    pairs = delivery_pairs(backends.database_url)
+    assert len(pairs) == 30 and len({e for e, _ in pairs}) == 30
+
+
+def test_several_deliverers_fan_out_and_send_each_event_once(backends, receiver, deliverer):
+    subscribe(backends.database_url, receiver.url("/a"))
+    subscribe(backends.database_url, receiver.url("/b"))
+    runners = [deliverer(webhook_subscription_concurrency=8) for _ in range(3)]
+    for _ in range(10):
+        finish_tasks(backends.database_url, 20)
+    wait_for(lambda: len(receiver.at("/a")) >= 200 and len(receiver.at("/b")) >= 200, 30)
+    time.sleep(0.5)
+    for path in ("/a", "/b"):
+        ids = [r["headers"]["webhook-id"] for r in receiver.at(path)]
+        assert len(ids) == 200 and len(set(ids)) == 200
+    pairs = delivery_pairs(backends.database_url)
+    assert len(pairs) == 400 and len(set(pairs)) == 400
+    assert sum(r.fanned_out for r in runners) == 200
 
 
 # ---------------------------------------------------------------- the owner's standing

@@ -1,0 +1,77 @@
+"""The webhook event queue: what the task trigger wrote, fanned out to deliveries by deliverers."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from shared.store._rows import Conn
+
+#: Sent before the fan-out's statement (the same implicit transaction, so it ends with it): the
+#: oldest queued events in index order, and each taken row found again by its key. On the
+#: statistics of a queue the planner last saw empty it would scan and sort every queued row.
+_QUEUE_ORDER = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
+
+
+class FanOut(NamedTuple):
+    """What one fan-out statement did."""
+
+    events: int  # events taken off the queue (into webhook_events)
+    deliveries: int  # deliveries made for them
+
+
+def fan_out_events(conn: Conn, limit: int) -> FanOut:
+    """Move up to `limit` queued events, oldest first, into webhook_events with their deliveries.
+
+    One statement, so atomic: an event leaves the queue in the transaction that writes its
+    deliveries, and a deliverer killed midway leaves it queued, with none written. Rows another
+    deliverer holds are skipped (FOR UPDATE SKIP LOCKED), so several fan out side by side and
+    none takes an event twice; an event already in webhook_events (its queue row somehow written
+    twice) gets no second set of deliveries. A subscription receives the event when it is
+    enabled now, was created by the status change (`created_at` not after the event's), wants
+    the type, may see the task (admin, or the task's owner) and its filter matches the task as
+    it was. Run it in autocommit. A full batch (`events == limit`) means more may be queued.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""
+            {_QUEUE_ORDER}
+            WITH taken AS (
+                DELETE FROM webhook_event_queue q
+                WHERE q.seq = ANY (ARRAY(
+                    SELECT seq FROM webhook_event_queue ORDER BY seq
+                    LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+                RETURNING q.id, q.type, q.task_id, q.task, q.created_at
+            ), events AS (
+                INSERT INTO webhook_events (id, type, task_id, task, created_at)
+                SELECT id, type, task_id, task, created_at FROM taken
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+            ), made AS (
+                INSERT INTO webhook_deliveries (id, event_id, webhook_id, type, task_id, created_at)
+                SELECT gen_random_uuid(), t.id, w.id, t.type, t.task_id, t.created_at
+                FROM events e
+                JOIN taken t ON t.id = e.id
+                JOIN webhooks w ON NOT w.disabled AND w.created_at <= t.created_at
+                    AND t.type = ANY (w.events)
+                    AND (w.admin OR w.owner = t.task ->> 'owner')
+                    AND (w.task_definition_id IS NULL
+                         OR w.task_definition_id = t.task ->> 'task_definition_id')
+                    AND (w.workflow_instance_id IS NULL
+                         OR w.workflow_instance_id = t.task ->> 'workflow_instance_id')
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM made)
+            """,
+            {"limit": limit},
+        )
+        row = cur.fetchone()
+    assert row is not None
+    return FanOut(int(row[0]), int(row[1]))
+
+
+def queued_events(conn: Conn) -> int:
+    """How many events wait to be fanned out (the bench and tests; a count of the queue)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM webhook_event_queue")
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
