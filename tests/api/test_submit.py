@@ -409,3 +409,33 @@ def test_escapes_that_postgres_can_store_are_accepted(client, headers):
 )
 def test_nul_in_the_url_is_400(refusals, token, path):
     assert error_of(refusals.get(path, headers=token), 400)["code"] == "VALIDATION_ERROR"
+
+
+def test_an_inserted_task_is_what_a_read_returns(settings, clean_db):
+    # insert_tasks reads back only what the database decides (ids, times, the publish stamp)
+    # and builds the rest from the rows sent: every field must equal a fresh SELECT's.
+    from datetime import UTC, datetime, timedelta
+
+    from tests.helpers import task_row
+
+    database = db.Database(settings.database_url, max_connections=1)
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    rows = [
+        task_row(
+            input={"b": [1, 2.5, None, "é"], "a": {"z": True}}, retry_policy={"maxRetries": 2}
+        ),
+        task_row(workflow_instance_id="wf-1", priority=3, deadline_at=soon, source="task_apis"),
+        task_row(concurrency_key="k", key_limit=2, owner_limit=5, definition_limit=4),
+        task_row(type="MANUAL", published=False),
+    ]
+    delayed = [task_row(run_at=soon), task_row(run_at=datetime.now(UTC) - timedelta(seconds=1))]
+    try:
+        with database.connection() as conn:
+            stored = store.insert_tasks(conn, rows, {rows[0].id, rows[1].id})
+            stored += store.insert_tasks(conn, delayed)
+        assert [t.id for t in stored] == [r.id for r in rows + delayed]
+        with database.connection() as conn:
+            for task in stored:
+                assert task == store.get_task(conn, task.id)
+    finally:
+        database.close()
