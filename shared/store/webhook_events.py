@@ -6,11 +6,6 @@ from typing import NamedTuple
 
 from shared.store._rows import Conn
 
-#: Sent before the fan-out's statement (the same implicit transaction, so it ends with it): the
-#: oldest queued events in index order, and each taken row found again by its key. On the
-#: statistics of a queue the planner last saw empty it would scan and sort every queued row.
-_QUEUE_ORDER = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;"
-
 
 class FanOut(NamedTuple):
     """What one fan-out statement did."""
@@ -33,8 +28,7 @@ def fan_out_events(conn: Conn, limit: int) -> FanOut:
     """
     with conn.cursor() as cur:
         cur.execute(
-            f"""
-            {_QUEUE_ORDER}
+            """
             WITH taken AS (
                 DELETE FROM webhook_event_queue q
                 WHERE q.seq = ANY (ARRAY(
@@ -45,12 +39,13 @@ def fan_out_events(conn: Conn, limit: int) -> FanOut:
                 INSERT INTO webhook_events (id, type, task_id, task, created_at)
                 SELECT id, type, task_id, task, created_at FROM taken
                 ON CONFLICT (id) DO NOTHING
-                RETURNING id
+                -- The events inserted (not one already there), with what matching needs: no
+                -- join back to `taken` (on a CTE's guessed size that became a nested loop).
+                RETURNING id, type, task_id, task, created_at
             ), made AS (
                 INSERT INTO webhook_deliveries (id, event_id, webhook_id, type, task_id, created_at)
                 SELECT gen_random_uuid(), t.id, w.id, t.type, t.task_id, t.created_at
-                FROM events e
-                JOIN taken t ON t.id = e.id
+                FROM events t
                 JOIN webhooks w ON NOT w.disabled AND w.created_at <= t.created_at
                     AND t.type = ANY (w.events)
                     AND (w.admin OR w.owner = t.task ->> 'owner')
