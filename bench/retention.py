@@ -3,7 +3,7 @@
 Run: `.venv/bin/python bench/retention.py --rows 1000000`. It seeds a database of its own on
 the server of DATABASE_URL (default: the local one) with --rows finished tasks (each with an
 attempt and a log line) straight from SQL as bench/list_tasks.py does. Then, for each
---config (batch:pause-ratio; default the Purger's own), on a fresh copy of that database
+--config (batch:rows-per-second; default the Purger's own), on a fresh copy of that database
 (CREATE DATABASE ... TEMPLATE), it sends submits through the Flask test client (the whole
 view, group commit and Redis publish, no HTTP) from --clients threads, all along, while
 windows of --window seconds alternate: no purge, then the sweeper's Purger (its real
@@ -40,9 +40,11 @@ from cli.base import ledger  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from shared import db, schema, store  # noqa: E402
 from workers.definitions import DIAGNOSTICS, load_registry  # noqa: E402
-from workers.retention import PAUSE_RATIO, PURGE_BATCH, Purger  # noqa: E402
+from workers.retention import PURGE_BATCH, Purger  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
+#: The purge's rate unless TASKEXEC_PURGE_RATE says otherwise.
+DEFAULT_RATE = Settings.purge_rate
 #: The seeded database and each config's copy of it (--database renames both).
 SEEDED = "taskexec_bench_retention_seed"
 COPY = "taskexec_bench_retention"
@@ -177,7 +179,7 @@ def wal_position(conn: Any) -> int:
         return int(cur.fetchone()[0])
 
 
-def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None:
+def run(server: str, args: argparse.Namespace, batch: int, rate: float) -> None:
     """Submits throughout; the Purger deletes the whole backlog in every other window."""
     conn = db.connect(server)
     conn.autocommit = True
@@ -202,7 +204,7 @@ def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None
     checkpoint(url)
     purger = Purger(settings, db.Database(url, max_connections=1))
     cpu_seconds.clear()
-    purger.batch, purger.pause_ratio = batch, ratio
+    purger.batch, purger.rate = batch, rate
     stop = threading.Event()
     windows: list[tuple[str, float, float, int, int]] = []
     loads: list[float] = []
@@ -238,7 +240,7 @@ def run(server: str, args: argparse.Namespace, batch: int, ratio: float) -> None
     p99_off, p99_on = (percentile(kinds[k], 0.99) * 1000 for k in ("off", "on"))
     p50_off, p50_on = (percentile(kinds[k], 0.5) * 1000 for k in ("off", "on"))
     print(
-        f"batch {batch}, pause ratio {ratio}: purged {purged:,} tasks in {on_time:.1f} s of"
+        f"batch {batch}, at most {rate:,.0f} rows/s: purged {purged:,} tasks in {on_time:.1f} s of"
         f" purge windows: {purged / on_time:,.0f} rows/s"
         f" ({len(windows) // 2} pairs of {args.window:.0f} s windows);"
         f" WAL {(wal_on - wal_off) * on_time / purged:,.0f} bytes per purged task;"
@@ -274,7 +276,7 @@ def main() -> None:
     parser.add_argument(
         "--config",
         action="append",
-        help=f"batch:pause-ratio, repeatable (default {PURGE_BATCH}:{PAUSE_RATIO})",
+        help=f"batch:rows-per-second, repeatable (default {PURGE_BATCH}:{DEFAULT_RATE:.0f})",
     )
     parser.add_argument("--database", default=COPY, help="Name of the databases made.")
     parser.add_argument(
@@ -285,7 +287,7 @@ def main() -> None:
     args = parser.parse_args()
     COPY, SEEDED = args.database, f"{args.database}_seed"
     configs = [(int(b), float(r)) for b, r in (c.split(":") for c in args.config or [])] or [
-        (PURGE_BATCH, PAUSE_RATIO)
+        (PURGE_BATCH, DEFAULT_RATE)
     ]
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     try:
@@ -297,8 +299,8 @@ def main() -> None:
             with ledger(url) as conn:
                 store.publish_definitions(conn, load_registry(DIAGNOSTICS))
             seed(url, args.rows)
-        for batch, ratio in configs:
-            run(server, args, batch, ratio)
+        for batch, rate in configs:
+            run(server, args, batch, rate)
     finally:
         redis.Redis.from_url(REDIS_URL).flushdb()
         drop_database(server, COPY)

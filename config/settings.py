@@ -268,6 +268,11 @@ class Settings:
     purge_interval: float = field(
         default=30.0, metadata=_env("TASKEXEC_PURGE_INTERVAL", _positive_float)
     )
+    # Tasks a second the purge deletes at most, in evenly spaced batches (docs/benchmarks.md,
+    # Retention).
+    purge_rate: float = field(
+        default=12_000.0, metadata=_env("TASKEXEC_PURGE_RATE", _positive_float)
+    )
     definition_modules: str = field(default="", metadata=_env("TASKEXEC_DEFINITION_MODULES", _text))
     # 8 days: above the longest attempt the API accepts (a week) plus its hard-limit grace.
     visibility_timeout: int = field(

@@ -86,7 +86,7 @@ def test_a_purged_task_is_404_and_lists_no_longer_count_it(client, auth, backend
     assert client.post(f"{URL}/{pinned}/pin", headers=headers).status_code == 200
     with ledger(backends.database_url) as conn:
         classes = Retention(default=60.0, failed=60.0).classes(store.definition_retentions(conn))
-        assert store.purge_expired_tasks(conn, classes, 100) == 1
+        assert store.purge_expired_tasks(conn, classes, 100, 3600.0).deleted == 1
     assert client.get(f"{URL}/{gone}", headers=headers).status_code == 404
     assert client.post(f"{URL}/{gone}/pin", headers=headers).status_code == 404
     listed = client.get(URL, headers=headers).get_json()

@@ -10,6 +10,7 @@ from config.settings import ConfigurationError, Settings, parse_duration
 from shared.definitions import TaskDefinition
 from shared.retention import Retention
 from shared.status import TaskType
+from workers.retention import Pacer, next_span
 
 URLS = {"DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"}
 END = datetime(2026, 1, 1, tzinfo=UTC)
@@ -86,3 +87,60 @@ def test_a_definition_carries_a_checked_retention() -> None:
     assert made.to_row()["retention"] == "12h"
     with pytest.raises(ValueError, match="duration"):
         TaskDefinition("d", "D", "", TaskType.AUTOMATED, "1.0.0", {}, {}, retention="soon")
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_pacer_spaces_batches_to_the_rate_without_bursting_after_a_slow_one() -> None:
+    clock = FakeClock()
+    pacer = Pacer(1000.0, clock)
+    clock.now = 0.1  # a batch of 500 started at 0 and took 0.1 s: it books 0.5 s
+    assert pacer.wait(0.0, 500) == pytest.approx(0.4)
+    clock.now = 0.55  # the next, started when due (0.5), books up to 1.0
+    assert pacer.wait(0.5, 500) == pytest.approx(0.45)
+    clock.now = 1.8  # a slow batch (0.8 s for 500): no wait after it...
+    assert pacer.wait(1.0, 500) == 0.0
+    clock.now = 1.85  # ...and no credit either: the next books from its own start
+    assert pacer.wait(1.8, 500) == pytest.approx(0.45)
+    clock.now = 2.3  # a short batch books only what it deleted
+    assert pacer.wait(2.3, 100) == pytest.approx(0.1)
+
+
+def test_the_pacer_holds_the_average_rate_over_many_batches() -> None:
+    clock = FakeClock()
+    pacer = Pacer(12_000.0, clock)
+    deleted = 0
+    for _ in range(240):
+        started = clock.now
+        clock.now += 0.01  # each batch takes 10 ms of the 500 / 12,000 s it books
+        clock.now += pacer.wait(started, 500)
+        deleted += 500
+    assert deleted / clock.now == pytest.approx(12_000.0)
+
+
+@pytest.mark.parametrize(
+    ("deleted", "factor"),
+    [
+        (500, 0.5),  # full: more lay under the horizon, how much is unknown
+        (450, 1.0),  # on the aim (0.9 of the batch)
+        (300, 1.5),
+        (100, 2.0),  # at most doubled a step
+        (0, 2.0),
+        (499, 450 / 499),
+    ],
+)
+def test_the_span_scales_toward_batches_of_nine_tenths(deleted: int, factor: float) -> None:
+    assert next_span(10.0, deleted, 500) == pytest.approx(10.0 * factor)
+
+
+def test_the_span_stays_within_its_bounds() -> None:
+    assert next_span(1e-3, 500, 500) == 1e-3
+    assert next_span(400 * 86400.0, 0, 500) == 400 * 86400.0
