@@ -32,6 +32,10 @@ WORKER_LOST_WAIT = 0.5
 MAINTAIN_POOL_SECONDS = 1.0
 #: A cancelled attempt's return value as the pool hands it to the parent (its repr).
 _CANCELLED_RESULT = saferepr(CANCELLED)
+#: Celery's loggers of a line per task: "Task ... received" (the parent's strategy) and
+#: "Task ... succeeded in ...s: 'completed'" (the child's tracer). Their warnings and errors
+#: always show; the INFO lines only with TASKEXEC_WORKER_TASK_LOG.
+TASK_LINE_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 class _ChildPool(AsynPool):  # type: ignore[misc]
@@ -139,6 +143,10 @@ def create_worker_app(settings: Settings | None = None, registry: Registry | Non
     app.conf.taskexec_runtime = runtime
     app.conf.taskexec_registry = registry
     log_context.connect_celery_signals()
+    if not settings.worker_task_log:
+        # Set before the worker builds its strategies and tracers: both read the level once.
+        for name in TASK_LINE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     worker_metrics.install(settings)
     for definition in registry:
         if definition.handler is None:

@@ -1,4 +1,4 @@
-"""The workers' Redis transport: a channel of a lost connection fails as a connection error.
+"""The workers' Redis transport: one client per channel, and a lost connection fails cleanly.
 
 Celery 5.7 handles a lost broker connection by collecting it (which detaches the transport
 from its connection) and then closing it again. A Redis channel that still held
@@ -13,9 +13,12 @@ finds nothing to claim.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kombu.transport
+import redis
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -24,12 +27,33 @@ SCHEMES = ("redis", "rediss")
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
-    """A Redis channel that refuses cleanly once its connection was collected."""
+    """A Redis channel that reuses one client and refuses cleanly once its connection is gone."""
+
+    _sync_client: redis.Redis | None = None
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise RedisConnectionError("the broker connection was already closed")
         return super()._connparams(asynchronous=asynchronous)
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """Yield `client`, or this channel's own client over its connection pool.
+
+        kombu builds a new client for every call, i.e. for every message the worker takes
+        (recorded as unacked), every ack and every event: a fifth of the worker parent's CPU
+        per task in the profile. A client holds no connection of its own (it borrows one from
+        the pool per command), so one per channel serves them all; it is rebuilt whenever
+        the channel's pool was (after a reconnect), so it never outlives its connection.
+        """
+        if client:
+            yield client
+            return
+        pool = self.pool  # raises once the connection was collected (see _connparams)
+        cached = self._sync_client
+        if cached is None or cached.connection_pool is not pool:
+            cached = self._sync_client = self._create_client()
+        yield cached
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

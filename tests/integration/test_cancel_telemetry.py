@@ -40,7 +40,12 @@ def test_cancelled_work_shows_as_revoked_in_flower_and_counts_as_cancelled(
     port = _free_port()
     worker = processes.worker(
         concurrency=3,
-        extra_env={"TASKEXEC_METRICS_PORT": str(port), "TASKEXEC_DEFINITION_MODULES": MODULE},
+        extra_env={
+            "TASKEXEC_METRICS_PORT": str(port),
+            "TASKEXEC_DEFINITION_MODULES": MODULE,
+            # Task events from the start: Flower would switch them on only within seconds.
+            "TASKEXEC_WORKER_EVENTS": "true",
+        },
     )
     wait_for(
         lambda: "worker metrics on port" in Path(worker.log_path).read_text(errors="replace"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -50,7 +53,8 @@ def test_duplicate_messages_run_the_handler_once(client, auth, processes, settin
         broker.publish(dispatch)
 
     # Two slots take the copies concurrently: they race for the claim and one wins.
-    worker = processes.worker(concurrency=2)
+    # With Celery's per-task lines, which say what each delivery returned.
+    worker = processes.worker(concurrency=2, extra_env={"TASKEXEC_WORKER_TASK_LOG": "true"})
     done = wait_for_status(client, headers, task_id, TERMINAL)
     assert done["status"] == "COMPLETED", done
     queue = redis.Redis.from_url(settings.redis_url)
@@ -99,3 +103,26 @@ def test_a_redelivered_message_ends_an_attempt_whose_process_is_gone(
     assert lost["status"] == "FAILED" and lost["error"]["kind"] == "WORKER_LOST"
     assert f":{gone})" in lost["error"]["message"]
     assert retried["status"] == "COMPLETED"
+
+
+def test_celery_logs_a_line_per_task_only_when_asked(
+    client: Any, auth: Any, processes: Any
+) -> None:
+    """By default a worker logs no line per routine task; TASKEXEC_WORKER_TASK_LOG adds them."""
+    headers = auth.key("*")
+    quiet = processes.worker(concurrency=1)
+    body = {"taskDefinitionId": "echo", "input": {"quiet": True}}
+    first = client.post("/api/v1/tasks", json=body, headers=headers).get_json()["id"]
+    assert wait_for_status(client, headers, first, TERMINAL)["status"] == "COMPLETED"
+    os.killpg(quiet.pid, signal.SIGTERM)
+    quiet.wait(15)
+    log = Path(quiet.log_path).read_text(errors="replace")
+    assert " ready." in log and first not in log
+
+    talkative = processes.worker(concurrency=1, extra_env={"TASKEXEC_WORKER_TASK_LOG": "true"})
+    second = client.post("/api/v1/tasks", json=body, headers=headers).get_json()["id"]
+    assert wait_for_status(client, headers, second, TERMINAL)["status"] == "COMPLETED"
+    wait_for(lambda: "'completed'" in Path(talkative.log_path).read_text(), timeout=15)
+    log = Path(talkative.log_path).read_text(errors="replace")
+    assert re.search(rf"\[{second}\] received", log)
+    assert re.search(rf"\[{second}\] succeeded in \S+: 'completed'", log)

@@ -41,6 +41,8 @@ SUITE_SETTINGS = {
     "ratelimit_bulk": "1000000/minute",
     "definition_cache_seconds": 5,
     "db_connect_timeout": 2,
+    # The partition suite reads what each delivery returned from Celery's per-task lines.
+    "worker_task_log": True,
 }
 
 
