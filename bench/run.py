@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2 * cores, help="worker pool children")
     p.add_argument("--repetitions", type=int, default=50, help="samples per latency")
     p.add_argument("--delayed-tasks", type=int, default=200, help="delayed tasks timed")
-    p.add_argument("--api-workers", type=int, default=2 * cores, help="GUNICORN_WORKERS")
-    p.add_argument("--api-threads", type=int, default=4, help="GUNICORN_THREADS")
+    # config/gunicorn.py's own defaults: one process per core, 8 threads each.
+    p.add_argument("--api-workers", type=int, default=cores, help="GUNICORN_WORKERS")
+    p.add_argument("--api-threads", type=int, default=8, help="GUNICORN_THREADS")
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-seconds", type=float, default=6.0)
     p.add_argument("--private-postgres", action="store_true", help="never use 127.0.0.1:5432")

@@ -11,8 +11,17 @@ from config import multiproc
 from config.gunicorn_worker import DEFAULT_BUFFER_BYTES, DEFAULT_READ_TIMEOUT, fd_limit
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# One process per core, more threads each: concurrent submissions of a process share one
+# INSERT, commit and publish (api/group_commit.py), so more of them per process means bigger
+# batches and less Postgres and Redis work per request, and fewer processes fewer context
+# switches. On 2 cores at 32 connections 2 x 8 served 1.3-1.5x the requests/s of 4 x 4 with
+# 2.6-3.6 rows per commit instead of 1.5-2.0, and 2 x 16 1.1-1.3x more in three of four
+# turns, with 4-5.4; but
+# every thread may hold a database connection at once, and the pool (TASKEXEC_DB_POOL_MAX,
+# 10) answers 503 past its size: more than 8 threads only with a pool of threads + 2
+# (docs/benchmarks.md, "Round three").
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # gthread, but requests are read whole in the event loop before a thread gets them: idle and
 # slow clients cannot take the threads (docs/security.md, "What the edge withstands").
 worker_class = os.environ.get(
