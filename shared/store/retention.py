@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from shared.retention import RetentionClass
 from shared.status import TERMINAL
@@ -52,6 +53,7 @@ WITH classes AS (
     FROM classes CROSS JOIN LATERAL (
         SELECT t.end_time FROM tasks t
         WHERE t.task_definition_id = classes.definition_id AND t.status = classes.status
+          AND t.end_time >= coalesce(%(after)s, '-infinity'::timestamptz)
           AND t.end_time < classes.cutoff AND NOT t.pinned AND t.status IN ({_TERMINAL_LIST})
         ORDER BY t.end_time
         LIMIT 1
@@ -71,7 +73,8 @@ WITH classes AS (
 )
 SELECT (SELECT count(*) FROM gone) AS deleted,
        coalesce((SELECT horizon >= (SELECT max(cutoff) FROM classes) FROM bound), true)
-           AS covered
+           AS covered,
+       (SELECT oldest FROM bound) AS oldest
 """
 
 
@@ -81,6 +84,8 @@ class PurgeBatch:
 
     deleted: int
     covered: bool
+    #: The end time the batch started from; the next batch of the run looks no earlier.
+    oldest: datetime | None
 
 
 #: pg_try_advisory_lock's key for the purge ("taskexec purge"): one purger in the fleet at a
@@ -109,13 +114,17 @@ def definition_retentions(conn: Conn) -> dict[str, str | None]:
 
 
 def purge_expired_tasks(
-    conn: Conn, classes: Iterable[RetentionClass], limit: int, span: float
+    conn: Conn,
+    classes: Iterable[RetentionClass],
+    limit: int,
+    span: float,
+    after: datetime | None = None,
 ) -> PurgeBatch:
     """Delete at most `limit` finished, unpinned tasks past their retention, oldest first, that
-    ended within `span` seconds of the oldest of them."""
+    ended within `span` seconds of the oldest of them (and no earlier than `after`)."""
     chosen = list(classes)
     if not chosen:
-        return PurgeBatch(0, True)
+        return PurgeBatch(0, True, None)
     with conn.cursor() as cur:
         # A purge lost in a crash is redone by the next round: its commit need not wait for
         # the WAL flush, which spares the submits' own commits a queue behind its WAL.
@@ -130,11 +139,12 @@ def purge_expired_tasks(
                 "seconds": [c.seconds for c in chosen],
                 "limit": limit,
                 "span": span,
+                "after": after,
             },
         )
         row = cur.fetchone()
         assert row is not None
-        return PurgeBatch(int(row[0]), bool(row[1]))
+        return PurgeBatch(int(row[0]), bool(row[1]), row[2])
 
 
 def set_pinned(conn: Conn, task_id: uuid.UUID, owner: str | None, pinned: bool) -> Task | None:
