@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 
 from shared import store
 from shared.errors import ServiceUnavailable
 
-#: Stores rows in one statement and publishes them after it committed; returns them as stored.
+log = logging.getLogger(__name__)
+
+#: Stores rows in one statement and commits; returns them as stored.
 Flush = Callable[[Sequence[store.NewTask]], list[store.Task]]
+#: Publishes committed tasks (what it cannot send is left to the sweeper).
+Publish = Callable[[Sequence[store.Task]], None]
 
 
 class _Entry:
     """One request's rows, and what became of them."""
 
-    __slots__ = ("rows", "tasks", "error", "finished")
+    __slots__ = ("rows", "tasks", "error", "taken", "finished")
 
     def __init__(self, rows: Sequence[store.NewTask]) -> None:
         self.rows = rows
         self.tasks: list[store.Task] = []
         self.error: BaseException | None = None
+        self.taken = False  # a leader has it in its batch
         self.finished = False
 
     def result(self) -> list[store.Task]:
@@ -39,6 +45,9 @@ class GroupCommit:
     server thus writes each request at once (no timer, no added latency), and a busy one pays
     one round trip to Postgres, one commit (one WAL flush) and one to Redis per batch instead
     of per request. Each request still answers only after its own rows were committed.
+
+    The leader gives up its turn once the batch is committed and publishes it after that: the
+    next batch's INSERT (and its wait for the WAL flush) goes on meanwhile instead of after it.
     """
 
     def __init__(self) -> None:
@@ -46,27 +55,40 @@ class GroupCommit:
         self._pending: list[_Entry] = []
         self._writing = False
 
-    def submit(self, rows: Sequence[store.NewTask], flush: Flush) -> list[store.Task]:
-        """Store and publish `rows` in one batch with whatever else is waiting.
+    def submit(
+        self, rows: Sequence[store.NewTask], flush: Flush, publish: Publish | None = None
+    ) -> list[store.Task]:
+        """Store `rows` in one batch with whatever else is waiting, then publish the batch.
 
-        `flush` writes a batch; every caller passes the same one (a leader uses its own).
+        `flush` writes a batch and `publish` sends it; every caller passes the same ones (a
+        leader uses its own). Each request answers once its batch was committed and published.
         """
         entry = _Entry(rows)
         with self._changed:
             self._pending.append(entry)
             while not entry.finished:
-                if not self._writing:
+                if not entry.taken and not self._writing:
                     self._writing = True
                     batch, self._pending = self._pending, []
+                    for taken in batch:
+                        taken.taken = True
                     break
                 self._changed.wait()
             else:
                 return entry.result()  # a leader wrote it
         try:
-            self._write(batch, flush)
+            try:
+                self._write(batch, flush)
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
+            if publish is not None:
+                _publish(batch, publish)
         finally:
             with self._changed:
-                self._writing = False
+                for done in batch:
+                    done.finished = True
                 self._changed.notify_all()
         return entry.result()
 
@@ -91,9 +113,6 @@ class GroupCommit:
         else:
             for entry in batch:
                 entry.tasks = _in_order(entry.rows, tasks)
-        finally:
-            for entry in batch:
-                entry.finished = True
 
     @staticmethod
     def _write_alone(entry: _Entry, flush: Flush) -> None:
@@ -101,6 +120,17 @@ class GroupCommit:
             entry.tasks = _in_order(entry.rows, flush(entry.rows))
         except Exception as exc:  # noqa: BLE001 - handed to the request that sent the rows
             entry.error = exc
+
+
+def _publish(batch: list[_Entry], publish: Publish) -> None:
+    """Publish the batch's committed tasks; a failure leaves them to the sweeper, as stamped."""
+    tasks = [task for entry in batch if entry.error is None for task in entry.tasks]
+    if not tasks:
+        return
+    try:
+        publish(tasks)
+    except Exception:  # noqa: BLE001 - committed: still accepted, the sweeper republishes them
+        log.exception("publishing %d committed task(s) failed; left for the sweeper", len(tasks))
 
 
 def _in_order(rows: Sequence[store.NewTask], tasks: list[store.Task]) -> list[store.Task]:

@@ -62,7 +62,9 @@ def store_and_publish(
     """
     if not any(keys):
         # No idempotency keys: the rows need only an INSERT, shared with concurrent requests.
-        tasks = svc.group_commit.submit(rows, functools.partial(_insert_and_publish, svc))
+        tasks = svc.group_commit.submit(
+            rows, functools.partial(_insert, svc), functools.partial(_publish_after, svc)
+        )
         return [Accepted(task, created=True) for task in tasks]
     keys = list(keys) or [None] * len(rows)
     outcomes: list[Outcome | None] = [None] * len(rows)
@@ -115,16 +117,18 @@ def store_and_publish(
     return done
 
 
-def _insert_and_publish(svc: Services, rows: Sequence[store.NewTask]) -> list[store.Task]:
-    """Write rows with one INSERT and publish them once it committed (a group commit's flush).
+def _insert(svc: Services, rows: Sequence[store.NewTask]) -> list[store.Task]:
+    """Write rows with one INSERT (a group commit's flush; the batch is published after it).
 
     One statement is atomic on its own: autocommit spares the BEGIN and COMMIT round trips.
     """
     open_windows = _open_windows(svc, rows)
     with svc.db.connection(autocommit=True) as conn:
-        tasks = store.insert_tasks(conn, rows, open_windows)
+        return store.insert_tasks(conn, rows, open_windows)
+
+
+def _publish_after(svc: Services, tasks: Sequence[store.Task]) -> None:
     publish(tasks, svc)
-    return tasks
 
 
 def _open_windows(svc: Services, rows: Sequence[store.NewTask]) -> set[uuid.UUID]:

@@ -119,3 +119,43 @@ def test_a_bad_request_fails_alone_and_its_neighbours_are_written() -> None:
     assert [t.id for t in results["good"]] == [r.id for r in good]
     # The shared write failed, then each request was written alone.
     assert len(flush.batches) == 4
+
+
+def test_the_next_batch_is_written_while_the_last_one_publishes() -> None:
+    group, flush = GroupCommit(), Recorder()
+    publishing, release_publish = threading.Event(), threading.Event()
+    published: list[list[uuid.UUID]] = []
+
+    first, second = rows(1), rows(2)
+
+    def publish(tasks: Sequence[Any]) -> None:
+        if tasks[0].id == first[0].id:  # hold the first batch's publish
+            publishing.set()
+            assert release_publish.wait(10)
+        published.append([t.id for t in tasks])
+
+    results: dict[str, Any] = {}
+    leader = threading.Thread(
+        target=lambda: results.__setitem__("first", group.submit(first, flush, publish))
+    )
+    leader.start()
+    assert publishing.wait(5)
+    # The first batch is committed and publishing: the next request leads its own write now,
+    # and the first request has not answered (its batch is not published yet).
+    assert [t.id for t in group.submit(second, flush, publish)] == [r.id for r in second]
+    assert flush.batches == [[r.id for r in first], [r.id for r in second]]
+    assert "first" not in results
+    release_publish.set()
+    leader.join(5)
+    assert [t.id for t in results["first"]] == [r.id for r in first]
+    assert sorted(map(sorted, published)) == sorted([[first[0].id], sorted(r.id for r in second)])
+
+
+def test_a_failed_publish_still_answers_the_committed_rows() -> None:
+    group, flush = GroupCommit(), Recorder()
+
+    def publish(tasks: Sequence[Any]) -> None:
+        raise RuntimeError("the publish broke")
+
+    mine = rows(2)
+    assert [t.id for t in group.submit(mine, flush, publish)] == [r.id for r in mine]
