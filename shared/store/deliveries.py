@@ -498,21 +498,29 @@ def purge_old_events(conn: Conn, older_than_seconds: float, limit: int) -> int:
     batch means more may remain.
     """
     with conn.cursor() as cur:
+        # The deliveries go in the same statement: they have no foreign key to cascade from
+        # (migration 0014).
         cur.execute(
             """
-            DELETE FROM webhook_events WHERE id IN (
-                SELECT e.id FROM webhook_events e
-                WHERE e.created_at < now() - make_interval(secs => %s)
-                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
-                                  WHERE d.event_id = e.id AND d.status = 'PENDING'
-                                    AND EXISTS (SELECT 1 FROM webhooks w
-                                                WHERE w.id = d.webhook_id))
-                ORDER BY e.created_at
-                LIMIT %s FOR UPDATE SKIP LOCKED)
+            WITH gone AS (
+                DELETE FROM webhook_events WHERE id IN (
+                    SELECT e.id FROM webhook_events e
+                    WHERE e.created_at < now() - make_interval(secs => %s)
+                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                      WHERE d.event_id = e.id AND d.status = 'PENDING'
+                                        AND EXISTS (SELECT 1 FROM webhooks w
+                                                    WHERE w.id = d.webhook_id))
+                    ORDER BY e.created_at
+                    LIMIT %s FOR UPDATE SKIP LOCKED)
+                RETURNING id
+            ), deliveries AS (
+                DELETE FROM webhook_deliveries WHERE event_id IN (SELECT id FROM gone)
+            )
+            SELECT count(*) FROM gone
             """,
             (older_than_seconds, limit),
         )
-        return int(cur.rowcount)
+        return scalar(cur, int)
 
 
 #: The channel `redeliver` and `enqueue_test_event` NOTIFY at commit. The task trigger does

@@ -29,10 +29,15 @@ def fan_out_events(conn: Conn, limit: int) -> FanOut:
     with conn.cursor() as cur:
         cur.execute(
             """
+            SET LOCAL enable_sort = off;  -- the oldest in the key's order, never a sort of all
             WITH taken AS (
+                -- By the rows' addresses (a TID scan): a queue vacuum has not caught up with
+                -- holds thousands of dead rows, and a scan of its heap every poll (the plan the
+                -- key's values got on a queue last analyzed empty) cost 0.5 ms per delivery.
+                -- The rows are locked here (no one moves them) and queue rows are never updated.
                 DELETE FROM webhook_event_queue q
-                WHERE q.seq = ANY (ARRAY(
-                    SELECT seq FROM webhook_event_queue ORDER BY seq
+                WHERE q.ctid = ANY (ARRAY(
+                    SELECT ctid FROM webhook_event_queue ORDER BY seq
                     LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
                 RETURNING q.id, q.type, q.task_id, q.task, q.created_at
             ), events AS (
