@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 PURGE_BATCH = 500
 #: The first span of end times a batch covers (seconds); each batch adapts it (next_span).
 FIRST_SPAN = 60.0
-#: What the span aims at: batches of about this share of PURGE_BATCH, so that a denser stretch
-#: of end times seldom finds more under the horizon than one batch takes.
+#: What the span aims at: this share of PURGE_BATCH under the horizon, so that a denser stretch
+#: of end times seldom finds more than one batch takes (the rest waits for the next batch).
 SPAN_AIM = 0.9
 
 
@@ -44,16 +44,16 @@ class Pacer:
         return max(0.0, self._due - self.clock())
 
 
-def next_span(span: float, deleted: int, limit: int) -> float:
-    """The span of end times the next batch covers, from what this one found under its own.
+def next_span(span: float, found: int, limit: int) -> float:
+    """The span of end times the next batch covers, after one that found `found` expired tasks
+    under its horizon.
 
-    A batch deletes the tasks that ended within `span` of the oldest expired one; tasks end at
-    a rate that changes slowly, so scaling the span by how far the batch fell short of (or
-    filled) `limit` converges in a few batches, within a factor of two a step.
+    Tasks end at a rate that changes slowly, so scaling the span by how far `found` fell short
+    of (or passed) SPAN_AIM of `limit` converges in a few batches; a factor of two a step at
+    most, so that a gap or a burst in end times does not throw it far.
     """
-    if deleted >= limit:
-        return max(span * 0.5, 1e-3)  # how much more lay under the horizon is unknown
-    return min(span * min(2.0, max(0.5, SPAN_AIM * limit / max(deleted, 1))), 400 * 86400.0)
+    factor = min(2.0, max(0.5, SPAN_AIM * limit / max(found, 1)))
+    return min(max(span * factor, 1e-3), 400 * 86400.0)
 
 
 class Purger:
@@ -100,7 +100,7 @@ class Purger:
                     total += done.deleted
                     if done.covered and done.deleted < self.batch:
                         break  # the horizon passed every cutoff: nothing expired is left
-                    self.span = next_span(self.span, done.deleted, self.batch)
+                    self.span = next_span(self.span, done.found, self.batch)
                     stop.wait(pacer.wait(started, done.deleted))
             finally:
                 try:

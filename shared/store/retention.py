@@ -59,7 +59,7 @@ WITH classes AS (
         LIMIT 1
     ) first
 ), doomed AS (
-    SELECT t.ctid FROM bound, classes
+    SELECT t.ctid, count(*) OVER () AS found FROM bound, classes
     JOIN tasks t ON t.task_definition_id = classes.definition_id AND t.status = classes.status
     WHERE t.end_time >= bound.oldest AND t.end_time < bound.horizon
       AND t.end_time < classes.cutoff
@@ -72,6 +72,7 @@ WITH classes AS (
     DELETE FROM idempotency_keys k USING gone WHERE k.task_id = gone.id
 )
 SELECT (SELECT count(*) FROM gone) AS deleted,
+       coalesce((SELECT max(found) FROM doomed), 0) AS found,
        coalesce((SELECT horizon >= (SELECT max(cutoff) FROM classes) FROM bound), true)
            AS covered,
        (SELECT oldest FROM bound) AS oldest
@@ -83,6 +84,8 @@ class PurgeBatch:
     """What one purge statement did: tasks deleted, and whether its horizon passed every cutoff."""
 
     deleted: int
+    #: Expired tasks under the horizon (`deleted` is at most `limit` of them).
+    found: int
     covered: bool
     #: The end time the batch started from; the next batch of the run looks no earlier.
     oldest: datetime | None
@@ -124,7 +127,7 @@ def purge_expired_tasks(
     ended within `span` seconds of the oldest of them (and no earlier than `after`)."""
     chosen = list(classes)
     if not chosen:
-        return PurgeBatch(0, True, None)
+        return PurgeBatch(0, 0, True, None)
     with conn.cursor() as cur:
         # A purge lost in a crash is redone by the next round: its commit need not wait for
         # the WAL flush, which spares the submits' own commits a queue behind its WAL.
@@ -144,7 +147,7 @@ def purge_expired_tasks(
         )
         row = cur.fetchone()
         assert row is not None
-        return PurgeBatch(int(row[0]), bool(row[1]), row[2])
+        return PurgeBatch(int(row[0]), int(row[1]), bool(row[2]), row[3])
 
 
 def set_pinned(conn: Conn, task_id: uuid.UUID, owner: str | None, pinned: bool) -> Task | None:

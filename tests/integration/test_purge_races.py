@@ -103,21 +103,21 @@ def test_a_batch_takes_the_oldest_expired_tasks_of_every_class_first(backends, c
         classes = list(Retention(60.0, 60.0).classes(store.definition_retentions(conn)))
         first = store.purge_expired_tasks(conn, classes, 10, 3600.0)
         conn.commit()
-        assert (first.deleted, first.covered) == (10, True)
+        assert (first.deleted, first.found, first.covered) == (10, 20, True)
         assert _exists(url, "tasks", "id", oldest + older) == 0
         assert _exists(url, "tasks", "id", newer) == 10
         # A span short of the next task: the batch takes what lies under it, and says that
         # its horizon fell short of the cutoffs (the purger widens it and goes on).
         short = store.purge_expired_tasks(conn, classes, 10, 60.0)
         conn.commit()
-        assert (short.deleted, short.covered) == (5, False)
+        assert (short.deleted, short.found, short.covered) == (5, 5, False)
         assert _exists(url, "tasks", "id", newer[:5]) == 0
         last = store.purge_expired_tasks(conn, classes, 10, 60.0)
         conn.commit()
-        assert (last.deleted, last.covered) == (5, False)
+        assert (last.deleted, last.found, last.covered) == (5, 5, False)
         done = store.purge_expired_tasks(conn, classes, 10, 60.0)
         conn.commit()
-        assert (done.deleted, done.covered) == (0, True)
+        assert (done.deleted, done.found, done.covered) == (0, 0, True)
 
 
 def test_a_backlog_spread_over_hours_and_classes_is_purged_whatever_the_span(

@@ -127,20 +127,20 @@ def test_the_pacer_holds_the_average_rate_over_many_batches() -> None:
 
 
 @pytest.mark.parametrize(
-    ("deleted", "factor"),
+    ("found", "factor"),
     [
-        (500, 0.5),  # full: more lay under the horizon, how much is unknown
         (450, 1.0),  # on the aim (0.9 of the batch)
         (300, 1.5),
-        (100, 2.0),  # at most doubled a step
+        (600, 0.75),  # more than a batch: the rest waits, the span shrinks
+        (100, 2.0),  # at most doubled a step...
         (0, 2.0),
-        (499, 450 / 499),
+        (5000, 0.5),  # ...or halved
     ],
 )
-def test_the_span_scales_toward_batches_of_nine_tenths(deleted: int, factor: float) -> None:
-    assert next_span(10.0, deleted, 500) == pytest.approx(10.0 * factor)
+def test_the_span_scales_toward_nine_tenths_of_a_batch(found: int, factor: float) -> None:
+    assert next_span(10.0, found, 500) == pytest.approx(10.0 * factor)
 
 
 def test_the_span_stays_within_its_bounds() -> None:
-    assert next_span(1e-3, 500, 500) == 1e-3
+    assert next_span(1e-3, 5000, 500) == 1e-3
     assert next_span(400 * 86400.0, 0, 500) == 400 * 86400.0
