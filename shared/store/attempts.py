@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from psycopg2.extras import Json
 
 from shared.concurrency import limits_of
@@ -52,6 +55,61 @@ def get_attempt(conn: Conn, task_id: uuid.UUID, attempt: int) -> Attempt | None:
         return one(cur, Attempt)
 
 
+class _Prepared:
+    """A statement the worker runs for every task, prepared once per autocommit connection.
+
+    Postgres then parses and plans it once per connection, not once per task: in the profile
+    the claim and the finish cost their backends 1.75 ms of CPU per task, 0.6 ms prepared, and
+    the worker a third less (a short EXECUTE to format and send instead of the whole text).
+
+    A connection inside a transaction runs the plain text, as does every connection of a
+    process once the server refused a prepared statement in a way that says a pooler sits in
+    between (PgBouncer in transaction mode hands each statement to any server connection, so
+    one prepared on one is missing on the next): correctness never depends on preparing.
+    """
+
+    #: Process-wide: set once a prepared statement went missing or was already there.
+    plain_only = False
+    #: The statements prepared on each live connection (forgotten with the connection).
+    done: weakref.WeakKeyDictionary[Conn, set[str]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, name: str, plain: str, types: dict[str, str]) -> None:
+        self.name = name
+        self.plain = plain
+        self.params = tuple(types)
+        numbered = plain
+        for index, param in enumerate(self.params, 1):
+            numbered = numbered.replace(f"%({param})s", f"${index}")
+        assert not re.search(r"%\(\w+\)s", numbered), f"{name}: a parameter without a type"
+        self.prepare = f"PREPARE {name} ({', '.join(types.values())}) AS {numbered}"
+        self.execute = f"EXECUTE {name} ({', '.join(['%s'] * len(self.params))})"
+
+    def run(self, cur: Cursor, params: dict[str, Any]) -> None:
+        """Execute with `params` (by name), prepared where the connection allows it."""
+        conn = cur.connection
+        if _Prepared.plain_only or not conn.autocommit:
+            cur.execute(self.plain, params)
+            return
+        names = _Prepared.done.setdefault(conn, set())
+        try:
+            if self.name not in names:
+                cur.execute(self.prepare)
+                names.add(self.name)
+            cur.execute(self.execute, [params[p] for p in self.params])
+            return
+        except (
+            psycopg2.errors.InvalidSqlStatementName,  # missing: not the connection we prepared on
+            psycopg2.errors.DuplicatePreparedStatement,  # already there: ditto
+        ):
+            _Prepared.plain_only = True
+        except psycopg2.errors.FeatureNotSupported:
+            # "cached plan must not change result type": a migration changed the table.
+            # Prepare afresh next time. Autocommit: the failed statement changed nothing.
+            cur.execute(f"DEALLOCATE {self.name}")
+            names.discard(self.name)
+        cur.execute(self.plain, params)
+
+
 _CLAIM = """
     WITH claimed AS (
         UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1,
@@ -75,6 +133,11 @@ _CLAIM = """
 # limited one comes back unclaimed (its status still PENDING or RETRYING) for claim_limited.
 _CLAIM_UNLIMITED = _CLAIM.format(room=f"NOT {LIMITED}") + (
     f" UNION ALL SELECT * FROM tasks WHERE id = %(id)s AND status = ANY(%(from)s) AND {LIMITED}"
+)
+_CLAIM_PREPARED = _Prepared(
+    "taskexec_claim",
+    _CLAIM_UNLIMITED,
+    {"id": "uuid", "host": "text", "pid": "int", "lease": "float8", "from": "text[]"},
 )
 # Each limit's RUNNING tasks, counted under the limits' advisory locks (taken by an earlier
 # statement of the transaction, so this statement's snapshot sees every claim committed
@@ -121,7 +184,7 @@ def claim_task(conn: Conn, task_id: uuid.UUID, host: str, pid: int, lease: float
     """
     params = {"id": task_id, "host": host, "pid": pid, "lease": lease, "from": _CLAIM_FROM}
     with conn.cursor() as cur:  # a plain cursor: RealDictRow cost a no-op task a tenth
-        cur.execute(_CLAIM_UNLIMITED, params)
+        _CLAIM_PREPARED.run(cur, params)
         task = one(cur, Task)
     if task is None or task.status == Status.RUNNING:
         return task  # claimed, or not claimable (a duplicate, cancelled, finished, unknown)
@@ -236,6 +299,19 @@ _FINISH_ATTEMPT = f"""
     )
     SELECT count(*), COALESCE(bool_or(wake), false) FROM finished
 """
+_FINISH_PREPARED = _Prepared(
+    "taskexec_finish",
+    _FINISH_ATTEMPT,
+    {
+        "id": "uuid",
+        "attempt": "int",
+        "status": "text",
+        "from": "text[]",
+        "output": "jsonb",
+        "error": "jsonb",
+        "lost": "int",
+    },
+)
 
 
 def finish_attempt(
@@ -255,8 +331,8 @@ def finish_attempt(
     cancel that this update waited for, and would call a cancelled attempt SUPERSEDED.
     """
     with conn.cursor() as cur:
-        cur.execute(
-            _FINISH_ATTEMPT,
+        _FINISH_PREPARED.run(
+            cur,
             {
                 "id": task_id,
                 "attempt": attempt,

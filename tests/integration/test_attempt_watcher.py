@@ -17,6 +17,7 @@ from shared import db, store
 from shared.broker import Broker
 from shared.db import Database
 from shared.status import Status
+from shared.store import attempts
 from workers.context import AttemptContext
 from workers.executor import HOST, Runtime
 
@@ -144,6 +145,67 @@ def test_claim_and_finish_write_task_and_attempt_in_one_statement(
         done = store.get_task(conn, task_id)
     assert done is not None and done.status == "COMPLETED" and done.output == {"ok": 1}
     assert _attempt_rows(settings.database_url, task_id) == [
+        {"attempt": 1, "status": "COMPLETED", "ended": True}
+    ]
+
+
+def _prepared_here(conn: Any) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT name FROM pg_prepared_statements")
+        return {row[0] for row in cur.fetchall()}
+
+
+def test_claim_and_finish_are_prepared_once_per_autocommit_connection(
+    database: Database, settings: Settings
+) -> None:
+    first, second = _new_task(database), _new_task(database)
+    conn = db.connect(settings.database_url)
+    conn.autocommit = True
+    try:
+        for task_id in (first, second):
+            task = store.claim_task(conn, task_id, HOST, os.getpid(), 30)
+            assert task is not None and task.attempts == 1
+            assert store.finish_attempt(conn, task_id, 1, Status.COMPLETED, output={"n": 1})
+        assert _prepared_here(conn) == {"taskexec_claim", "taskexec_finish"}
+    finally:
+        conn.close()
+    # Inside a transaction the plain statements run: nothing is left prepared behind.
+    third = _new_task(database)
+    conn = db.connect(settings.database_url)
+    try:
+        assert store.claim_task(conn, third, HOST, os.getpid(), 30) is not None
+        assert store.finish_attempt(conn, third, 1, Status.COMPLETED, output={})
+        conn.commit()
+        assert _prepared_here(conn) == set()
+    finally:
+        conn.close()
+    with database.connection() as conn:
+        for task_id in (first, second, third):
+            done = store.get_task(conn, task_id)
+            assert done is not None and done.status == "COMPLETED"
+
+
+def test_a_prepared_statement_gone_from_the_server_falls_back_to_plain_sql(
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As behind PgBouncer in transaction mode, where the next statement may reach another
+    server connection: the claim still works, and the process stops preparing."""
+    monkeypatch.setattr(attempts._Prepared, "plain_only", False)  # restored afterwards
+    first, second = _new_task(database), _new_task(database)
+    conn = db.connect(settings.database_url)
+    conn.autocommit = True
+    try:
+        assert store.claim_task(conn, first, HOST, os.getpid(), 30) is not None
+        with conn.cursor() as cur:
+            cur.execute("DEALLOCATE ALL")  # what another server connection would look like
+        task = store.claim_task(conn, second, HOST, os.getpid(), 30)
+        assert task is not None and (task.status, task.attempts) == ("RUNNING", 1)
+        assert attempts._Prepared.plain_only
+        assert store.finish_attempt(conn, second, 1, Status.COMPLETED, output={"n": 2})
+        assert _prepared_here(conn) == set()
+    finally:
+        conn.close()
+    assert _attempt_rows(settings.database_url, second) == [
         {"attempt": 1, "status": "COMPLETED", "ended": True}
     ]
 
