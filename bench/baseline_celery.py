@@ -1,8 +1,13 @@
 """The raw-Celery baselines: no-op tasks, one with the service's Postgres writes, and probes.
 
 Run as `celery -A bench.baseline_celery worker -Q bench-baseline`. The app uses the service's
-Celery settings (acks late, prefetch 1, priorities, events) so that the comparison measures
-what the service adds, not a different Celery configuration.
+Celery settings (acks late, prefetch 1, priorities, events as configured) so that the
+comparison measures what the service adds, not a different Celery configuration.
+
+`defaults_app` is the other comparison: Celery as a user would run it without the service,
+with Celery's own defaults (early acks, prefetch 4, no events, warnings only) and one Postgres
+UPDATE per task, as `../shared/peers/` measures "Celery, defaults, with a PG update". Run as
+`celery -A bench.baseline_celery:defaults_app worker -Q bench-defaults --loglevel WARNING`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from config.celery import celery_settings
 from config.settings import Settings
 
 QUEUE = "bench-baseline"
+DEFAULTS_QUEUE = "bench-defaults"
 STAMPS = "bench:stamps"  # hash: probe key -> "start end pid" (wall-clock times, 0 = not yet)
 
 settings = Settings.from_env()
@@ -79,6 +85,20 @@ def pg_noop(task_id: str) -> None:
             "UPDATE bench_tasks SET status = 'RUNNING', started_at = now() WHERE id = %s",
             (task_id,),
         )
+        cur.execute(
+            "UPDATE bench_tasks SET status = 'COMPLETED', finished_at = now() WHERE id = %s",
+            (task_id,),
+        )
+
+
+defaults_app = Celery("bench-defaults", set_as_current=False, broker=settings.redis_url)
+defaults_app.conf.update(task_ignore_result=True, task_default_queue=DEFAULTS_QUEUE)
+
+
+@defaults_app.task(name="bench.defaults_pg")
+def defaults_pg(task_id: str) -> None:
+    """One autocommit UPDATE per task, as the peers' "with a PG update" job does."""
+    with pg().cursor() as cur:
         cur.execute(
             "UPDATE bench_tasks SET status = 'COMPLETED', finished_at = now() WHERE id = %s",
             (task_id,),

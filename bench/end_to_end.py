@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ import psycopg2
 from bench import baseline_celery
 from bench.load import Client, FanOut
 from bench.report import Report, at_least
-from bench.stack import BASELINE_QUEUE, SERVICE_QUEUE, Proc, Stack, queue_keys
+from bench.stack import BASELINE_QUEUE, SERVICE_QUEUE, Proc, Stack, children, queue_keys
 from bench.usage import Memory, cpu_seconds
 
 ECHO = {"taskDefinitionId": "echo", "input": {"message": "hello", "n": 1}}
@@ -72,11 +73,17 @@ def bulk_submits(url: str, key: str, count: int, batch: int) -> Callable[[], int
     return run
 
 
-def raw_publishes(database_url: str, count: int, with_pg: bool) -> Callable[[], int]:
-    """Publish raw Celery tasks; with `with_pg`, INSERT each task's row first."""
+def raw_publishes(
+    database_url: str, count: int, with_pg: bool, defaults: bool = False
+) -> Callable[[], int]:
+    """Publish raw Celery tasks; with `with_pg`, INSERT each task's row first.
+
+    `defaults`: to the Celery-with-its-defaults worker (one UPDATE per task).
+    """
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
-    app = baseline_celery.app
+    app = baseline_celery.defaults_app if defaults else baseline_celery.app
+    name = "bench.defaults_pg" if defaults else "bench.pg_noop" if with_pg else "bench.noop"
     with app.producer_or_acquire():
         pass  # connect before the clock starts, as the HTTP clients do
 
@@ -89,9 +96,7 @@ def raw_publishes(database_url: str, count: int, with_pg: bool) -> Callable[[], 
                         "INSERT INTO bench_tasks (id, status, input) VALUES (%s, 'PENDING', %s)",
                         (task_id, '{"message": "hello", "n": 1}'),
                     )
-                    app.send_task("bench.pg_noop", args=[task_id], task_id=task_id)
-                else:
-                    app.send_task("bench.noop", args=[task_id], task_id=task_id)
+                app.send_task(name, args=[task_id], task_id=task_id)
         return count
 
     return run
@@ -193,6 +198,7 @@ def run(
     raw = stack.start_worker(
         "baseline-worker", "bench.baseline_celery", BASELINE_QUEUE, cfg.concurrency
     )
+    defaults = _start_defaults_worker(stack, cfg.concurrency)
     worker = stack.start_worker("worker", "workers.celery_app", SERVICE_QUEUE, cfg.concurrency)
     sweeper = stack.start_sweeper()
     ours = {"worker": worker.pid, "api": api.pid}
@@ -202,12 +208,16 @@ def run(
         completed = rows_done(stack, COMPLETED_TASKS)
         for _ in range(rounds):
             stack.reset()
-            args = [(stack.database_url, c, False) for c in split]
+            args: list[tuple[Any, ...]] = [(stack.database_url, c, False) for c in split]
             all_done = lambda pub: n if pub and drained() else 0  # noqa: E731
             timed("raw-noop", raw_publishes, args, all_done, {"worker": raw.pid})
             stack.reset()
             args = [(stack.database_url, c, True) for c in split]
             timed("raw-pg", raw_publishes, args, lambda _: rows(), {"worker": raw.pid})
+            stack.reset()
+            args = [(stack.database_url, c, True, True) for c in split]
+            done = {"worker": defaults.pid}
+            timed("celery-defaults-pg", raw_publishes, args, lambda _: rows(), done)
             stack.reset()
             args = [(api_url, stack.api_key, c) for c in split]
             timed("single", single_submits, args, lambda _: completed(), ours)
@@ -222,6 +232,7 @@ def run(
         stack.stop(sweeper)
         stack.stop(worker)
         stack.stop(raw)
+        stack.stop(defaults)
         stack.reset()
     rates = {k: counts[k] / seconds[k] if counts[k] else math.nan for k in counts}
     cpu = {k: v * 1000 / counts[k.split(".")[0]] for k, v in cpu.items() if counts[k.split(".")[0]]}
@@ -231,7 +242,7 @@ def run(
         f"end-to-end: {n} echo tasks per variant in {rounds} turns, {p} producers,"
         f" worker --concurrency {cfg.concurrency}"
     )
-    for name in ("raw-noop", "raw-pg"):
+    for name in ("raw-noop", "raw-pg", "celery-defaults-pg"):
         label = name.replace("raw-", "raw-celery-")
         report.figure(f"baseline.{label}.tasks_per_s", rates[name], "tasks/s")
         report.figure(f"baseline.{label}.worker_cpu_per_task", cpu[f"{name}.worker"], "ms")
@@ -247,9 +258,13 @@ def run(
         "e2e.bulk.tasks_per_s",
         rates["bulk"],
         "tasks/s",
-        baselines=[("raw celery noop", rates["raw-noop"]), ("raw celery+pg", rates["raw-pg"])],
-        target=">= 1.0x raw celery noop",
-        met=at_least(rates["bulk"], rates["raw-noop"]),
+        baselines=[
+            ("raw celery noop", rates["raw-noop"]),
+            ("raw celery+pg", rates["raw-pg"]),
+            ("celery defaults+pg", rates["celery-defaults-pg"]),
+        ],
+        target=">= 1.0x raw celery noop and >= 1.0x celery defaults+pg",
+        met=at_least(rates["bulk"], max(rates["raw-noop"], rates["celery-defaults-pg"])),
     )
     for name in ("single", "bulk"):
         report.figure(
@@ -259,7 +274,10 @@ def run(
             baselines=[
                 ("raw celery+pg", cpu["raw-pg.worker"]),
                 ("raw celery noop", cpu["raw-noop.worker"]),
+                ("celery defaults+pg", cpu["celery-defaults-pg.worker"]),
             ],
+            target="<= 1.5 ms" if name == "bulk" else "",
+            met=(cpu[f"{name}.worker"] <= 1.5) if name == "bulk" else None,
         )
     report.figure("e2e.single.api_cpu_per_task", cpu["single.api"], "ms")
     report.figure(
@@ -268,6 +286,22 @@ def run(
         "ms",
         baselines=[("single submits", cpu["single.api"])],
     )
+
+
+def _start_defaults_worker(stack: Stack, concurrency: int) -> Proc:
+    """Start the Celery-with-its-defaults worker, logging warnings only (as the peers do)."""
+    cmd = ["-m", "celery", "-A", "bench.baseline_celery:defaults_app", "worker"]
+    cmd += ["-Q", baseline_celery.DEFAULTS_QUEUE, "--concurrency", str(concurrency)]
+    cmd += ["-n", f"defaults-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+    cmd += ["--loglevel", "WARNING"]
+    proc = stack.spawn("defaults-worker", cmd)
+    deadline = time.monotonic() + 60
+    while len(children(proc.pid)) < concurrency:
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the defaults worker did not start:\n{proc.log_text()[-3000:]}")
+        time.sleep(0.1)
+    time.sleep(1.0)  # its consumer starts after the pool
+    return proc
 
 
 def _check_statuses(stack: Stack, report: Report) -> None:
