@@ -217,12 +217,9 @@ class Broker:
 
     def queue_depths(self, queues: Sequence[str]) -> dict[str, int]:
         """Messages waiting in each queue (its lists of every priority), in one round trip."""
-        client, wire = self._client()
+        _, wire = self._client()
         keys = [(q, wire.list_key(q, p.broker_priority)) for q in queues for p in Priority]
-        with client.pipeline(transaction=False) as pipe:
-            for _, key in keys:
-                pipe.llen(key)
-            lengths = pipe.execute()
+        lengths = self._send([("LLEN", key) for _, key in keys])
         depths = dict.fromkeys(queues, 0)
         for (queue, _), length in zip(keys, lengths, strict=True):
             depths[queue] += int(length)
@@ -282,27 +279,27 @@ class Broker:
             raise
         self._declared.update(undeclared)
 
-    def _send(self, commands: Sequence[tuple[str, ...]]) -> None:
-        """Send commands in one round trip and read every reply (a pipeline without a MULTI).
+    def _send(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """Send commands in one round trip and return every reply (a pipeline without a MULTI).
 
         On a connection of the calling thread's own (of the pool's class, so under the same
         breaker, timeouts and keepalives), packed and read directly: redis-py's pipeline
         (pool checkout with a readiness poll, command stack, observability hooks) cost more
         CPU than building the message. A refused or dropped connection is retried as the
         pipeline retried it (the publish retry policy); resending is harmless, the claim is
-        a compare-and-set.
+        a compare-and-set (and the window's reads only read).
         """
         conn = self._connection()
         packed = [_pack(commands)]
 
-        def attempt() -> None:
+        def attempt() -> list[Any]:
             conn.send_packed_command(packed, check_health=False)
-            for _ in commands:
-                conn.read_response()  # raises an error reply, as the pipeline did
+            # An error reply raises, as the pipeline's did.
+            return [conn.read_response() for _ in commands]
 
         assert self._retry is not None  # set with the client by `_client`
         try:
-            self._retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+            return self._retry.call_with_retry(attempt, lambda _error: conn.disconnect())
         except BaseException:
             conn.disconnect()  # whatever was half sent or unread must not reach the next call
             raise
