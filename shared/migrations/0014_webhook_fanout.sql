@@ -61,8 +61,8 @@ $$;
 -- Its check is a query Postgres plans once per connection and keeps: planned while
 -- webhook_events was small (a new or emptied table), it scans the whole table, and every
 -- delivery row written later scans it again. Measured: fanning 500 events out took 1,258 ms
--- with 17,000 events in the table (22 ms without the key); the same cached plan in the workers'
--- connections is what made the old trigger's delivery rows cost 13x more inside the worker than
+-- with 15,000 events in the table (23 ms without the key); the same kept plan in the workers'
+-- connections likely made the old trigger's delivery rows cost 13x more inside the worker than
 -- in a fresh connection. The fan-out writes an event and its deliveries in one statement, and
 -- the purge deletes an event's deliveries with it (store.purge_old_events).
 ALTER TABLE webhook_deliveries DROP CONSTRAINT IF EXISTS webhook_deliveries_event_id_fkey;
