@@ -10,7 +10,8 @@ windows of --window seconds alternate: no purge, then the sweeper's Purger (its 
 statement, lock and pacing) deleting, until the backlog is gone. Submits are sorted by the
 window they started in, so the baseline and the purge share the machine's other load (others
 share this 2-core machine). Reports the purge's rows/s over its windows, both p99s, and the
-load average.
+load average; and, beside them, the latency of a one-row commit every 20 ms (the WAL flush a
+submit's commit waits for, without the view around it) in both kinds of window.
 """
 
 from __future__ import annotations
@@ -179,6 +180,38 @@ def wal_position(conn: Any) -> int:
         return int(cur.fetchone()[0])
 
 
+def commit_probe(url: str, stop: threading.Event, out: list[tuple[float, float]]) -> None:
+    """Commit a one-row insert every 20 ms until `stop`: (start, seconds) of each commit.
+
+    What a submit's commit waits for (its WAL flush, queued behind any WAL written before it),
+    without the Flask view, the GIL and Redis around it.
+    """
+    conn = db.connect(url)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (at timestamptz)")
+    conn.commit()
+    while not stop.wait(0.02):
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO bench_commit_probe VALUES (now())")
+        conn.commit()
+        out.append((started, time.perf_counter() - started))
+    conn.close()
+
+
+def by_window(
+    samples: list[tuple[float, float]], windows: list[tuple[str, float, float, int, int]]
+) -> dict[str, list[float]]:
+    """Sort (start, seconds) samples by the kind of window they started in."""
+    kinds: dict[str, list[float]] = {"off": [], "on": []}
+    for started, seconds in samples:
+        for kind, begin, end, *_ in windows:
+            if begin <= started < end:
+                kinds[kind].append(seconds)
+                break
+    return kinds
+
+
 def run(server: str, args: argparse.Namespace, batch: int, rate: float) -> None:
     """Submits throughout; the Purger deletes the whole backlog in every other window."""
     conn = db.connect(server)
@@ -218,18 +251,19 @@ def run(server: str, args: argparse.Namespace, batch: int, rate: float) -> None:
         while not stop.wait(5):
             loads.append(os.getloadavg()[0])
 
-    threads = [threading.Thread(target=purge), threading.Thread(target=sample_load)]
+    commits: list[tuple[float, float]] = []
+    threads = [
+        threading.Thread(target=purge),
+        threading.Thread(target=sample_load),
+        threading.Thread(target=commit_probe, args=(url, stop, commits)),
+    ]
     for t in threads:
         t.start()
     samples = load(app, headers, args.clients, stop)
     for t in threads:
         t.join()
-    kinds: dict[str, list[float]] = {"off": [], "on": []}
-    for started, seconds in samples:
-        for kind, begin, end, *_ in windows:
-            if begin <= started < end:
-                kinds[kind].append(seconds)
-                break
+    kinds = by_window(samples, windows)
+    probe = by_window(commits, windows)
     on_time = sum(end - begin for kind, begin, end, *_ in windows if kind == "on")
     off_time = sum(end - begin for kind, begin, end, *_ in windows if kind == "off")
     purged = sum(w[3] for w in windows)
@@ -253,6 +287,14 @@ def run(server: str, args: argparse.Namespace, batch: int, rate: float) -> None:
         f" p99 {p99_on:.1f} ms, {len(kinds['on']) / on_time:.0f}/s:"
         f" p99 x{p99_on / p99_off:.2f}; load average {min(loads, default=0):.1f}"
         f"-{max(loads, default=0):.1f}",
+        flush=True,
+    )
+    c50_off, c50_on, c99_off, c99_on = (
+        percentile(probe[k], q) * 1000 for q in (0.5, 0.99) for k in ("off", "on")
+    )
+    print(
+        f"  one-row commits every 20 ms without purge: p50 {c50_off:.1f} ms, p99 {c99_off:.1f} ms;"
+        f" during: p50 {c50_on:.1f} ms, p99 {c99_on:.1f} ms: p99 x{c99_on / c99_off:.2f}",
         flush=True,
     )
     redis.Redis.from_url(REDIS_URL).flushdb()
