@@ -81,7 +81,8 @@ class Purger:
         # batch's probes start there instead of stepping over the entries of the tasks this
         # run deleted (vacuum has not removed them yet), which made each batch slower than the
         # one before (48,000 rows per CPU-second fell to 22,000 over a million). Each run
-        # starts from the beginning: a task unpinned meanwhile is found by the next run.
+        # starts from the beginning: a task that expired meanwhile with an earlier end time
+        # (unpinned, or of a class kept longer) is found by the next run.
         after = None
         with self.db.connection() as conn:
             if not store.try_lock_purge(conn):
