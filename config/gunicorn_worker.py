@@ -31,6 +31,9 @@ RECVS_PER_EVENT = 16  # then other connections get their turn
 # this many expired ones are closed per turn: requests already readable wait for one batch only.
 ACCEPTS_PER_EVENT = 128
 EXPIRIES_PER_TURN = 256
+# With sibling workers, one holding its threads' worth of connections or more accepts that many
+# at a time and then stops polling the listener this long, so the others take the next ones.
+ACCEPT_DEFER_SECONDS = 0.002
 UNLIMITED_FDS = 1024 * 1024  # what "unlimited" open files stands for
 DEFAULT_FIELD_SIZE = 8190  # gunicorn's own fallbacks when a limit is 0 (unlimited)
 DEFAULT_LINE = 8190
@@ -172,11 +175,24 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         self.max_keepalived = connections - self.cfg.threads
 
     def accept(self, listener: Any) -> None:
-        """Accept the connections waiting on the listener, a batch at a time."""
+        """Accept the connections waiting on the listener, a batch at a time.
+
+        With sibling workers on the same listener, a batch stops at the worker's share (its
+        thread count), and past its share the worker takes a share at a time and then leaves
+        the listener to the others for ACCEPT_DEFER_SECONDS. Whichever worker woke first used
+        to take a whole burst: of wrk's 32 connections 2 workers of 8 threads got 4/28, 9/23,
+        31/1, 27/5, and the one with 28 queued them behind its threads and its one GIL while
+        the other idled. A worker alone still takes ACCEPTS_PER_EVENT per event.
+        """
         if not self._buffering:
             super().accept(listener)
             return
-        for _ in range(ACCEPTS_PER_EVENT):
+        batch = ACCEPTS_PER_EVENT
+        share = self.cfg.threads
+        shared = self.cfg.workers > 1
+        if shared:
+            batch = min(batch, share - self.nr_conns if self.nr_conns < share else share)
+        for _ in range(batch):
             if self.nr_conns >= self.worker_connections:
                 return
             try:
@@ -190,6 +206,17 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             self.nr_conns += 1
             # TConn makes the socket non-blocking; gthread's blocking round trip is not needed.
             self.enqueue_req(TConn(self.cfg, sock, client, listener.getsockname()))
+        if shared and self.nr_conns >= share:
+            self._accept_after = time.monotonic() + ACCEPT_DEFER_SECONDS
+            super().set_accept_enabled(False)
+
+    _accept_after = 0.0  # when a worker past its share polls the listener again
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gthread's loop turns accepting back on each turn: not while a deferral lasts."""
+        if enabled and time.monotonic() < self._accept_after:
+            return
+        super().set_accept_enabled(enabled)
 
     # gthread calls enqueue_req for a new connection, a kept-alive one that became readable
     # and a pipelined request already buffered: all of them are read here first.
@@ -310,8 +337,11 @@ class BufferedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """Wait for events, or only look for them while expired connections remain."""
         first = next(iter(self._reading.values()), None)
-        if first is not None and first.deadline <= time.monotonic():
+        now = time.monotonic()
+        if first is not None and first.deadline <= now:
             timeout = 0.0
+        if not self._accepting and self._accept_after > now:  # wake to accept again
+            timeout = min(timeout, self._accept_after - now)
         super().wait_for_and_dispatch_events(timeout)
 
     def _expire(self, conn: Any, state: Reading) -> None:

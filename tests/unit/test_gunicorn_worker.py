@@ -16,7 +16,12 @@ from gunicorn.config import Config
 from gunicorn.workers.gthread import ThreadWorker
 
 from config import gunicorn_worker
-from config.gunicorn_worker import ACCEPTS_PER_EVENT, EXPIRIES_PER_TURN, BufferedThreadWorker
+from config.gunicorn_worker import (
+    ACCEPT_DEFER_SECONDS,
+    ACCEPTS_PER_EVENT,
+    EXPIRIES_PER_TURN,
+    BufferedThreadWorker,
+)
 
 GET = b"GET /api/v1/tasks HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -136,5 +141,33 @@ def test_expired_connections_are_closed_in_deadline_order_a_batch_per_turn(
         worker.murder_pending()
         assert list(worker._reading) == list(late)[EXPIRIES_PER_TURN + 10 :]  # unexpired stay
         assert worker.nr_conns == 20
+    finally:
+        close_all(worker)
+
+
+def test_with_siblings_a_worker_takes_its_share_then_leaves_the_listener_a_moment(
+    listener, clients, handed_over
+):
+    # Two workers of 4 threads: a burst of 10 is not taken whole by whichever wakes first.
+    worker = make_worker(listener)
+    worker.cfg.set("workers", 2)
+    worker.cfg.set("threads", 4)
+    worker.set_accept_enabled(True)
+    connect(clients, listener, 10)
+    try:
+        worker.accept(listener)
+        assert worker.nr_conns == 4
+        assert not worker._accepting  # the others get the next connections
+        worker.set_accept_enabled(True)  # as gthread's loop asks every turn: not yet
+        assert not worker._accepting
+        time.sleep(ACCEPT_DEFER_SECONDS * 2)
+        worker.set_accept_enabled(True)
+        assert worker._accepting
+        worker.accept(listener)  # past its share: one share at a time
+        assert worker.nr_conns == 8
+        time.sleep(ACCEPT_DEFER_SECONDS * 2)
+        worker.set_accept_enabled(True)
+        worker.accept(listener)
+        assert worker.nr_conns == 10
     finally:
         close_all(worker)
