@@ -1,6 +1,6 @@
 """The baseline HTTP endpoint: minimal Flask that only INSERTs a row and calls apply_async.
 
-Served by `gunicorn -c config/gunicorn.py bench.baseline_api:app`, the service's settings.
+Served by `gunicorn -c config/gunicorn.py bench.baseline_api:app` with four sync workers.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ class SubmitSettings:
     one_seconds: float = 4.0  # per target, on one connection (latency without queueing)
 
 
+#: How the Flask baseline is served (the service runs config/gunicorn.py's defaults).
+FLASK_GUNICORN = {"GUNICORN_WORKER_CLASS": "sync", "GUNICORN_WORKERS": "4", "GUNICORN_THREADS": "1"}
+
+
 @dataclass(frozen=True)
 class Measured:
     """A load run and the CPU time the server spent per request during it."""
@@ -74,7 +78,11 @@ def run(
 ) -> None:
     """Measure POST /api/v1/tasks, Flower's async-apply and the Flask baseline; no workers run."""
     flower, flower_url = stack.start_flower()
-    flask, flask_url = stack.start_gunicorn("baseline-api", "bench.baseline_api:app")
+    # The minimal path as issue 19 measured it: gunicorn's sync workers, four of them (one
+    # request per process at a time, no thread hand-offs: the cheapest way to serve it).
+    flask, flask_url = stack.start_gunicorn(
+        "baseline-api", "bench.baseline_api:app", FLASK_GUNICORN
+    )
     targets: dict[str, tuple[Proc, str, object, str, str]] = {
         "service": (api, api_url + "/api/v1/tasks", SERVICE_BODY, stack.api_key, "tasks"),
         "flower": (
