@@ -50,6 +50,8 @@ def test_worker_metrics_count_outcomes_across_the_pool(client, auth, processes, 
             "TASKEXEC_METRICS_PORT": str(port),
             "PROMETHEUS_MULTIPROC_DIR": str(shared),
             "TASKEXEC_LOG_FORMAT": "json",
+            # Celery's line per finished task: an echo attempt logs nothing of its own.
+            "TASKEXEC_WORKER_TASK_LOG": "true",
         },
     )
     log_path = Path(worker.log_path)  # type: ignore[attr-defined]
