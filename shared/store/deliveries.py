@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg2.extras import Json, execute_values
+from psycopg2.extras import Json
 
+from shared.store._prepared import Prepared
 from shared.store._rows import Conn, all_, one, scalar
 
 #: The statuses of a delivery; PENDING ones are (or will be) tried, the others are final.
@@ -225,31 +226,10 @@ _CLAIMED = """
 """
 
 
-def claim_deliveries(
-    conn: Conn,
-    *,
-    free: int,
-    per_subscription: int,
-    room: Mapping[uuid.UUID, int],
-    scan: int,
-    lease_seconds: float,
-) -> list[Claimed]:
-    """Lease up to `free` due deliveries in one statement, oldest due first; count the attempt.
-
-    Looks at up to `scan` due, unleased rows and takes at most `room[w]` of subscription w's
-    (`per_subscription` for one not in `room`; 0 skips it): the deliverer's cap per
-    subscription. Only the rows taken are locked (FOR UPDATE SKIP LOCKED, the condition
-    checked again: several deliverers never take the same row). `next_attempt_at` moves to
-    the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send becomes
-    due again when the lease lapses, and the due index never walks rows in flight. One
-    statement: run it in autocommit.
-    """
-    busy = [str(w) for w, n in room.items() if n <= 0]
-    partial = [(str(w), n) for w, n in room.items() if n > 0]
-    with conn.cursor() as cur:
-        cur.execute(
-            f"""
-            {_INDEX_ORDER}
+#: The claim: prepared (see shared.store._prepared), as every look of every deliverer runs it.
+_CLAIM = Prepared(
+    "taskexec_claim_deliveries",
+    f"""
             WITH due AS MATERIALIZED (
                 SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries d
                 WHERE status = 'PENDING' AND next_attempt_at <= now()
@@ -285,6 +265,43 @@ def claim_deliveries(
             WHERE d.id = c.id AND e.id = d.event_id AND w.id = d.webhook_id
             RETURNING {_CLAIMED}, (SELECT count(*) FROM due) AS due_count
             """,
+    {
+        "busy": "uuid[]",
+        "scan": "int",
+        "per": "int",
+        "room_ids": "uuid[]",
+        "room_free": "int[]",
+        "free": "int",
+        "lease": "float8",
+    },
+    prefix=_INDEX_ORDER,
+)
+
+
+def claim_deliveries(
+    conn: Conn,
+    *,
+    free: int,
+    per_subscription: int,
+    room: Mapping[uuid.UUID, int],
+    scan: int,
+    lease_seconds: float,
+) -> list[Claimed]:
+    """Lease up to `free` due deliveries in one statement, oldest due first; count the attempt.
+
+    Looks at up to `scan` due, unleased rows and takes at most `room[w]` of subscription w's
+    (`per_subscription` for one not in `room`; 0 skips it): the deliverer's cap per
+    subscription. Only the rows taken are locked (FOR UPDATE SKIP LOCKED, the condition
+    checked again: several deliverers never take the same row). `next_attempt_at` moves to
+    the lease's end with `locked_until`, so a delivery whose deliverer dies mid-send becomes
+    due again when the lease lapses, and the due index never walks rows in flight. One
+    statement: run it in autocommit.
+    """
+    busy = [str(w) for w, n in room.items() if n <= 0]
+    partial = [(str(w), n) for w, n in room.items() if n > 0]
+    with conn.cursor() as cur:
+        _CLAIM.run(
+            cur,
             {
                 "busy": busy,
                 "scan": scan,
@@ -308,6 +325,28 @@ class Outcome:
     error: str | None
 
 
+#: The outcome of a batch of delivered attempts: prepared, as arrays (one statement text
+#: whatever the batch's size, unlike a VALUES list).
+_DELIVERED = Prepared(
+    "taskexec_record_delivered",
+    """
+    UPDATE webhook_deliveries d
+    SET status = 'DELIVERED', locked_until = NULL, last_attempt_at = v.at,
+        response_status = v.status, response_time_ms = v.ms, error = NULL
+    FROM unnest(%(ids)s::uuid[], %(leases)s::timestamptz[], %(statuses)s::int[], %(ms)s::int[],
+                %(ats)s::timestamptz[]) AS v (id, lease, status, ms, at)
+    WHERE d.id = v.id AND d.locked_until = v.lease
+    """,
+    {
+        "ids": "uuid[]",
+        "leases": "timestamptz[]",
+        "statuses": "int[]",
+        "ms": "int[]",
+        "ats": "timestamptz[]",
+    },
+)
+
+
 def record_delivered_batch(
     conn: Conn, delivered: Sequence[tuple[Claimed, Outcome, datetime]]
 ) -> int:
@@ -319,26 +358,18 @@ def record_delivered_batch(
     """
     if not delivered:
         return 0
-    rows = [
-        (str(c.id), c.locked_until, o.response_status, o.response_time_ms, at)
-        for c, o, at in delivered
-    ]
     with conn.cursor() as cur:
-        recorded = execute_values(
+        _DELIVERED.run(
             cur,
-            """
-            UPDATE webhook_deliveries d
-            SET status = 'DELIVERED', locked_until = NULL, last_attempt_at = v.at,
-                response_status = v.status, response_time_ms = v.ms, error = NULL
-            FROM (VALUES %s) AS v (id, lease, status, ms, at)
-            WHERE d.id = v.id AND d.locked_until = v.lease
-            RETURNING d.id
-            """,
-            rows,
-            template="(%s::uuid, %s::timestamptz, %s::int, %s::int, %s::timestamptz)",
-            page_size=len(rows),
-            fetch=True,
+            {
+                "ids": [str(c.id) for c, _, _ in delivered],
+                "leases": [c.locked_until for c, _, _ in delivered],
+                "statuses": [o.response_status for _, o, _ in delivered],
+                "ms": [o.response_time_ms for _, o, _ in delivered],
+                "ats": [at for _, _, at in delivered],
+            },
         )
+        recorded = cur.rowcount
         healed = sorted({str(c.webhook_id) for c, _, _ in delivered if c.failing_since})
         if healed:
             cur.execute(
@@ -346,7 +377,7 @@ def record_delivered_batch(
                 " WHERE id = ANY (%s::uuid[]) AND failing_since IS NOT NULL",
                 (healed,),
             )
-        return len(recorded)
+        return recorded
 
 
 def refuse_delivery(conn: Conn, claimed: Claimed, reason: str) -> bool:
@@ -432,18 +463,24 @@ def fail_undeliverable(conn: Conn, claimed: Claimed, error: str) -> bool:
         return cur.rowcount > 0
 
 
+# A delivery whose subscription is gone (written while it was being deleted) is never sent:
+# it must not count as due, or the deliverer would look again at once. The first in index
+# order (a scalar subquery keeps that plan; see _CLAIM). Prepared: an idle look runs it.
+_NEXT_DUE = Prepared(
+    "taskexec_next_delivery",
+    "SELECT extract(epoch FROM next_attempt_at - now())::float8"
+    " FROM webhook_deliveries d WHERE status = 'PENDING'"
+    " AND (SELECT true FROM webhooks w WHERE w.id = d.webhook_id)"
+    " ORDER BY next_attempt_at LIMIT 1",
+    {},
+    prefix=_INDEX_ORDER,
+)
+
+
 def next_delivery_in(conn: Conn) -> float | None:
     """Seconds until the next pending delivery is due (0 if one is); None when none is pending."""
     with conn.cursor() as cur:
-        # A delivery whose subscription is gone (written while it was being deleted) is
-        # never sent: it must not count as due, or the deliverer would look again at once.
-        # The first in index order (a scalar subquery keeps that plan; see claim_deliveries).
-        cur.execute(
-            _INDEX_ORDER + " SELECT extract(epoch FROM next_attempt_at - now())::float8"
-            " FROM webhook_deliveries d WHERE status = 'PENDING'"
-            " AND (SELECT true FROM webhooks w WHERE w.id = d.webhook_id)"
-            " ORDER BY next_attempt_at LIMIT 1"
-        )
+        _NEXT_DUE.run(cur, {})
         row = cur.fetchone()
     if row is None or row[0] is None:
         return None

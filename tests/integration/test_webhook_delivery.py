@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,7 +23,8 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 from cli.base import ledger
 from config.settings import Settings
-from shared import store
+from shared import db, store
+from shared.store._prepared import Prepared
 from shared.webhook_signing import new_secret
 from tests.helpers import submit, task_row, wait_for, wait_for_status
 from workers.deliverer import Deliverer
@@ -950,3 +952,71 @@ def test_an_owner_without_keys_is_not_judged_by_them(backends, receiver, deliver
     deliverer()
     finish_tasks(backends.database_url, 1, owner="carol")
     wait_for(lambda: len(receiver.at("/carol")) == 1 and len(receiver.at("/root")) == 1)
+
+
+# ---------------------------------------------------------------- prepared statements
+
+
+def _prepared_here(conn: psycopg2.extensions.connection) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT name FROM pg_prepared_statements")
+        return {name for (name,) in cur.fetchall()}
+
+
+def _claim(conn: psycopg2.extensions.connection, free: int = 10) -> list[store.Claimed]:
+    return store.claim_deliveries(
+        conn, free=free, per_subscription=10, room={}, scan=40, lease_seconds=30
+    )
+
+
+def test_the_deliverers_statements_run_prepared_and_fall_back_to_plain_sql(
+    backends, receiver, monkeypatch
+):
+    """Fan-out, claim, outcome and next-due look-up: prepared on an autocommit connection;
+    once a prepared statement is gone from the server (as behind PgBouncer in transaction
+    mode), the same calls run as plain SQL and the process stops preparing."""
+    monkeypatch.setattr(Prepared, "plain_only", False)  # restored afterwards
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/a"))
+    busy_id, _ = subscribe(backends.database_url, receiver.url("/b"))
+    finish_tasks(backends.database_url, 3)
+    # Not ledger(): `with conn` runs even an autocommit connection's block in a transaction.
+    with closing(db.connect(backends.database_url)) as conn:
+        conn.autocommit = True
+        assert store.fan_out_events(conn, 500) == store.FanOut(3, 6)
+        assert store.next_delivery_in(conn) == 0
+        # A subscription at its cap (room 0) is skipped; another's room caps its share.
+        claimed = store.claim_deliveries(
+            conn,
+            free=10,
+            per_subscription=10,
+            room={busy_id: 0, webhook_id: 2},
+            scan=40,
+            lease_seconds=30,
+        )
+        assert [c.webhook_id for c in claimed] == [webhook_id] * 2
+        outcome = store.Outcome(True, 200, 5, None)
+        at = datetime.now(UTC)
+        assert store.record_delivered_batch(conn, [(c, outcome, at) for c in claimed]) == 2
+        # A lease lost meanwhile records nothing.
+        assert store.record_delivered_batch(conn, [(claimed[0], outcome, at)]) == 0
+        assert _prepared_here(conn) >= {
+            "taskexec_fan_out",
+            "taskexec_claim_deliveries",
+            "taskexec_record_delivered",
+            "taskexec_next_delivery",
+        }
+        assert not Prepared.plain_only
+        with conn.cursor() as cur:
+            cur.execute("DEALLOCATE ALL")  # what another server connection would look like
+        rest = _claim(conn)
+        assert Prepared.plain_only
+        assert len(rest) == 4 and not {c.id for c in rest} & {c.id for c in claimed}
+        assert store.record_delivered_batch(conn, [(c, outcome, at) for c in rest]) == 4
+        assert store.fan_out_events(conn, 500) == store.FanOut(0, 0)
+        assert store.next_delivery_in(conn) is None
+        assert _prepared_here(conn) == set()
+    got = deliveries(backends.database_url, webhook_id) + deliveries(backends.database_url, busy_id)
+    assert (
+        sorted((d.status, d.response_status, d.attempts) for d in got)
+        == [("DELIVERED", 200, 1)] * 6
+    )

@@ -1,0 +1,75 @@
+"""Statements run for every task or delivery, prepared once per autocommit connection."""
+
+from __future__ import annotations
+
+import re
+import weakref
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+
+from shared.store._rows import Conn, Cursor
+
+
+class Prepared:
+    """A hot statement, prepared once per autocommit connection.
+
+    Postgres then parses and plans it once per connection, not once per run: in the profile
+    the worker's claim and finish cost their backends 1.75 ms of CPU per task, 0.6 ms prepared,
+    and the worker a third less (a short EXECUTE to format and send instead of the whole text).
+
+    A connection inside a transaction runs the plain text, as does every connection of a
+    process once the server refused a prepared statement in a way that says a pooler sits in
+    between (PgBouncer in transaction mode hands each statement to any server connection, so
+    one prepared on one is missing on the next): correctness never depends on preparing.
+
+    `prefix` (say "SET LOCAL enable_sort = off;") is sent with every run, in the same simple
+    query, so it holds for the statement's implicit transaction, and for its planning too: a
+    prepared statement is planned when executed.
+    """
+
+    #: Process-wide: set once a prepared statement went missing or was already there.
+    plain_only = False
+    #: The statements prepared on each live connection (forgotten with the connection).
+    done: weakref.WeakKeyDictionary[Conn, set[str]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, name: str, plain: str, types: dict[str, str], prefix: str = "") -> None:
+        self.name = name
+        self.plain = prefix + plain
+        self.params = tuple(types)
+        numbered = plain
+        for index, param in enumerate(self.params, 1):
+            numbered = numbered.replace(f"%({param})s", f"${index}")
+        assert not re.search(r"%\(\w+\)s", numbered), f"{name}: a parameter without a type"
+        declared = f" ({', '.join(types.values())})" if types else ""
+        self.prepare = f"PREPARE {name}{declared} AS {numbered}"
+        # Each argument cast to its type: EXECUTE coerces like an assignment, which turns no
+        # text[] (a Python list of strings) into a uuid[].
+        casts = f" ({', '.join(f'%s::{t}' for t in types.values())})" if types else ""
+        self.execute = f"{prefix}EXECUTE {name}{casts}"
+
+    def run(self, cur: Cursor, params: dict[str, Any]) -> None:
+        """Execute with `params` (by name), prepared where the connection allows it."""
+        conn = cur.connection
+        if Prepared.plain_only or not conn.autocommit:
+            cur.execute(self.plain, params)
+            return
+        names = Prepared.done.setdefault(conn, set())
+        try:
+            if self.name not in names:
+                cur.execute(self.prepare)
+                names.add(self.name)
+            cur.execute(self.execute, [params[p] for p in self.params])
+            return
+        except (
+            psycopg2.errors.InvalidSqlStatementName,  # missing: not the connection we prepared on
+            psycopg2.errors.DuplicatePreparedStatement,  # already there: ditto
+        ):
+            Prepared.plain_only = True
+        except psycopg2.errors.FeatureNotSupported:
+            # "cached plan must not change result type": a migration changed the table.
+            # Prepare afresh next time. Autocommit: the failed statement changed nothing.
+            cur.execute(f"DEALLOCATE {self.name}")
+            names.discard(self.name)
+        cur.execute(self.plain, params)
