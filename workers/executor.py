@@ -94,7 +94,7 @@ class Runtime:
         with task_log_context(attempt=task.attempts):
             return self._attempt(definition, task)
 
-    def _attempt(self, definition: TaskDefinition, task: store.Task) -> str:
+    def _attempt(self, definition: TaskDefinition, task: store.ClaimedTask) -> str:
         tid, task_id, attempt = task.id, str(task.id), task.attempts
         # DEBUG: Celery logs the message's arrival and the claim is in Postgres; an INFO line
         # here cost a no-op task a few percent of its CPU.
@@ -118,7 +118,7 @@ class Runtime:
             failure = timeout_failure(task, killed=False)
             return self._while_unavailable(self.record_failure, task, attempt, failure)
 
-    def _claim(self, tid: uuid.UUID) -> store.Task | None:
+    def _claim(self, tid: uuid.UUID) -> store.ClaimedTask | None:
         with self.claims.connection(autocommit=True) as conn:  # one statement: one round trip
             return store.claim_task(conn, tid, HOST, os.getpid(), self.settings.lease_seconds)
 
@@ -176,7 +176,7 @@ class Runtime:
         return "skipped"
 
     def _run_handler(
-        self, definition: TaskDefinition, task: store.Task, context: AttemptContext
+        self, definition: TaskDefinition, task: store.ClaimedTask, context: AttemptContext
     ) -> tuple[Any, Failure | None]:
         assert definition.handler is not None
         try:
@@ -221,8 +221,13 @@ class Runtime:
 
     # ------------------------------------------------------------ outcomes
 
-    def record_failure(self, task: store.Task, attempt: int, failure: Failure) -> str:
-        """Retry the task per its policy, or give it its terminal failure status."""
+    def record_failure(
+        self, task: store.Task | store.ClaimedTask, attempt: int, failure: Failure
+    ) -> str:
+        """Retry the task per its policy, or give it its terminal failure status.
+
+        `task` is the claimed row (in the child) or the whole row (in the worker parent).
+        """
         policy = RetryPolicy.from_json(task.retry_policy)
         lost_cap = (
             failure.worker_lost and task.worker_lost_count + 1 >= self.settings.max_worker_lost

@@ -30,7 +30,7 @@ def error_doc(code: str, message: str, kind: ErrorKind, details: Any = None) -> 
     return doc
 
 
-def timeout_failure(task: store.Task, killed: bool) -> Failure:
+def timeout_failure(task: store.Task | store.ClaimedTask, killed: bool) -> Failure:
     """The failure of an attempt that ran out of time; retried only if the policy says so."""
     message = f"the attempt exceeded its timeout of {task.timeout_ms} ms"
     if killed:

@@ -23,7 +23,7 @@ from config.settings import Settings
 from workers import heartbeat
 
 if TYPE_CHECKING:
-    from shared.store import Task
+    from shared.store import ClaimedTask
     from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class WorkerMetrics:
             self.durations.labels(definition).observe(seconds)
 
 
-def queue_wait(task: Task) -> float | None:
+def queue_wait(task: ClaimedTask) -> float | None:
     """Seconds a task waited for its first attempt (None for later attempts: retries wait
     on purpose, and a redelivery's wait is the lost worker's, not the queue's)."""
     if task.attempts != 1 or task.start_time is None:
@@ -116,7 +116,7 @@ def queue_wait(task: Task) -> float | None:
     return max((task.start_time - due).total_seconds(), 0.0)
 
 
-def started(definition: str, task: Task) -> None:
+def started(definition: str, task: ClaimedTask) -> None:
     """Observe the queue wait of an attempt just claimed (from the claim's row: no query)."""
     seconds = queue_wait(task)
     if seconds is not None and _RECORDER is not None and _RECORDER.metrics is not None:

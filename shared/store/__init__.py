@@ -8,6 +8,7 @@ keys, idempotency), and `_rows` holds the one typed row mapper they all return t
 from shared.store._rows import Conn, Cursor, all_, dict_cursor, one, scalar
 from shared.store.attempts import (
     Attempt,
+    ClaimedTask,
     Heartbeat,
     cancel_state,
     claim_task,
@@ -179,6 +180,7 @@ __all__ = [
     "ApiKey",
     "Attempt",
     "CancelOutcome",
+    "ClaimedTask",
     "Conn",
     "Cursor",
     "DefinitionRow",

@@ -31,7 +31,7 @@ def _new_task(database: Database) -> uuid.UUID:
     return row.id
 
 
-def _claim(database: Database, task_id: uuid.UUID) -> store.Task:
+def _claim(database: Database, task_id: uuid.UUID) -> store.ClaimedTask:
     with database.connection(autocommit=True) as conn:
         task = store.claim_task(conn, task_id, HOST, os.getpid(), 30)
     assert task is not None
