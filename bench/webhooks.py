@@ -305,6 +305,9 @@ def main() -> None:
         action="store_true",
         help="a third variant: the subscriptions, the deliverer stopped (the trigger alone)",
     )
+    parser.add_argument(
+        "--poll", type=float, help="the deliverer's TASKEXEC_WEBHOOK_POLL (default: its default)"
+    )
     args = parser.parse_args()
     # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through the
     # `finally` below, which stops every process it started and drops its database.
@@ -317,6 +320,7 @@ def main() -> None:
         "DATABASE_URL": url,
         "REDIS_URL": REDIS_URL,
         "TASKEXEC_WEBHOOK_ALLOW_PRIVATE": "true",
+        **({"TASKEXEC_WEBHOOK_POLL": str(args.poll)} if args.poll is not None else {}),
         "TASKEXEC_DEFINITION_MODULES": DIAGNOSTICS,
         "PYTHONPATH": str(ROOT),
     }

@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from shared.store._prepared import Prepared
+from shared.store._prepared import CUSTOM_PLANS, Prepared
 from shared.store._rows import Conn, all_, one, scalar
 
 #: The statuses of a delivery; PENDING ones are (or will be) tried, the others are final.
@@ -226,7 +226,8 @@ _CLAIMED = """
 """
 
 
-#: The claim: prepared (see shared.store._prepared), as every look of every deliverer runs it.
+#: The claim: prepared, as every look of every deliverer runs it, but planned each time
+#: (CUSTOM_PLANS): its plan depends on the LIMITs' values. Saves only the parsing.
 _CLAIM = Prepared(
     "taskexec_claim_deliveries",
     f"""
@@ -274,7 +275,7 @@ _CLAIM = Prepared(
         "free": "int",
         "lease": "float8",
     },
-    prefix=_INDEX_ORDER,
+    prefix=_INDEX_ORDER + CUSTOM_PLANS,
 )
 
 
@@ -326,7 +327,7 @@ class Outcome:
 
 
 #: The outcome of a batch of delivered attempts: prepared, as arrays (one statement text
-#: whatever the batch's size, unlike a VALUES list).
+#: whatever the batch's size, unlike a VALUES list); planned each time, for the batch's size.
 _DELIVERED = Prepared(
     "taskexec_record_delivered",
     """
@@ -344,6 +345,7 @@ _DELIVERED = Prepared(
         "ms": "int[]",
         "ats": "timestamptz[]",
     },
+    prefix=CUSTOM_PLANS,
 )
 
 

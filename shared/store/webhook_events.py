@@ -16,7 +16,9 @@ class FanOut(NamedTuple):
 
 
 #: The fan-out: every poll of every deliverer runs it, so it is prepared (parsed and planned
-#: once per connection; planning was most of an idle look, 0.3-0.7 ms).
+#: once per connection; planning was most of an idle look: 210-250 us of Postgres CPU, 50-70
+#: prepared). Its generic plan, made without the LIMIT's value, takes the queue's oldest rows
+#: in key order all the same (enable_sort off): a backlog of 20,000 drained as fast as before.
 _FAN_OUT = Prepared(
     "taskexec_fan_out",
     """
