@@ -45,6 +45,14 @@ def principal_name(owner: str) -> str:
     return f"{PRINCIPAL}:{owner}"
 
 
+def is_limited(
+    definition_limit: int | None, concurrency_key: str | None, owner_limit: int | None
+) -> bool:
+    """Say whether a task with these columns is under any concurrency limit (a key's limit
+    comes with its key)."""
+    return definition_limit is not None or concurrency_key is not None or owner_limit is not None
+
+
 def limits_of(
     *,
     owner: str,

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import Json
 
-from shared.concurrency import limits_of
+from shared.concurrency import is_limited, limits_of
 from shared.status import ALLOWED_FROM, HELD, Status
 from shared.store._prepared import Prepared as _Prepared
 from shared.store._rows import Conn, Cursor, all_, one, statuses
@@ -67,11 +67,7 @@ class ClaimedTask:
     @property
     def limited(self) -> bool:
         """Say whether any concurrency limit applies to it."""
-        return (
-            self.definition_limit is not None
-            or self.concurrency_key is not None
-            or self.owner_limit is not None
-        )
+        return is_limited(self.definition_limit, self.concurrency_key, self.owner_limit)
 
 
 # The columns the claim returns, in the order of ClaimedTask's fields.

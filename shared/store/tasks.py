@@ -11,6 +11,7 @@ from typing import Any
 import psycopg2.extras
 from psycopg2.extras import Json
 
+from shared.concurrency import is_limited
 from shared.pending import reason_clause
 from shared.status import ACTIVE, ALLOWED_FROM, HELD, Status, TaskType
 from shared.store._rows import Conn, all_, one, scalar, statuses
@@ -73,11 +74,7 @@ class Task:
     @property
     def limited(self) -> bool:
         """Say whether any concurrency limit applies to it."""
-        return (
-            self.definition_limit is not None
-            or self.concurrency_key is not None
-            or self.owner_limit is not None
-        )
+        return is_limited(self.definition_limit, self.concurrency_key, self.owner_limit)
 
 
 @dataclass(frozen=True)
@@ -108,11 +105,7 @@ class NewTask:
     @property
     def limited(self) -> bool:
         """Say whether any concurrency limit applies to it."""
-        return (
-            self.definition_limit is not None
-            or self.concurrency_key is not None
-            or self.owner_limit is not None
-        )
+        return is_limited(self.definition_limit, self.concurrency_key, self.owner_limit)
 
 
 #: The sweeper LISTENs on it to learn that a delayed task may be due sooner than it thought.
