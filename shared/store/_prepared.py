@@ -18,6 +18,15 @@ from shared.store._rows import Conn, Cursor
 #: of 20,000 deliveries drained at 117/s instead of 1,704/s (its Postgres: 5.9 ms per delivery).
 CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan;"
 
+#: A prefix for a statement that finds its rows by key (a task by id). Its generic plan is
+#: made from the table's statistics, and a connection that made it while they said "empty"
+#: (a fresh install, a test's truncated table, autovacuum off) keeps it until an ANALYZE
+#: invalidates it: a scan of the whole table (a sequential one, or with sequential scans off
+#: a full scan of another index that holds the id), measured at 2-3 ms of Postgres CPU per
+#: task claim at 5,000 rows, the bench's throughput halved (271 against 532 tasks/s). Planned
+#: each run instead, from the table's real size: the key's index, whatever the statistics.
+BY_KEY = CUSTOM_PLANS
+
 
 class Prepared:
     """A hot statement, prepared once per autocommit connection.

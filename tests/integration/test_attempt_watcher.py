@@ -185,6 +185,28 @@ def test_claim_and_finish_are_prepared_once_per_autocommit_connection(
             assert done is not None and done.status == "COMPLETED"
 
 
+def test_claim_and_finish_are_planned_each_run_not_from_stale_statistics(
+    database: Database, settings: Settings
+) -> None:
+    """A generic plan made while `tasks` looked empty scanned the whole table for every
+    claim once it held thousands of rows (autovacuum off: no ANALYZE ever replaced it)."""
+    tasks = [_new_task(database) for _ in range(7)]
+    conn = db.connect(settings.database_url)
+    conn.autocommit = True
+    try:
+        for task_id in tasks:  # more than the five runs after which Postgres may go generic
+            assert store.claim_task(conn, task_id, HOST, os.getpid(), 30) is not None
+            assert store.finish_attempt(conn, task_id, 1, Status.COMPLETED, output={})
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements ORDER BY name"
+            )
+            plans = cur.fetchall()
+    finally:
+        conn.close()
+    assert plans == [("taskexec_claim", 0, 7), ("taskexec_finish", 0, 7)]
+
+
 def test_a_prepared_statement_gone_from_the_server_falls_back_to_plain_sql(
     database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
