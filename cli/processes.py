@@ -155,6 +155,10 @@ def deliverer() -> None:
 
     settings = load_settings()
     configure_logging(settings)
+    if settings.webhook_nice:
+        # Deliveries yield the CPU to task workers on a shared host: a busy deliverer (a
+        # millisecond of CPU per delivery, its Postgres's included) would otherwise slow tasks.
+        os.nice(settings.webhook_nice)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # It counts its attempts (served on TASKEXEC_METRICS_PORT, or into dev's directory).

@@ -51,6 +51,13 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _niceness(raw: str) -> int:
+    value = _int(raw)
+    if not 0 <= value <= 19:
+        raise ValueError("must be from 0 (as other processes) to 19 (only idle CPU)")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -334,6 +341,9 @@ class Settings:
     webhook_poll: float = field(
         default=0.05, metadata=_env("TASKEXEC_WEBHOOK_POLL", _positive_float)
     )
+    # The deliverer's CPU priority (its niceness, added at start): where it shares a host with
+    # task workers it yields the CPU to them, so deliveries do not slow tasks (0: no yielding).
+    webhook_nice: int = field(default=10, metadata=_env("TASKEXEC_WEBHOOK_NICE", _niceness))
     # Subscriptions one owner may have (0: no limit). Every status change probes them, and
     # each matching one is a row and a request: the cap bounds what one key can make the
     # service do.
