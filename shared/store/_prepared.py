@@ -18,14 +18,17 @@ from shared.store._rows import Conn, Cursor
 #: of 20,000 deliveries drained at 117/s instead of 1,704/s (its Postgres: 5.9 ms per delivery).
 CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan;"
 
-#: A prefix for a statement that finds its rows by key (a task by id). Its generic plan is
-#: made from the table's statistics, and a connection that made it while they said "empty"
-#: (a fresh install, a test's truncated table, autovacuum off) keeps it until an ANALYZE
-#: invalidates it: a scan of the whole table (a sequential one, or with sequential scans off
-#: a full scan of another index that holds the id), measured at 2-3 ms of Postgres CPU per
-#: task claim at 5,000 rows, the bench's throughput halved (271 against 532 tasks/s). Planned
-#: each run instead, from the table's real size: the key's index, whatever the statistics.
-BY_KEY = CUSTOM_PLANS
+#: A prepared statement is prepared again (its plans made afresh) each time its runs on a
+#: connection reach a power of two from this many on. Postgres makes a generic plan after
+#: five runs and keeps it until an ANALYZE of its tables (autovacuum's) invalidates it: one
+#: made while `tasks` was nearly empty (a fresh install, a test's truncated table) scans the
+#: whole table, a sequential scan or, with those off, a full scan of another index holding
+#: the id, and with autovacuum off (as on the test machine) it stayed: 2-3 ms of Postgres
+#: CPU per task claim at 5,000 rows, the bench's throughput halved (271 against 532 tasks/s).
+#: Planned afresh as the runs double, a plan is never older than half the runs, so a table
+#: that grew from nearly empty is planned for its size soon; planning every run instead
+#: (force_custom_plan) cost 0.2 ms of Postgres CPU per claim and 0.16 ms per finish.
+REPREPARE_FROM = 64
 
 
 class Prepared:
@@ -47,8 +50,9 @@ class Prepared:
 
     #: Process-wide: set once a prepared statement went missing or was already there.
     plain_only = False
-    #: The statements prepared on each live connection (forgotten with the connection).
-    done: weakref.WeakKeyDictionary[Conn, set[str]] = weakref.WeakKeyDictionary()
+    #: The statements prepared on each live connection, with how often each ran there
+    #: (forgotten with the connection).
+    done: weakref.WeakKeyDictionary[Conn, dict[str, int]] = weakref.WeakKeyDictionary()
 
     def __init__(self, name: str, plain: str, types: dict[str, str], prefix: str = "") -> None:
         self.name = name
@@ -71,11 +75,16 @@ class Prepared:
         if Prepared.plain_only or not conn.autocommit:
             cur.execute(self.plain, params)
             return
-        names = Prepared.done.setdefault(conn, set())
+        names = Prepared.done.setdefault(conn, {})
         try:
-            if self.name not in names:
+            runs = names.get(self.name)
+            if runs is None:
                 cur.execute(self.prepare)
-                names.add(self.name)
+                runs = 0
+            elif runs >= REPREPARE_FROM and runs & (runs - 1) == 0:
+                cur.execute(f"DEALLOCATE {self.name}")
+                cur.execute(self.prepare)
+            names[self.name] = runs + 1
             cur.execute(self.execute, [params[p] for p in self.params])
             return
         except (
@@ -87,5 +96,5 @@ class Prepared:
             # "cached plan must not change result type": a migration changed the table.
             # Prepare afresh next time. Autocommit: the failed statement changed nothing.
             cur.execute(f"DEALLOCATE {self.name}")
-            names.discard(self.name)
+            names.pop(self.name, None)
         cur.execute(self.plain, params)

@@ -12,7 +12,6 @@ from psycopg2.extras import Json
 
 from shared.concurrency import is_limited, limits_of
 from shared.status import ALLOWED_FROM, HELD, Status
-from shared.store._prepared import BY_KEY
 from shared.store._prepared import Prepared as _Prepared
 from shared.store._rows import Conn, Cursor, all_, one, statuses
 from shared.store.limits import HELD_BEHIND, LIMITED, wake_releaser
@@ -120,7 +119,6 @@ _CLAIM_PREPARED = _Prepared(
     "taskexec_claim",
     _CLAIM_UNLIMITED,
     {"id": "uuid", "host": "text", "pid": "int", "lease": "float8", "from": "text[]"},
-    prefix=BY_KEY,
 )
 # Each limit's RUNNING tasks, counted under the limits' advisory locks (taken by an earlier
 # statement of the transaction, so this statement's snapshot sees every claim committed
@@ -297,7 +295,6 @@ _FINISH_PREPARED = _Prepared(
         "error": "jsonb",
         "lost": "int",
     },
-    prefix=BY_KEY,
 )
 
 

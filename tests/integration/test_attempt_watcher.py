@@ -185,26 +185,38 @@ def test_claim_and_finish_are_prepared_once_per_autocommit_connection(
             assert done is not None and done.status == "COMPLETED"
 
 
-def test_claim_and_finish_are_planned_each_run_not_from_stale_statistics(
-    database: Database, settings: Settings
-) -> None:
-    """A generic plan made while `tasks` looked empty scanned the whole table for every
-    claim once it held thousands of rows (autovacuum off: no ANALYZE ever replaced it)."""
-    tasks = [_new_task(database) for _ in range(7)]
+def test_a_prepared_statement_is_planned_again_as_its_runs_double(settings: Settings) -> None:
+    """A generic plan made while a table was nearly empty scans all of it once it is not (the
+    worker's claim did, with autovacuum off): planned afresh as the runs double, it uses the
+    key's index once the table has grown."""
+    probe = attempts._Prepared(
+        "taskexec_test_probe", "SELECT b FROM probe WHERE id = %(id)s", {"id": "uuid"}
+    )
     conn = db.connect(settings.database_url)
     conn.autocommit = True
-    try:
-        for task_id in tasks:  # more than the five runs after which Postgres may go generic
-            assert store.claim_task(conn, task_id, HOST, os.getpid(), 30) is not None
-            assert store.finish_attempt(conn, task_id, 1, Status.COMPLETED, output={})
+
+    def plan() -> str:
         with conn.cursor() as cur:
+            cur.execute(f"EXPLAIN EXECUTE taskexec_test_probe ('{uuid.uuid4()}')")
+            return " ".join(row[0] for row in cur.fetchall())
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE probe (id uuid PRIMARY KEY, a int, b int)")
+            cur.execute("CREATE INDEX ON probe (a, id)")
+            cur.execute("ANALYZE probe")  # statistics that say: empty
+            for _ in range(10):
+                probe.run(cur, {"id": uuid.uuid4()})
             cur.execute(
-                "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements ORDER BY name"
+                "INSERT INTO probe SELECT gen_random_uuid(), n % 100, n"
+                " FROM generate_series(1, 20000) n"
             )
-            plans = cur.fetchall()
+            assert "Seq Scan" in plan()  # the generic plan made on the empty table: stale
+            while attempts._Prepared.done[conn]["taskexec_test_probe"] < 70:
+                probe.run(cur, {"id": uuid.uuid4()})
+        assert "Index Scan using probe_pkey" in plan()
     finally:
         conn.close()
-    assert plans == [("taskexec_claim", 0, 7), ("taskexec_finish", 0, 7)]
 
 
 def test_a_prepared_statement_gone_from_the_server_falls_back_to_plain_sql(
