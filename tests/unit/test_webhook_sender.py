@@ -7,13 +7,14 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.webhook_targets import Sender, SendFailed
+from shared.webhook_targets import MAX_RESPONSE_BYTES, Sender, SendFailed, TargetRefused
 
 Answer = Callable[[bytes], bytes]
 
@@ -203,3 +204,87 @@ def test_tls_is_verified_for_the_urls_host_at_the_checked_address(
         Sender(timeout=5, allow_private=True).post(f"https://receiver.test:{server.port}/", b"", {})
     assert len(server.requests) == 1
     sender.close()
+
+
+def test_interim_answers_are_skipped_and_a_chunked_answer_keeps_the_connection(servers):
+    server = serve(
+        servers,
+        lambda _: (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+            b"x-folded: one\r\n two\r\n\r\n2;ext=1\r\nok\r\n0\r\ntrailer: 1\r\n\r\n"
+        ),
+    )
+    sender = Sender(timeout=5, allow_private=True)
+    for _ in range(3):
+        reply = sender.post(f"http://127.0.0.1:{server.port}/", b"{}", {})
+        assert (reply.status, reply.body) == (200, b"ok")
+    assert server.connections == 1 and len(server.requests) == 3
+    sender.close()
+
+
+def test_a_body_ended_by_the_close_is_read_and_the_connection_not_kept(servers):
+    server = serve(servers, lambda _: b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 70000, close_after=True)
+    sender = Sender(timeout=5, allow_private=True)
+    for _ in range(2):
+        reply = sender.post(f"http://127.0.0.1:{server.port}/", b"{}", {})
+        assert reply.status == 200 and reply.body == b"z" * MAX_RESPONSE_BYTES
+    assert server.connections == 2
+    sender.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "issue"),
+    [
+        (b"HTTP/2 200 OK\r\n\r\n", "malformed response: not an HTTP/1.x status line"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "malformed response: not an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"y" * 70000 + b"\r\n\r\n", "longer than"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 150 + b"\r\n", "more than 100 headers"),
+        (b"HTTP/1.1 200 OK\r\nnot a header\r\n\r\n", "malformed header line"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\nx", "invalid content-length"),
+    ],
+)
+def test_a_malformed_answer_is_a_send_failure_and_the_connection_is_dropped(servers, answer, issue):
+    bad = serve(servers, lambda _: answer)
+    sender = Sender(timeout=5, allow_private=True)
+    for _ in range(2):
+        with pytest.raises(SendFailed, match=issue):
+            sender.post(f"http://127.0.0.1:{bad.port}/", b"{}", {})
+    assert bad.connections == 2 and len(bad.requests) == 2  # none kept, none sent twice
+    sender.close()
+
+
+def test_an_answer_that_never_ends_times_out_within_the_deadline(servers):
+    server = serve(servers, lambda _: b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok")
+    sender = Sender(timeout=0.5, allow_private=True)
+    started = time.monotonic()
+    with pytest.raises(SendFailed, match="timed out reading the response"):
+        sender.post(f"http://127.0.0.1:{server.port}/", b"{}", {})
+    assert time.monotonic() - started < 1.5
+    sender.close()
+
+
+def test_a_request_is_one_write_with_the_headers_in_order(servers):
+    server = serve(servers, lambda _: OK)
+    sender = Sender(timeout=5, allow_private=True)
+    body = '{"é":1}'.encode()
+    sender.post(f"http://127.0.0.1:{server.port}/p?q=1", body, {"a": "1", "b": "2"})
+    assert (
+        server.requests[0]
+        == (
+            f"POST /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:{server.port}\r\na: 1\r\nb: 2\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    with pytest.raises(ValueError, match="line break"):
+        sender.post(f"http://127.0.0.1:{server.port}/", b"", {"a": "1\r\nx-injected: 1"})
+    assert len(server.requests) == 1
+    sender.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999/", "http://127.0.0.1/a\x01b", "ftp://127.0.0.1/"]
+)
+def test_a_url_that_cannot_be_sent_to_is_refused(url):
+    with pytest.raises(TargetRefused, match="refused"):
+        Sender(timeout=5, allow_private=True).post(url, b"{}", {})
