@@ -20,6 +20,7 @@ from shared import db, store
 from shared.db import Database
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.retention import Retention
+from shared.store.webhook_events import fan_out_and_lease
 from shared.task_document import task_from_snapshot, task_json
 from shared.webhook_signing import event_body, headers, signing_secrets
 from shared.webhook_targets import Reply, Sender, SendFailed, TargetRefused
@@ -130,6 +131,7 @@ class Deliverer:
         self.waiter: DeliveryWait | None = None
         self.sent = 0  # attempts made (for logs and the bench)
         self.fanned_out = 0  # events taken off the queue (for logs and tests)
+        self.leased_at_fan_out = 0  # deliveries the fan-out leased and sent unclaimed (tests)
         # Seconds between looks at the event queue (TASKEXEC_WEBHOOK_POLL): new events wait
         # this long at most before their deliveries are made and claimed.
         self.poll_seconds = settings.webhook_poll
@@ -139,6 +141,9 @@ class Deliverer:
         # The last claim left due rows behind (the pool or a subscription's cap was full):
         # a finished send wakes the loop to claim more.
         self._starved = False
+        # The same, kept until the next claim (a wake clears `_starved`): the fan-out then
+        # leases nothing, so new deliveries do not overtake the due ones left behind.
+        self._behind = False
         # Outcomes waiting for the recorder thread: a list swapped whole per batch. The
         # first outcome of a batch sets the event (one wake-up per batch, not per outcome).
         self._outcomes: list[Result] = []
@@ -153,22 +158,45 @@ class Deliverer:
         """Fan one batch of queued events out to their deliveries (one statement, one commit).
 
         The status change's transaction wrote only the event, in the queue; its deliveries
-        are written here, off the task's path, many events in one statement.
+        are written here, off the task's path, many events in one statement. Those the free
+        room takes are written leased to this deliverer and sent at once (no claim of their
+        own); the rest are written due, for `claim_round`. While the last claim left due rows
+        behind, none is leased: the older ones go first, in due order, through the claim.
         """
+        free, room = self._room()
+        if self._behind:
+            free = 0
         with self.db.connection(autocommit=True) as conn:
-            done = store.fan_out_events(conn, FANOUT_BATCH)
+            done, leased = fan_out_and_lease(
+                conn,
+                FANOUT_BATCH,
+                free=free,
+                per_subscription=self.per_subscription,
+                room=room,
+                lease_seconds=self.lease_seconds,
+            )
         self.fanned_out += done.events
+        self.leased_at_fan_out += len(leased)
+        if leased:
+            self._start(leased)
+        if done.deliveries > len(leased):
+            self._claim_now = True  # the rest are due now
         return done
 
     # ------------------------------------------------------------ claiming
 
-    def claim_round(self) -> int:
-        """Claim what is due and free to send, start sending it; return how many were claimed."""
+    def _room(self) -> tuple[int, dict[uuid.UUID, int]]:
+        """Attempts that may start now overall, and per subscription sending now."""
         with self._lock:
             free = self.concurrency - self._total
             room = {w: self.per_subscription - n for w, n in self._inflight.items()}
+        return free, room
+
+    def claim_round(self) -> int:
+        """Claim what is due and free to send, start sending it; return how many were claimed."""
+        free, room = self._room()
         if free <= 0:
-            self._starved = True
+            self._starved = self._behind = True
             return 0
         with self.db.connection(autocommit=True) as conn:  # one statement
             claimed = store.claim_deliveries(
@@ -179,11 +207,16 @@ class Deliverer:
                 scan=max(CLAIM_SCAN_MIN, free * 4),
                 lease_seconds=self.lease_seconds,
             )
-        self._starved = bool(claimed) and (
+        self._starved = self._behind = bool(claimed) and (
             len(claimed) >= free or claimed[0].due_count > len(claimed)
         )
         if not claimed:
             return 0
+        self._start(claimed)
+        return len(claimed)
+
+    def _start(self, claimed: list[store.Claimed]) -> None:
+        """Count leased deliveries in flight and send them on the pool."""
         bodies = self.render(claimed)
         with self._lock:
             for item in claimed:
@@ -191,7 +224,6 @@ class Deliverer:
                 self._total += 1
         for item in claimed:
             self.pool.submit(self._send, item, bodies[item.event_id])
-        return len(claimed)
 
     def render(self, claimed: list[store.Claimed]) -> dict[uuid.UUID, bytes]:
         """Each claimed event's body, once per event (its subscriptions get the same bytes)."""
@@ -448,7 +480,7 @@ class Deliverer:
                     self.waiter.listen()  # before the look-up: an event after it wakes us
                     done = self.fan_out()
                     more = done.events >= FANOUT_BATCH
-                    if done.deliveries or self._claim_now or time.monotonic() >= next_claim:
+                    if self._claim_now or time.monotonic() >= next_claim:
                         self._claim_now = False
                         next_claim = time.monotonic() + self.claim_and_plan()
                     # The queue is looked at every poll, the deliveries when due (or woken).

@@ -212,17 +212,23 @@ class Claimed:
 _INDEX_ORDER = "SET LOCAL enable_bitmapscan = off;"
 
 
-#: What a claim returns for each leased delivery (the Claimed fields, in order).
-_CLAIMED = """
-    d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts, d.created_at, d.retry_from,
-    d.locked_until, e.created_at AS event_created_at, e.task::text AS task, e.data, w.url, w.secret,
-    w.previous_secret, w.previous_secret_expires_at, w.disabled, w.disabled_reason,
-    w.failing_since, w.owner, w.admin,
+#: The Claimed fields a lease takes from its subscription `w` (and the owner's API keys):
+#: the claim's and the fan-out's (store.fan_out_and_lease) alike.
+CLAIMED_SUBSCRIPTION = """
+    w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, w.disabled,
+    w.disabled_reason, w.failing_since, w.owner, w.admin,
     EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner) AS owner_keyed,
     EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner AND k.revoked_at IS NULL)
         AS owner_active,
     EXISTS (SELECT 1 FROM api_keys k WHERE k.owner = w.owner AND k.revoked_at IS NULL
             AND k.permissions && ARRAY['tasks:admin', '*']) AS owner_admin
+"""
+
+#: What a claim returns for each leased delivery (the Claimed fields, in order).
+_CLAIMED = f"""
+    d.id, d.event_id, d.webhook_id, d.type, d.task_id, d.attempts, d.created_at, d.retry_from,
+    d.locked_until, e.created_at AS event_created_at, e.task::text AS task, e.data,
+    {CLAIMED_SUBSCRIPTION}
 """
 
 

@@ -1,0 +1,166 @@
+"""The fan-out leases the deliveries it makes within the deliverer's room; the rest wait."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+
+import psycopg2
+import pytest
+
+from cli.base import ledger
+from shared import db, store
+from shared.store.webhook_events import fan_out_and_lease
+from tests.helpers import wait_for
+from tests.integration import test_webhook_delivery as base
+
+# The delivery tests' fixtures (pytest finds fixtures among a module's names).
+_empty_tables = base._empty_tables
+receiver = base.receiver
+deliverer = base.deliverer
+webhook_settings = base.webhook_settings
+finish_tasks, subscribe = base.finish_tasks, base.subscribe
+
+pytestmark = pytest.mark.integration
+
+
+def rows(database_url: str) -> dict[uuid.UUID, tuple[str, int, datetime | None, datetime]]:
+    """Every delivery: id -> (status, attempts, locked_until, next_attempt_at)."""
+    with ledger(database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, status, attempts, locked_until, next_attempt_at FROM webhook_deliveries"
+        )
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in cur.fetchall()}
+
+
+def test_the_fan_out_leases_within_the_caps_and_the_rest_is_claimed_later(backends, receiver):
+    a, _ = subscribe(backends.database_url, receiver.url("/a"))
+    b, _ = subscribe(backends.database_url, receiver.url("/b"))
+    busy, _ = subscribe(backends.database_url, receiver.url("/busy"))
+    finish_tasks(backends.database_url, 5)
+    with closing(db.connect(backends.database_url)) as conn:
+        conn.autocommit = True
+        # Room: 3 overall; a's default (2), b has 1 left, busy none.
+        done, leased = fan_out_and_lease(
+            conn, 500, free=3, per_subscription=2, room={b: 1, busy: 0}, lease_seconds=30
+        )
+        assert done == store.FanOut(5, 15)
+        assert Counter(c.webhook_id for c in leased) == {a: 2, b: 1}
+        now = datetime.now(UTC)
+        for c in leased:
+            # As a claim returns it: the attempt counted, the event's snapshot, the target.
+            assert c.attempts == 1 and c.retry_from is None and c.data is None
+            assert now + timedelta(seconds=25) < c.locked_until < now + timedelta(seconds=35)
+            assert c.task is not None and c.task_id is not None and c.type == "task.completed"
+            assert c.event_created_at == c.created_at
+            assert c.url == receiver.url("/a" if c.webhook_id == a else "/b")
+            assert not c.disabled and c.owner == "alice" and not c.owner_keyed
+        stored = rows(backends.database_url)
+        for c in leased:
+            assert stored[c.id] == ("PENDING", 1, c.locked_until, c.locked_until)
+        waiting = {i for i, r in stored.items() if i not in {c.id for c in leased}}
+        assert len(waiting) == 12
+        assert {stored[i][:3] for i in waiting} == {("PENDING", 0, None)}
+
+        # The overall room caps too: none free, none leased.
+        finish_tasks(backends.database_url, 1)
+        assert fan_out_and_lease(
+            conn, 500, free=0, per_subscription=2, room={}, lease_seconds=30
+        ) == (store.FanOut(1, 3), [])
+
+        # The rest is due now and claimed as before; the leased ones are not (not due).
+        claimed = store.claim_deliveries(
+            conn, free=50, per_subscription=50, room={}, scan=100, lease_seconds=30
+        )
+        assert {c.id for c in claimed} == set(rows(backends.database_url)) - {c.id for c in leased}
+        # The recorder's lease check holds for a lease the fan-out wrote.
+        outcome, at = store.Outcome(True, 200, 3, None), datetime.now(UTC)
+        assert store.record_delivered_batch(conn, [(c, outcome, at) for c in leased]) == 3
+        assert store.next_delivery_in(conn) is not None  # the claimed ones, leased
+    final = rows(backends.database_url)
+    assert [final[c.id][:2] for c in leased] == [("DELIVERED", 1)] * 3
+
+
+def test_a_lease_from_the_fan_out_that_lapses_is_delivered_by_another_deliverer(
+    backends, receiver, deliverer
+):
+    subscribe(backends.database_url, receiver.url("/a"))
+    finish_tasks(backends.database_url, 3)
+    # A deliverer fans out, leases, and dies before sending (its lease: 2 seconds).
+    with closing(db.connect(backends.database_url)) as conn:
+        conn.autocommit = True
+        done, leased = fan_out_and_lease(
+            conn, 500, free=10, per_subscription=10, room={}, lease_seconds=2
+        )
+    assert done == store.FanOut(3, 3) and len(leased) == 3
+    started = time.monotonic()
+    other = deliverer()
+    wait_for(lambda: len(receiver.at("/a")) == 3, 20)
+    # Not before the lease lapsed: the rows were not due until then.
+    assert min(r["at"] for r in receiver.at("/a")) - started > 1.0
+    assert sorted(r["headers"]["webhook-id"] for r in receiver.at("/a")) == sorted(
+        str(c.event_id) for c in leased
+    )
+    assert other.leased_at_fan_out == 0
+    wait_for(lambda: {r[:2] for r in rows(backends.database_url).values()} == {("DELIVERED", 2)})
+    # The dead deliverer's outcome, were it recorded late, would be refused (lease lost).
+    with closing(db.connect(backends.database_url)) as conn:
+        conn.autocommit = True
+        outcome = store.Outcome(True, 200, 1, None)
+        assert store.record_delivered_batch(conn, [(leased[0], outcome, datetime.now(UTC))]) == 0
+
+
+def test_fan_outs_side_by_side_lease_each_delivery_once(backends, receiver):
+    a, _ = subscribe(backends.database_url, receiver.url("/a"))
+    b, _ = subscribe(backends.database_url, receiver.url("/b"))
+    finish_tasks(backends.database_url, 30)
+    holder = psycopg2.connect(backends.database_url)
+    try:
+        # One fan-out holds the oldest 10 (uncommitted, as plain SQL in a transaction);
+        # another takes the other 20 meanwhile.
+        first, mine = fan_out_and_lease(
+            holder, 10, free=100, per_subscription=100, room={}, lease_seconds=30
+        )
+        with closing(db.connect(backends.database_url)) as conn:
+            conn.autocommit = True
+            second, theirs = fan_out_and_lease(
+                conn, 500, free=100, per_subscription=100, room={}, lease_seconds=30
+            )
+            holder.commit()
+            assert (first, second) == (store.FanOut(10, 20), store.FanOut(20, 40))
+            assert len(mine) == 20 and len(theirs) == 40
+            # A third deliverer finds nothing due: every delivery is leased to one of them.
+            assert (
+                store.claim_deliveries(
+                    conn, free=100, per_subscription=100, room={}, scan=200, lease_seconds=30
+                )
+                == []
+            )
+    finally:
+        holder.close()
+    ids = [c.id for c in mine + theirs]
+    assert len(set(ids)) == 60 and set(ids) == set(rows(backends.database_url))
+    assert not {c.event_id for c in mine} & {c.event_id for c in theirs}
+    assert Counter(c.webhook_id for c in mine + theirs) == {a: 30, b: 30}
+
+
+def test_two_deliverers_fanning_out_send_each_delivery_once(backends, receiver, deliverer):
+    subscribe(backends.database_url, receiver.url("/a"))
+    subscribe(backends.database_url, receiver.url("/b"))
+    runners = [deliverer(webhook_subscription_concurrency=8) for _ in range(2)]
+    for _ in range(10):
+        finish_tasks(backends.database_url, 15)
+        time.sleep(0.05)
+    wait_for(lambda: len(receiver.at("/a")) >= 150 and len(receiver.at("/b")) >= 150, 30)
+    time.sleep(0.5)
+    for path in ("/a", "/b"):
+        ids = [r["headers"]["webhook-id"] for r in receiver.at(path)]
+        assert len(ids) == 150 and len(set(ids)) == 150
+    # Each delivery was leased once (by a fan-out or a claim) and recorded by its holder.
+    wait_for(lambda: {r[:2] for r in rows(backends.database_url).values()} == {("DELIVERED", 1)})
+    assert len(rows(backends.database_url)) == 300
+    assert sum(r.fanned_out for r in runners) == 150
+    assert sum(r.leased_at_fan_out for r in runners) > 0  # most sent without a claim
