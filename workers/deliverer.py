@@ -20,6 +20,7 @@ from shared import db, store
 from shared.db import Database
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.retention import Retention
+from shared.store.deliveries import attempts_and_retries_of_tasks
 from shared.store.webhook_events import fan_out_and_lease
 from shared.task_document import task_from_snapshot, task_json
 from shared.webhook_signing import event_body, headers, signing_secrets
@@ -233,8 +234,7 @@ class Deliverer:
         retries: dict[uuid.UUID, list[uuid.UUID]] = {}
         if task_ids:
             with self.db.connection(autocommit=True) as conn:
-                attempts = store.attempts_of_tasks(conn, task_ids)
-                retries = store.retries_of_tasks(conn, task_ids)
+                attempts, retries = attempts_and_retries_of_tasks(conn, task_ids)
                 overrides = self._retentions(conn)
         bodies: dict[uuid.UUID, bytes] = {}
         for item in claimed:

@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
+from psycopg2.extras import Json
 
 from cli.base import ledger
 from shared import db, store
+from shared.store.deliveries import attempts_and_retries_of_tasks
 from shared.store.webhook_events import fan_out_and_lease
-from tests.helpers import wait_for
+from tests.helpers import task_row, wait_for
 from tests.integration import test_webhook_delivery as base
 
 # The delivery tests' fixtures (pytest finds fixtures among a module's names).
@@ -164,3 +166,37 @@ def test_two_deliverers_fanning_out_send_each_delivery_once(backends, receiver, 
     assert len(rows(backends.database_url)) == 300
     assert sum(r.fanned_out for r in runners) == 150
     assert sum(r.leased_at_fan_out for r in runners) > 0  # most sent without a claim
+
+
+def test_the_render_look_ups_in_one_statement_match_the_two(backends):
+    tasks = [task_row() for _ in range(3)]
+    first, second, bare = (t.id for t in tasks)
+    with ledger(backends.database_url) as conn:
+        store.insert_tasks(conn, tasks)
+        # Two replays of `first` (one transaction: the same created_at, so by id), one of
+        # `second`, none of `bare`.
+        replays = [task_row(retry_of=first) for _ in range(2)] + [task_row(retry_of=second)]
+        for replay in replays:
+            store.insert_tasks(conn, [replay])
+        with conn.cursor() as cur:
+            for tid, attempt, status in [
+                (first, 2, "FAILED"),
+                (first, 1, "FAILED"),
+                (second, 1, "COMPLETED"),
+            ]:
+                cur.execute(
+                    "INSERT INTO task_attempts (task_id, attempt, status, ended_at, error)"
+                    " VALUES (%s, %s, %s, now(), %s)",
+                    (tid, attempt, status, Json({"message": f"attempt {attempt}"})),
+                )
+    with closing(db.connect(backends.database_url)) as conn:
+        conn.autocommit = True
+        ids = [first, second, bare, first]
+        attempts, retries = attempts_and_retries_of_tasks(conn, ids)
+        assert attempts == store.attempts_of_tasks(conn, ids)
+        assert retries == store.retries_of_tasks(conn, ids)
+        assert [a.attempt for a in attempts[first]] == [1, 2] and bare not in attempts
+        assert attempts[first][1].error == {"message": "attempt 2"}
+        assert retries[first] == sorted([replays[0].id, replays[1].id])
+        assert retries[second] == [replays[2].id]
+        assert attempts_and_retries_of_tasks(conn, []) == ({}, {})
