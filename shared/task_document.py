@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import fields
 from datetime import UTC, datetime
 from enum import Enum
@@ -13,14 +13,25 @@ from typing import Any
 from shared.pending import pending_details, pending_reason
 from shared.status import PendingReason, Priority
 from shared.store import Attempt, Task
+from shared.store._rows import make
 
 
 def rfc3339(value: datetime | None) -> str | None:
     """Format a time as RFC 3339 UTC with a `Z`, to the millisecond."""
     if value is None:
         return None
-    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # psycopg2's and fromisoformat's UTC times are UTC itself
+        value = value.astimezone(UTC)
+    # isoformat(timespec="milliseconds") less its "+00:00", in half the time.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond // 1000,
+    )
 
 
 def environment(host: str | None, pid: int | None) -> str | None:
@@ -130,33 +141,41 @@ def task_from_snapshot(row: dict[str, Any]) -> Task:
     JSON carries times and ids as text and the status as its name: each is converted back by
     the field's declared type, so `task_json` renders the snapshot exactly as the live row.
     """
-    hints = _task_hints()
-    values: dict[str, Any] = {}
+    if not _CONVERTED:
+        _plan_snapshot()
+    values = {name: row[name] for name in _PLAIN if name in row}
+    for name, convert in _CONVERTED:
+        if name in row:  # not: a column a later migration added, absent from an older snapshot
+            value = row[name]
+            values[name] = None if value is None else convert(value)
+    return make(Task, values)
+
+
+# The fields of Task taken as they are, and those converted from their JSON text (by type).
+_PLAIN: list[str] = []
+_CONVERTED: list[tuple[str, Callable[[Any], Any]]] = []
+
+
+def _plan_snapshot() -> None:
+    hints = typing.get_type_hints(Task)
+    plain, converted = [], []
     for spec in fields(Task):
-        if spec.name not in row:
-            continue  # a column a later migration added, absent from an older snapshot
-        values[spec.name] = _convert(hints[spec.name], row[spec.name])
-    return Task(**values)
+        convert = _converter(hints[spec.name])
+        if convert is None:
+            plain.append(spec.name)
+        else:
+            converted.append((spec.name, convert))
+    _PLAIN[:] = plain
+    _CONVERTED[:] = converted
 
 
-_HINTS: dict[str, Any] = {}
-
-
-def _task_hints() -> dict[str, Any]:
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(Task))
-    return _HINTS
-
-
-def _convert(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _converter(hint: Any) -> Callable[[Any], Any] | None:
     kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     kind = kinds[0]
     if kind is datetime:
-        return datetime.fromisoformat(value)
+        return datetime.fromisoformat
     if kind is uuid.UUID:
-        return uuid.UUID(value)
+        return uuid.UUID
     if isinstance(kind, type) and issubclass(kind, Enum):
-        return kind(value)
-    return value
+        return kind
+    return None
