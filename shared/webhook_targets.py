@@ -256,7 +256,7 @@ class Sender:
 
     HTTP/1.1 is spoken on the socket directly (shared/http1.py reads the answer): the
     request goes out in one send, and the answer is parsed without http.client's line reads
-    and email parser, a third of the CPU it took (the deliverer's largest cost per delivery).
+    and email parser: a fifth of the CPU it took (the deliverer's largest cost per delivery).
     Timeouts: the connection is made within the timeout, and the whole answer (interim ones,
     head and body) must come within the timeout of the request being sent.
     """
