@@ -12,6 +12,9 @@ from socket import socket
 MAX_HEAD_BYTES = 64 * 1024
 #: Most header lines of one response (http.client's limit).
 MAX_HEADERS = 100
+#: Most interim (1xx) answers skipped before the answer (a receiver sending them forever
+#: would otherwise cost CPU until the deadline).
+MAX_INTERIM = 16
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
 
@@ -111,10 +114,12 @@ def read_response(sock: socket, deadline: float, limit: int) -> Response:
     then not reusable). Raises NoAnswer, Late, Malformed, or the socket's own OSError.
     """
     reader = _Reader(sock, deadline)
-    while True:
+    for _ in range(MAX_INTERIM + 1):
         status, minor, fields = _head(reader)
         if status >= 200 or status == 101:
             break  # 100 Continue, 102 Processing, 103 Early Hints... precede the answer
+    else:
+        raise Malformed(f"more than {MAX_INTERIM} interim (1xx) answers")
     closing = minor == 0 or status == 101  # HTTP/1.0 closes; 101 switched protocols unasked
     coding = length = None
     for name, value in fields:

@@ -140,6 +140,7 @@ def test_framings(wire, status, body, reusable):
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok", "closed in the middle"),
         (b"HTTP/1.1 200 OK\r\nContent-", "closed in the middle"),
         (b"HTTP/1.1 100 Continue\r\n\r\n", "closed in the middle"),
+        (b"HTTP/1.1 102 Processing\r\n\r\n" * 17 + b"HTTP/1.1 200 OK\r\n\r\n", "interim"),
     ],
 )
 def test_malformed_answers_are_refused(wire, issue):
