@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import weakref
 from typing import Any
 
@@ -18,17 +19,32 @@ from shared.store._rows import Conn, Cursor
 #: of 20,000 deliveries drained at 117/s instead of 1,704/s (its Postgres: 5.9 ms per delivery).
 CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan;"
 
-#: A prepared statement is prepared again (its plans made afresh) each time its runs on a
-#: connection reach a power of two from this many on. Postgres makes a generic plan after
-#: five runs and keeps it until an ANALYZE of its tables (autovacuum's) invalidates it: one
-#: made while `tasks` was nearly empty (a fresh install, a test's truncated table) scans the
-#: whole table, a sequential scan or, with those off, a full scan of another index holding
-#: the id, and with autovacuum off (as on the test machine) it stayed: 2-3 ms of Postgres
-#: CPU per task claim at 5,000 rows, the bench's throughput halved (271 against 532 tasks/s).
-#: Planned afresh as the runs double, a plan is never older than half the runs, so a table
-#: that grew from nearly empty is planned for its size soon; planning every run instead
-#: (force_custom_plan) cost 0.2 ms of Postgres CPU per claim and 0.16 ms per finish.
-REPREPARE_FROM = 64
+#: A run slower than this marks its statement for preparing again (its plans made afresh),
+#: which happens at its next run once it ran REPREPARE_AFTER times since it was prepared.
+#: Postgres makes a generic plan after five runs and keeps it until an ANALYZE of its tables
+#: (autovacuum's) invalidates it, and an invalidation makes the next plan from the table as it
+#: is then. One made while `tasks` was nearly empty (a fresh install, a truncated table, a
+#: statement invalidated by a VACUUM just then) scans the whole table, a sequential scan or,
+#: with those off, a full scan of another index holding the id, and with autovacuum off (as
+#: on the test machine) nothing replaced it: 2-3 ms of Postgres CPU per task claim at 5,000
+#: rows, the bench's throughput halved (271 against 532 tasks/s). Such a plan shows as slow
+#: runs, and is replaced within REPREPARE_AFTER runs; a healthy one never is. Planning every
+#: run instead (force_custom_plan) cost 0.2 ms of Postgres CPU per claim and 0.16 per finish;
+#: preparing again costs one round trip and five planned runs, at most once per 64 runs.
+SLOW_RUN_SECONDS = 0.001
+REPREPARE_AFTER = 64
+
+
+class _State:
+    """A statement prepared on one connection: runs since it was prepared, whether one was
+    slow, and how often it was prepared there (for tests)."""
+
+    __slots__ = ("since", "slow", "prepares")
+
+    def __init__(self) -> None:
+        self.since = 0
+        self.slow = False
+        self.prepares = 1
 
 
 class Prepared:
@@ -50,9 +66,8 @@ class Prepared:
 
     #: Process-wide: set once a prepared statement went missing or was already there.
     plain_only = False
-    #: The statements prepared on each live connection, with how often each ran there
-    #: (forgotten with the connection).
-    done: weakref.WeakKeyDictionary[Conn, dict[str, int]] = weakref.WeakKeyDictionary()
+    #: The statements prepared on each live connection, by name (forgotten with the connection).
+    done: weakref.WeakKeyDictionary[Conn, dict[str, _State]] = weakref.WeakKeyDictionary()
 
     def __init__(self, name: str, plain: str, types: dict[str, str], prefix: str = "") -> None:
         self.name = name
@@ -77,15 +92,20 @@ class Prepared:
             return
         names = Prepared.done.setdefault(conn, {})
         try:
-            runs = names.get(self.name)
-            if runs is None:
+            state = names.get(self.name)
+            if state is None:
                 cur.execute(self.prepare)
-                runs = 0
-            elif runs >= REPREPARE_FROM and runs & (runs - 1) == 0:
+                state = names[self.name] = _State()
+            elif state.slow and state.since >= REPREPARE_AFTER:
                 cur.execute(f"DEALLOCATE {self.name}")
                 cur.execute(self.prepare)
-            names[self.name] = runs + 1
+                state.since, state.slow = 0, False
+                state.prepares += 1
+            started = time.perf_counter()
             cur.execute(self.execute, [params[p] for p in self.params])
+            state.since += 1
+            if time.perf_counter() - started > SLOW_RUN_SECONDS:
+                state.slow = True
             return
         except (
             psycopg2.errors.InvalidSqlStatementName,  # missing: not the connection we prepared on

@@ -17,6 +17,7 @@ from shared import db, store
 from shared.broker import Broker
 from shared.db import Database
 from shared.status import Status
+from shared.store import _prepared as prepared
 from shared.store import attempts
 from workers.context import AttemptContext
 from workers.executor import HOST, Runtime
@@ -185,10 +186,10 @@ def test_claim_and_finish_are_prepared_once_per_autocommit_connection(
             assert done is not None and done.status == "COMPLETED"
 
 
-def test_a_prepared_statement_is_planned_again_as_its_runs_double(settings: Settings) -> None:
+def test_a_prepared_statement_whose_plan_turned_slow_is_planned_again(settings: Settings) -> None:
     """A generic plan made while a table was nearly empty scans all of it once it is not (the
-    worker's claim did, with autovacuum off): planned afresh as the runs double, it uses the
-    key's index once the table has grown."""
+    worker's claim did, with autovacuum off): its slow runs get it planned afresh, for the
+    table's size, within REPREPARE_AFTER runs; a fast plan is kept."""
     probe = attempts._Prepared(
         "taskexec_test_probe", "SELECT b FROM probe WHERE id = %(id)s", {"id": "uuid"}
     )
@@ -207,14 +208,23 @@ def test_a_prepared_statement_is_planned_again_as_its_runs_double(settings: Sett
             cur.execute("ANALYZE probe")  # statistics that say: empty
             for _ in range(10):
                 probe.run(cur, {"id": uuid.uuid4()})
+            state = attempts._Prepared.done[conn]["taskexec_test_probe"]
+            assert not state.slow and state.prepares == 1
+            # Big enough that a scan of it is slow on any machine (milliseconds).
             cur.execute(
                 "INSERT INTO probe SELECT gen_random_uuid(), n % 100, n"
-                " FROM generate_series(1, 20000) n"
+                " FROM generate_series(1, 300000) n"
             )
             assert "Seq Scan" in plan()  # the generic plan made on the empty table: stale
-            while attempts._Prepared.done[conn]["taskexec_test_probe"] < 70:
+            while state.since < prepared.REPREPARE_AFTER:
+                probe.run(cur, {"id": uuid.uuid4()})
+            assert state.slow and state.prepares == 1  # marked; prepared again at the next run
+            probe.run(cur, {"id": uuid.uuid4()})
+            assert state.prepares == 2
+            for _ in range(2 * prepared.REPREPARE_AFTER):
                 probe.run(cur, {"id": uuid.uuid4()})
         assert "Index Scan using probe_pkey" in plan()
+        assert state.prepares == 2  # the new plan is fast: kept
     finally:
         conn.close()
 
