@@ -471,6 +471,28 @@ def fail_undeliverable(conn: Conn, claimed: Claimed, error: str) -> bool:
         return cur.rowcount > 0
 
 
+def release_deliveries(conn: Conn, claimed: Sequence[Claimed]) -> int:
+    """Give leased deliveries back unsent: due now, their attempt not counted; return how many.
+
+    For deliveries a deliverer leased but will not send (held while their lease ran short, or
+    the deliverer stopping). One whose lease was lost meanwhile is left as it is.
+    """
+    if not claimed:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            UPDATE webhook_deliveries d
+            SET attempts = greatest(d.attempts - 1, 0), locked_until = NULL,
+                next_attempt_at = now()
+            FROM unnest(%s::uuid[], %s::timestamptz[]) AS v (id, lease)
+            WHERE d.id = v.id AND d.locked_until = v.lease AND d.status = 'PENDING'
+            """,
+            ([str(c.id) for c in claimed], [c.locked_until for c in claimed]),
+        )
+        return cur.rowcount
+
+
 # A delivery whose subscription is gone (written while it was being deleted) is never sent:
 # it must not count as due, or the deliverer would look again at once. The first in index
 # order (a scalar subquery keeps that plan; see _CLAIM). Prepared: an idle look runs it.

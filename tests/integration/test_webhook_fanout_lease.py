@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +18,7 @@ from shared.store.deliveries import attempts_and_retries_of_tasks
 from shared.store.webhook_events import fan_out_and_lease
 from tests.helpers import task_row, wait_for
 from tests.integration import test_webhook_delivery as base
+from workers.deliverer import Deliverer
 
 # The delivery tests' fixtures (pytest finds fixtures among a module's names).
 _empty_tables = base._empty_tables
@@ -200,3 +201,56 @@ def test_the_render_look_ups_in_one_statement_match_the_two(backends):
         assert retries[first] == sorted([replays[0].id, replays[1].id])
         assert retries[second] == [replays[2].id]
         assert attempts_and_retries_of_tasks(conn, []) == ({}, {})
+
+
+def test_held_deliveries_start_as_their_subscriptions_sends_finish_within_the_cap(
+    backends, receiver, deliverer
+):
+    receiver.plan["/slow"] = [0]  # each request answers after hang_seconds
+    receiver.hang_seconds = 0.4
+    subscribe(backends.database_url, receiver.url("/slow"))
+    runner = deliverer(webhook_subscription_concurrency=2)
+    finish_tasks(backends.database_url, 6)
+    wait_for(lambda: len(receiver.at("/slow")) == 6, 15)
+    # All six leased by the fan-out (2 sent, 4 held), none claimed.
+    assert runner.leased_at_fan_out == 6
+    # Never more than the cap (2) at once: any three requests span a whole answer's wait.
+    arrivals = sorted(r["at"] for r in receiver.at("/slow"))
+    assert all(b - a > 0.3 for a, b in zip(arrivals, arrivals[2:], strict=False))
+    wait_for(lambda: {r[:2] for r in rows(backends.database_url).values()} == {("DELIVERED", 1)})
+
+
+def test_a_held_delivery_whose_lease_runs_short_is_given_back(backends, receiver, webhook_settings):
+    webhook_id, _ = subscribe(backends.database_url, receiver.url("/a"))
+    finish_tasks(backends.database_url, 3)
+    with closing(db.connect(backends.database_url)) as conn:
+        conn.autocommit = True
+        # Leases shorter than an attempt may take (2 x the timeout, 2 s, and the margin).
+        _, leased = fan_out_and_lease(
+            conn, 500, free=10, per_subscription=10, room={}, lease_seconds=6
+        )
+    runner = Deliverer(webhook_settings)
+    try:
+        runner._held[webhook_id] = deque((c, b"{}") for c in leased)
+        runner._held_total = 3
+        stale: list[store.Claimed] = []
+        assert runner._next_held(webhook_id, stale) is None
+        assert len(stale) == 3 and not runner._held and runner._held_total == 0
+        runner._give_back(stale)
+        # Due now, the attempt not counted: claimed (and sent) as any due delivery.
+        assert {r[:3] for r in rows(backends.database_url).values()} == {("PENDING", 0, None)}
+        with closing(db.connect(backends.database_url)) as conn:
+            conn.autocommit = True
+            assert store.next_delivery_in(conn) == 0
+            again = store.claim_deliveries(
+                conn, free=10, per_subscription=10, room={}, scan=40, lease_seconds=60
+            )
+        assert {c.id for c in again} == {c.id for c in leased}
+        # A stopping deliverer gives back what it holds (only while it still holds the lease).
+        runner._held[webhook_id] = deque([(again[0], b"{}"), (leased[1], b"{}")])
+        runner._held_total = 2
+        assert runner.release_held() == 2
+        assert rows(backends.database_url)[again[0].id][:3] == ("PENDING", 0, None)
+        assert rows(backends.database_url)[leased[1].id][:2] == ("PENDING", 1)  # not its lease
+    finally:
+        runner.db.close()
