@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
 
 import psycopg2
 
@@ -20,13 +18,12 @@ from shared import db, store
 from shared.db import Database
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.retention import Retention
-from shared.store.deliveries import attempts_and_retries_of_tasks
-from shared.store.deliveries import release_deliveries as store_release
-from shared.store.webhook_events import fan_out_and_lease
-from shared.task_document import task_from_snapshot, task_json
-from shared.webhook_signing import event_body, headers, signing_secrets
-from shared.webhook_targets import Reply, Sender, SendFailed, TargetRefused
+from shared.webhook_signing import headers, signing_secrets
+from shared.webhook_targets import Sender, SendFailed, TargetRefused
 from workers import deliverer_metrics as metrics
+from workers.delivery_bodies import EventBodies
+from workers.delivery_hold import HOLD_FACTOR, HeldDeliveries
+from workers.delivery_outcomes import OutcomeRecorder, Result, outcome_of, result_label
 from workers.release_wait import ReleaseWait
 
 log = logging.getLogger(__name__)
@@ -38,25 +35,11 @@ BACKOFF_MAX_SECONDS = 3600.0
 #: Due deliveries one claim looks at, at least (4 x the free room when more): the cap per
 #: subscription picks among them, and only the picked ones are locked (a lock is a write).
 CLAIM_SCAN_MIN = 128
-#: The fan-out leases, per subscription, up to this many times its cap beyond the sends in
-#: flight (within the pool's free room): held here and started one by one as the
-#: subscription's sends finish, with no claim statement. The cap binds at the bench's rate
-#: (one subscription, 8 in flight, ~30 new deliveries a poll): leasing only the free room
-#: took 8 of 2,988 deliveries in an in-process run at ~500/s, the rest went through claims
-#: of ~4 rows each; with 3 x the cap held, ~37%.
-HOLD_FACTOR = 3
-#: A held delivery is started only while its lease has this long left after the attempt's
-#: longest (connect and answer, each the timeout); otherwise it is given back, due now.
-HOLD_MARGIN_SECONDS = 5.0
 #: Without a NOTIFY, look for due deliveries at least this often (retries, a lost LISTEN).
 IDLE_POLL_SECONDS = 2.0
 #: Queued events one fan-out statement takes at most (their deliveries: this x the
 #: subscriptions that want each). A full batch is followed by the next one at once.
 FANOUT_BATCH = 500
-#: Outcomes are written in batches: the first waits this long for others, and one
-#: statement records at most RECORD_BATCH of them.
-RECORD_LINGER_SECONDS = 0.02
-RECORD_BATCH = 500
 #: While due rows wait for room (the pool or a subscription's cap), look again this often
 #: even if no finishing send wakes the loop.
 STARVED_POLL_SECONDS = 0.1
@@ -65,10 +48,6 @@ RECHECK_SECONDS = 0.2
 #: Retention: events one statement deletes at most, and the pause between rounds.
 PURGE_BATCH = 500
 PURGE_INTERVAL_SECONDS = 60.0
-#: Definitions' retention overrides are read again after this many seconds (expiresAt).
-DEFINITIONS_TTL_SECONDS = 10.0
-#: Characters of a failed answer's body kept in the delivery's error.
-ERROR_BODY_CHARS = 200
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> float:
@@ -140,11 +119,10 @@ class Deliverer:
         self._total = 0
         # Leased deliveries waiting for their subscription's room (see HOLD_FACTOR), with
         # their bodies; started by the send that frees the room, in the order leased.
-        self._held: dict[uuid.UUID, deque[tuple[store.Claimed, bytes]]] = {}
-        self._held_total = 0
+        # Changed under `_lock`, with the sends in flight it depends on.
+        self.held = HeldDeliveries(self.db, settings.webhook_timeout * 2)
         self._stopping = False
-        self._definitions: dict[str, str | None] = {}
-        self._definitions_at = 0.0
+        self.bodies = EventBodies(self.db, self.task_retention)
         self.waiter: DeliveryWait | None = None
         self.sent = 0  # attempts made (for logs and the bench)
         self.fanned_out = 0  # events taken off the queue (for logs and tests)
@@ -161,12 +139,7 @@ class Deliverer:
         # The same, kept until the next claim (a wake clears `_starved`): the fan-out then
         # leases nothing, so new deliveries do not overtake the due ones left behind.
         self._behind = False
-        # Outcomes waiting for the recorder thread: a list swapped whole per batch. The
-        # first outcome of a batch sets the event (one wake-up per batch, not per outcome).
-        self._outcomes: list[Result] = []
-        self._outcomes_ready = threading.Event()
-        self._recording = True
-        self._recorder: threading.Thread | None = None
+        self.recorder = OutcomeRecorder(self.db, self.disable_after)
         self.metrics = metrics.DelivererMetrics.get()
 
     # ------------------------------------------------------------ fanning out
@@ -184,13 +157,13 @@ class Deliverer:
         per = self.per_subscription * (1 + HOLD_FACTOR)
         with self._lock:
             # Leases in flight or held: at most the pool's size.
-            free = self.concurrency - self._total - self._held_total
-            busy = set(self._inflight) | set(self._held)
-            room = {w: per - self._inflight[w] - len(self._held.get(w, ())) for w in busy}
+            free = self.concurrency - self._total - self.held.total
+            busy = set(self._inflight) | set(self.held.subscriptions())
+            room = {w: per - self._inflight[w] - self.held.count(w) for w in busy}
         if self._behind:
             free = 0
         with self.db.connection(autocommit=True) as conn:
-            done, leased = fan_out_and_lease(
+            done, leased = store.fan_out_and_lease(
                 conn,
                 FANOUT_BATCH,
                 free=free,
@@ -214,7 +187,7 @@ class Deliverer:
             free = self.concurrency - self._total
             # A subscription with deliveries held has no room for more (they go first).
             room = {w: self.per_subscription - n for w, n in self._inflight.items()}
-            room.update(dict.fromkeys(self._held, 0))
+            room.update(dict.fromkeys(self.held.subscriptions(), 0))
         if free <= 0:
             self._starved = True
             return 0
@@ -243,91 +216,25 @@ class Deliverer:
             for item in claimed:
                 w = item.webhook_id
                 # Held only behind a send of its subscription in flight: that one starts it.
-                if w not in self._held and self._inflight[w] < self.per_subscription:
+                if w not in self.held and self._inflight[w] < self.per_subscription:
                     self._inflight[w] += 1
                     self._total += 1
                     now.append(item)
                 else:
-                    self._held.setdefault(w, deque()).append((item, bodies[item.event_id]))
-                    self._held_total += 1
+                    self.held.add(item, bodies[item.event_id])
         for item in now:
             self.pool.submit(self._send, item, bodies[item.event_id])
-
-    def _next_held(
-        self, webhook_id: uuid.UUID, stale: list[store.Claimed]
-    ) -> tuple[store.Claimed, bytes] | None:
-        """The next held delivery of a subscription worth starting (call with the lock held).
-
-        One whose lease would not outlast the attempt goes to `stale`, to be given back.
-        """
-        held = self._held.get(webhook_id)
-        found = None
-        while held and not self._stopping:
-            item, body = held.popleft()
-            self._held_total -= 1
-            left = (item.locked_until - datetime.now(UTC)).total_seconds()
-            if left > self.settings.webhook_timeout * 2 + HOLD_MARGIN_SECONDS:
-                found = (item, body)
-                break
-            stale.append(item)
-        if held is not None and not held:
-            del self._held[webhook_id]
-        return found
 
     def release_held(self) -> int:
         """Give every held delivery back, due now (a stopping deliverer); return how many held."""
         with self._lock:
-            items = [item for held in self._held.values() for item, _ in held]
-            self._held.clear()
-            self._held_total = 0
-        self._give_back(items)
+            items = self.held.take_all()
+        self.held.give_back(items)
         return len(items)
-
-    def _give_back(self, items: list[store.Claimed]) -> None:
-        if not items:
-            return
-        try:
-            with self.db.connection(autocommit=True) as conn:
-                store_release(conn, items)
-        except (TaskexecError, psycopg2.Error) as exc:
-            # Not given back: the leases lapse and the deliveries are claimed then.
-            log.warning("%d held delivery(ies) not given back: %s", len(items), exc)
 
     def render(self, claimed: list[store.Claimed]) -> dict[uuid.UUID, bytes]:
         """Each claimed event's body, once per event (its subscriptions get the same bytes)."""
-        snapshots = {c.event_id: c for c in claimed if c.task is not None}
-        task_ids = [c.task_id for c in snapshots.values() if c.task_id is not None]
-        attempts: dict[uuid.UUID, list[Any]] = {}
-        retries: dict[uuid.UUID, list[uuid.UUID]] = {}
-        if task_ids:
-            with self.db.connection(autocommit=True) as conn:
-                attempts, retries = attempts_and_retries_of_tasks(conn, task_ids)
-                overrides = self._retentions(conn)
-        bodies: dict[uuid.UUID, bytes] = {}
-        for item in claimed:
-            if item.event_id in bodies:
-                continue
-            if item.task is None:
-                data: Any = item.data or {}
-            else:
-                task = task_from_snapshot(json.loads(item.task))
-                # The attempts the task had made at the change (a later retry's are not).
-                made = [a for a in attempts.get(task.id, []) if a.attempt <= task.attempts]
-                if task.task_definition_id in overrides:
-                    expires = self.task_retention.expires_at(
-                        task.status, task.end_time, task.pinned, overrides[task.task_definition_id]
-                    )
-                else:
-                    expires = None  # as the API: a task whose definition is gone is kept
-                data = task_json(task, made, retries.get(task.id, []), expires_at=expires)
-            bodies[item.event_id] = event_body(item.type, item.event_created_at, data)
-        return bodies
-
-    def _retentions(self, conn: store.Conn) -> dict[str, str | None]:
-        if time.monotonic() - self._definitions_at > DEFINITIONS_TTL_SECONDS:
-            self._definitions = store.definition_retentions(conn)
-            self._definitions_at = time.monotonic()
-        return self._definitions
+        return self.bodies.render(claimed)
 
     # ------------------------------------------------------------ sending
 
@@ -338,9 +245,10 @@ class Deliverer:
                 self._attempt_logged(item, body)
                 stale: list[store.Claimed] = []
                 with self._lock:
-                    # The slot passes to the subscription's next held delivery, if any.
-                    following = self._next_held(item.webhook_id, stale)
-                self._give_back(stale)
+                    # The slot passes to the subscription's next held delivery, if any (none
+                    # once stopping: what is held is given back).
+                    following = None if self._stopping else self.held.next(item.webhook_id, stale)
+                self.held.give_back(stale)
                 if following is None:
                     break
                 item, body = following
@@ -410,7 +318,7 @@ class Deliverer:
         started = time.monotonic()
         try:
             reply = self.sender.post(item.url, body, headers(str(item.event_id), now, body, keys))
-            outcome = _outcome(reply)
+            outcome = outcome_of(reply)
         except TargetRefused as exc:
             # A refused destination is a configuration to fix, not an outage to wait out.
             outcome, final = store.Outcome(False, None, None, str(exc)), True
@@ -424,59 +332,19 @@ class Deliverer:
         retry_in = None if outcome.delivered or final else self.retry_in(item)
         ended = datetime.now(UTC)
         lag = (ended - item.event_created_at).total_seconds() if outcome.delivered else None
-        self.metrics.count(_result_label(outcome, final, retry_in), seconds, lag)
-        with self._lock:
-            self._outcomes.append(Result(item, outcome, retry_in, ended))
-            first = len(self._outcomes) == 1
-        if first:
-            self._outcomes_ready.set()
+        self.metrics.count(result_label(outcome, final, retry_in), seconds, lag)
+        self.recorder.add(Result(item, outcome, retry_in, ended))
         return outcome
 
     # ------------------------------------------------------------ recording outcomes
 
-    def _record_forever(self) -> None:
-        """Write outcomes in batches until `run_forever` ends and every outcome is written."""
-        while True:
-            self._outcomes_ready.wait()
-            if not self._recording:
-                self.flush()  # the pool has finished: these are the last
-                return
-            # Let the batch fill: at most one write per RECORD_LINGER_SECONDS.
-            time.sleep(RECORD_LINGER_SECONDS)
-            self.flush()
-
     def record(self, batch: list[Result]) -> None:
-        """Write a batch of outcomes in one transaction (no wait for the WAL flush).
-
-        Failing to write loses nothing but the record: the leases lapse, and the deliveries
-        are sent again (at least once).
-        """
-        delivered = [(r.item, r.outcome, r.at) for r in batch if r.outcome.delivered]
-        failed = [r for r in batch if not r.outcome.delivered]
-        try:
-            # The common batch (all delivered) is one statement: no BEGIN/COMMIT round trips.
-            with self.db.connection(autocommit=not failed) as conn:
-                store.record_delivered_batch(conn, delivered)
-                for r in failed:
-                    store.record_failed_attempt(
-                        conn, r.item, r.outcome, r.retry_in, self.disable_after
-                    )
-        except (TaskexecError, psycopg2.Error) as exc:
-            message = exc.message if isinstance(exc, TaskexecError) else str(exc).strip()
-            log.warning(
-                "%d delivery outcome(s) not recorded (sent again later): %s", len(batch), message
-            )
-        except Exception:
-            log.exception("%d delivery outcome(s) not recorded", len(batch))
+        """Write a batch of outcomes in one transaction (see OutcomeRecorder.record)."""
+        self.recorder.record(batch)
 
     def flush(self) -> int:
         """Write the outcomes queued so far; return how many (tests call it directly too)."""
-        with self._lock:
-            batch, self._outcomes = self._outcomes, []
-            self._outcomes_ready.clear()
-        for start in range(0, len(batch), RECORD_BATCH):
-            self.record(batch[start : start + RECORD_BATCH])
-        return len(batch)
+        return self.recorder.flush()
 
     def retry_in(self, item: store.Claimed) -> float | None:
         """Seconds until the next try, or None once the retry horizon is past."""
@@ -554,10 +422,7 @@ class Deliverer:
         self.waiter = DeliveryWait(
             self.settings.database_url, stop, self.settings.db_connect_timeout
         )
-        self._recorder = threading.Thread(
-            target=self._record_forever, name="webhook-record", daemon=True
-        )
-        self._recorder.start()
+        self.recorder.start()
         next_claim = 0.0  # monotonic time of the next claim round (0: at once)
         try:
             while not stop.is_set():
@@ -584,33 +449,6 @@ class Deliverer:
                 self._stopping = True  # the sends in flight start no held delivery
             self.pool.shutdown(wait=True)
             self.release_held()
-            self._recording = False
-            self._outcomes_ready.set()
-            self._recorder.join(30)
+            self.recorder.stop(30)
             self.waiter.close()
             self.sender.close()
-
-
-class Result(NamedTuple):
-    """One attempt's outcome on its way to the recorder thread."""
-
-    item: store.Claimed
-    outcome: store.Outcome
-    retry_in: float | None  # None: final (FAILED) unless delivered
-    at: datetime  # when the attempt ended
-
-
-def _result_label(outcome: store.Outcome, final: bool, retry_in: float | None) -> str:
-    if outcome.delivered:
-        return "delivered"
-    return "failed" if final or retry_in is None else "retrying"
-
-
-def _outcome(reply: Reply) -> store.Outcome:
-    if 200 <= reply.status < 300:
-        return store.Outcome(True, reply.status, reply.elapsed_ms, None)
-    text = reply.body[:ERROR_BODY_CHARS].decode("utf-8", "replace").strip()
-    error = f"HTTP {reply.status}" + (f": {text}" if text else "")
-    if 300 <= reply.status < 400:
-        error = f"HTTP {reply.status}: redirects are not followed"
-    return store.Outcome(False, reply.status, reply.elapsed_ms, error)

@@ -34,24 +34,26 @@ from shared.store.definitions import (
 from shared.store.deliveries import (
     DELIVERY_STATUSES,
     TEST_EVENT,
-    Claimed,
     Delivery,
-    Outcome,
-    attempts_of_tasks,
-    claim_deliveries,
     count_deliveries,
     enqueue_test_event,
-    fail_undeliverable,
     get_delivery,
     list_deliveries,
     listen_for_deliveries,
-    next_delivery_in,
     purge_old_events,
+    redeliver,
+)
+from shared.store.delivery_leases import (
+    Claimed,
+    Outcome,
+    attempts_and_retries_of_tasks,
+    claim_deliveries,
+    fail_undeliverable,
+    next_delivery_in,
     record_delivered_batch,
     record_failed_attempt,
-    redeliver,
     refuse_delivery,
-    retries_of_tasks,
+    release_deliveries,
 )
 from shared.store.gauges import ActiveGroup, active_groups, ping, worker_definitions
 from shared.store.idempotency import (
@@ -137,7 +139,7 @@ from shared.store.tasks import (
     retries_of,
     task_ids_of_workflow,
 )
-from shared.store.webhook_events import FanOut, fan_out_events, queued_events
+from shared.store.webhook_events import FanOut, fan_out_and_lease, fan_out_events, queued_events
 from shared.store.webhooks import (
     Webhook,
     WebhookFilter,
@@ -157,7 +159,7 @@ __all__ = [
     "Claimed",
     "Delivery",
     "Outcome",
-    "attempts_of_tasks",
+    "attempts_and_retries_of_tasks",
     "claim_deliveries",
     "count_deliveries",
     "enqueue_test_event",
@@ -175,7 +177,7 @@ __all__ = [
     "refuse_delivery",
     "record_failed_attempt",
     "redeliver",
-    "retries_of_tasks",
+    "release_deliveries",
     "ActiveGroup",
     "ApiKey",
     "Attempt",
@@ -292,6 +294,7 @@ __all__ = [
     "rotate_webhook_secret",
     "update_webhook",
     "FanOut",
+    "fan_out_and_lease",
     "fan_out_events",
     "queued_events",
 ]

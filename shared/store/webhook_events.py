@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from shared.store._prepared import Prepared
 from shared.store._rows import Conn
-from shared.store.deliveries import CLAIMED_SUBSCRIPTION, Claimed
+from shared.store.delivery_leases import CLAIMED_SUBSCRIPTION, Claimed
 
 
 class FanOut(NamedTuple):

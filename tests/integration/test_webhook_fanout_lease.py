@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
@@ -14,8 +14,6 @@ from psycopg2.extras import Json
 
 from cli.base import ledger
 from shared import db, store
-from shared.store.deliveries import attempts_and_retries_of_tasks
-from shared.store.webhook_events import fan_out_and_lease
 from tests.helpers import task_row, wait_for
 from tests.integration import test_webhook_delivery as base
 from workers.deliverer import Deliverer
@@ -47,7 +45,7 @@ def test_the_fan_out_leases_within_the_caps_and_the_rest_is_claimed_later(backen
     with closing(db.connect(backends.database_url)) as conn:
         conn.autocommit = True
         # Room: 3 overall; a's default (2), b has 1 left, busy none.
-        done, leased = fan_out_and_lease(
+        done, leased = store.fan_out_and_lease(
             conn, 500, free=3, per_subscription=2, room={b: 1, busy: 0}, lease_seconds=30
         )
         assert done == store.FanOut(5, 15)
@@ -70,7 +68,7 @@ def test_the_fan_out_leases_within_the_caps_and_the_rest_is_claimed_later(backen
 
         # The overall room caps too: none free, none leased.
         finish_tasks(backends.database_url, 1)
-        assert fan_out_and_lease(
+        assert store.fan_out_and_lease(
             conn, 500, free=0, per_subscription=2, room={}, lease_seconds=30
         ) == (store.FanOut(1, 3), [])
 
@@ -95,7 +93,7 @@ def test_a_lease_from_the_fan_out_that_lapses_is_delivered_by_another_deliverer(
     # A deliverer fans out, leases, and dies before sending (its lease: 2 seconds).
     with closing(db.connect(backends.database_url)) as conn:
         conn.autocommit = True
-        done, leased = fan_out_and_lease(
+        done, leased = store.fan_out_and_lease(
             conn, 500, free=10, per_subscription=10, room={}, lease_seconds=2
         )
     assert done == store.FanOut(3, 3) and len(leased) == 3
@@ -124,12 +122,12 @@ def test_fan_outs_side_by_side_lease_each_delivery_once(backends, receiver):
     try:
         # One fan-out holds the oldest 10 (uncommitted, as plain SQL in a transaction);
         # another takes the other 20 meanwhile.
-        first, mine = fan_out_and_lease(
+        first, mine = store.fan_out_and_lease(
             holder, 10, free=100, per_subscription=100, room={}, lease_seconds=30
         )
         with closing(db.connect(backends.database_url)) as conn:
             conn.autocommit = True
-            second, theirs = fan_out_and_lease(
+            second, theirs = store.fan_out_and_lease(
                 conn, 500, free=100, per_subscription=100, room={}, lease_seconds=30
             )
             holder.commit()
@@ -169,7 +167,7 @@ def test_two_deliverers_fanning_out_send_each_delivery_once(backends, receiver, 
     assert sum(r.leased_at_fan_out for r in runners) > 0  # most sent without a claim
 
 
-def test_the_render_look_ups_in_one_statement_match_the_two(backends):
+def test_the_render_look_ups_find_each_tasks_attempts_and_replays_in_one_statement(backends):
     tasks = [task_row() for _ in range(3)]
     first, second, bare = (t.id for t in tasks)
     with ledger(backends.database_url) as conn:
@@ -193,14 +191,23 @@ def test_the_render_look_ups_in_one_statement_match_the_two(backends):
     with closing(db.connect(backends.database_url)) as conn:
         conn.autocommit = True
         ids = [first, second, bare, first]
-        attempts, retries = attempts_and_retries_of_tasks(conn, ids)
-        assert attempts == store.attempts_of_tasks(conn, ids)
-        assert retries == store.retries_of_tasks(conn, ids)
-        assert [a.attempt for a in attempts[first]] == [1, 2] and bare not in attempts
-        assert attempts[first][1].error == {"message": "attempt 2"}
-        assert retries[first] == sorted([replays[0].id, replays[1].id])
-        assert retries[second] == [replays[2].id]
-        assert attempts_and_retries_of_tasks(conn, []) == ({}, {})
+        attempts, retries = store.attempts_and_retries_of_tasks(conn, ids)
+        # Each task's attempts, first to last, as the attempts table holds them.
+        assert {t: [(a.attempt, a.status) for a in found] for t, found in attempts.items()} == {
+            first: [(1, "FAILED"), (2, "FAILED")],
+            second: [(1, "COMPLETED")],
+        }
+        assert all(a.task_id == t for t, found in attempts.items() for a in found)
+        assert [a.error for a in attempts[first]] == [
+            {"message": "attempt 1"},
+            {"message": "attempt 2"},
+        ]
+        # The replays, oldest first (the same created_at here: by id); none of `bare`.
+        assert retries == {
+            first: sorted([replays[0].id, replays[1].id]),
+            second: [replays[2].id],
+        }
+        assert store.attempts_and_retries_of_tasks(conn, []) == ({}, {})
 
 
 def test_held_deliveries_start_as_their_subscriptions_sends_finish_within_the_cap(
@@ -226,17 +233,17 @@ def test_a_held_delivery_whose_lease_runs_short_is_given_back(backends, receiver
     with closing(db.connect(backends.database_url)) as conn:
         conn.autocommit = True
         # Leases shorter than an attempt may take (2 x the timeout, 2 s, and the margin).
-        _, leased = fan_out_and_lease(
+        _, leased = store.fan_out_and_lease(
             conn, 500, free=10, per_subscription=10, room={}, lease_seconds=6
         )
     runner = Deliverer(webhook_settings)
     try:
-        runner._held[webhook_id] = deque((c, b"{}") for c in leased)
-        runner._held_total = 3
+        for c in leased:
+            runner.held.add(c, b"{}")
         stale: list[store.Claimed] = []
-        assert runner._next_held(webhook_id, stale) is None
-        assert len(stale) == 3 and not runner._held and runner._held_total == 0
-        runner._give_back(stale)
+        assert runner.held.next(webhook_id, stale) is None
+        assert len(stale) == 3 and webhook_id not in runner.held and runner.held.total == 0
+        runner.held.give_back(stale)
         # Due now, the attempt not counted: claimed (and sent) as any due delivery.
         assert {r[:3] for r in rows(backends.database_url).values()} == {("PENDING", 0, None)}
         with closing(db.connect(backends.database_url)) as conn:
@@ -247,8 +254,8 @@ def test_a_held_delivery_whose_lease_runs_short_is_given_back(backends, receiver
             )
         assert {c.id for c in again} == {c.id for c in leased}
         # A stopping deliverer gives back what it holds (only while it still holds the lease).
-        runner._held[webhook_id] = deque([(again[0], b"{}"), (leased[1], b"{}")])
-        runner._held_total = 2
+        runner.held.add(again[0], b"{}")
+        runner.held.add(leased[1], b"{}")
         assert runner.release_held() == 2
         assert rows(backends.database_url)[again[0].id][:3] == ("PENDING", 0, None)
         assert rows(backends.database_url)[leased[1].id][:2] == ("PENDING", 1)  # not its lease
