@@ -62,6 +62,10 @@ class Prepared:
     `prefix` (say "SET LOCAL enable_sort = off;") is sent with every run, in the same simple
     query, so it holds for the statement's implicit transaction, and for its planning too: a
     prepared statement is planned when executed.
+
+    `slow_seconds` is the run time past which the plan is suspect (SLOW_RUN_SECONDS unless
+    given): a statement whose runs legitimately take longer gets a bound above them, or it
+    would be prepared again every REPREPARE_AFTER runs for nothing.
     """
 
     #: Process-wide: set once a prepared statement went missing or was already there.
@@ -69,8 +73,16 @@ class Prepared:
     #: The statements prepared on each live connection, by name (forgotten with the connection).
     done: weakref.WeakKeyDictionary[Conn, dict[str, _State]] = weakref.WeakKeyDictionary()
 
-    def __init__(self, name: str, plain: str, types: dict[str, str], prefix: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        plain: str,
+        types: dict[str, str],
+        prefix: str = "",
+        slow_seconds: float = SLOW_RUN_SECONDS,
+    ) -> None:
         self.name = name
+        self.slow_seconds = slow_seconds
         self.plain = prefix + plain
         self.params = tuple(types)
         numbered = plain
@@ -104,7 +116,7 @@ class Prepared:
             started = time.perf_counter()
             cur.execute(self.execute, [params[p] for p in self.params])
             state.since += 1
-            if time.perf_counter() - started > SLOW_RUN_SECONDS:
+            if time.perf_counter() - started > self.slow_seconds:
                 state.slow = True
             return
         except (

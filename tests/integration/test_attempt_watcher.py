@@ -229,6 +229,31 @@ def test_a_prepared_statement_whose_plan_turned_slow_is_planned_again(settings: 
         conn.close()
 
 
+def test_a_prepared_statement_slow_by_nature_is_not_planned_again_below_its_bound(
+    settings: Settings,
+) -> None:
+    """A statement whose runs take longer than SLOW_RUN_SECONDS by their nature (the fan-out
+    writes its deliveries) is given a higher `slow_seconds`: runs under it keep the plan,
+    while the same runs under the default bound mark it for planning again."""
+    sleep = "SELECT pg_sleep(0.003)"  # 3 ms a run: over SLOW_RUN_SECONDS, far under 1 s
+    assert prepared.SLOW_RUN_SECONDS < 0.003
+    patient = prepared.Prepared("taskexec_test_patient", sleep, {}, slow_seconds=1.0)
+    default = prepared.Prepared("taskexec_test_default", sleep, {})
+    conn = db.connect(settings.database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for _ in range(prepared.REPREPARE_AFTER + 1):
+                patient.run(cur, {})
+                default.run(cur, {})
+        states = prepared.Prepared.done[conn]
+        assert not states["taskexec_test_patient"].slow
+        assert states["taskexec_test_patient"].prepares == 1
+        assert states["taskexec_test_default"].prepares == 2  # prepared again after 64 runs
+    finally:
+        conn.close()
+
+
 def test_a_prepared_statement_gone_from_the_server_falls_back_to_plain_sql(
     database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
