@@ -210,6 +210,45 @@ def test_the_render_look_ups_find_each_tasks_attempts_and_replays_in_one_stateme
         assert store.attempts_and_retries_of_tasks(conn, []) == ({}, {})
 
 
+def test_the_lease_statements_look_up_the_owners_api_keys_by_index(backends, receiver):
+    """Each leased delivery checks its owner's API keys (CLAIMED_SUBSCRIPTION): by an index.
+
+    A scan of every key per delivery grows with the keys: fanning out 30 deliveries took
+    15.9 ms instead of 2.1 with 5,000 keys before migration 0016.
+    """
+    from shared.store import delivery_leases, webhook_events
+
+    subscribe(backends.database_url, receiver.url("/a"))
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO api_keys (id, name, owner, permissions, key_hash)"
+            " SELECT 'many-' || g, 'k', 'owner-' || (g % 1000), ARRAY['tasks:read'], 'h' || g"
+            " FROM generate_series(1, 3000) g"
+        )
+        cur.execute("ANALYZE api_keys")
+    lease = {"free": 8, "per": 8, "room_ids": [], "room_free": [], "lease": 30.0}
+    statements = [
+        (webhook_events._FAN_OUT, {**lease, "limit": 500}),
+        (delivery_leases._CLAIM, {**lease, "busy": [], "scan": 128}),
+    ]
+    try:
+        with closing(db.connect(backends.database_url)) as conn:
+            conn.autocommit = True  # the prefix's SET LOCALs hold for the one statement
+            with conn.cursor() as cur:
+                for statement, params in statements:
+                    cur.execute(statement.prepare)
+                    head, _, tail = statement.execute.rpartition("EXECUTE ")
+                    cur.execute(
+                        head + "EXPLAIN EXECUTE " + tail, [params[p] for p in statement.params]
+                    )
+                    plan = "\n".join(row[0] for row in cur.fetchall())
+                    assert "api_keys_owner" in plan, plan
+                    assert "Seq Scan on api_keys" not in plan, plan
+    finally:
+        with ledger(backends.database_url) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM api_keys WHERE id LIKE 'many-%'")
+
+
 def test_held_deliveries_start_as_their_subscriptions_sends_finish_within_the_cap(
     backends, receiver, deliverer
 ):
