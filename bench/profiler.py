@@ -16,7 +16,7 @@ _FRAME_LINE = re.compile(r":\d+\)$")
 
 # Where a sample's time goes, judged from the innermost frame that names a known library.
 RESOURCES: list[tuple[str, tuple[str, ...]]] = [
-    ("Postgres (psycopg2)", ("psycopg2", "shared/store.py", "shared/db.py")),
+    ("Postgres (psycopg2)", ("psycopg2", "shared/store/", "shared/db.py")),
     ("Redis (redis-py, kombu)", ("redis/", "kombu/")),
     ("Celery internals", ("celery/", "billiard/")),
     ("rate limiter", ("flask_limiter/", "limits/")),
@@ -25,6 +25,8 @@ RESOURCES: list[tuple[str, tuple[str, ...]]] = [
     ("logging", ("logging/",)),
     ("Flask, werkzeug, smorest", ("flask/", "werkzeug/", "flask_smorest/", "webargs/")),
     ("gunicorn", ("gunicorn/",)),
+    # Last: a request waiting for another's batch (its own INSERT is matched above).
+    ("group commit (waiting for a batch, batching)", ("api/group_commit.py",)),
 ]
 # Library frames worth naming in the inclusive list next to the project's own functions.
 LIBRARY_ENTRIES = (
