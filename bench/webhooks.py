@@ -174,12 +174,13 @@ def machine_cpu() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def subscribe(url: str, target: str, events: list[str]) -> None:
+def subscribe(url: str, target: str, events: list[str], workflow: str | None = None) -> None:
+    """A subscription of the bench's owner (admin) to `events`, filtered on `workflow` if set."""
     with ledger(url) as conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO webhooks (id, owner, admin, url, events, secret)"
-            " VALUES (%s, 'bench', true, %s, %s, %s)",
-            (uuid.uuid4(), target, events, new_secret()),
+            "INSERT INTO webhooks (id, owner, admin, url, events, secret, workflow_instance_id)"
+            " VALUES (%s, 'bench', true, %s, %s, %s, %s)",
+            (uuid.uuid4(), target, events, new_secret(), workflow),
         )
 
 
@@ -191,14 +192,20 @@ def unsubscribe_all(url: str) -> None:
         )
 
 
-def echo_rows(n: int) -> list[store.NewTask]:
+#: The workflow instance a share of the throughput turns' tasks belong to, and the one the
+#: subscriptions filter on: the events of that share make the deliveries/s asked for.
+WORKFLOW = "bench-webhooks"
+
+
+def echo_rows(n: int, share: float = 0.0) -> list[store.NewTask]:
+    """`n` echo tasks; `share` of them (spread evenly) in the workflow WORKFLOW."""
     return [
         store.NewTask(
             id=uuid.uuid4(),
             owner="bench",
             task_definition_id="echo",
             definition_version="1.0.0",
-            workflow_instance_id=None,
+            workflow_instance_id=WORKFLOW if int((i + 1) * share) > int(i * share) else None,
             type="AUTOMATED",
             priority=1,
             executor="standard-executor",
@@ -268,11 +275,13 @@ def drain(url: str, receiver: Receiver, meter: Meter, deliveries: int, subscript
     )
 
 
-def run_tasks(url: str, settings: Settings, n: int, timeout: float = 300) -> float:
+def run_tasks(
+    url: str, settings: Settings, n: int, timeout: float = 300, share: float = 0.0
+) -> float:
     """Insert and publish `n` echo tasks as the API does; seconds until all are COMPLETED."""
     db = Database(url, max_connections=2)
     broker = Broker(settings)
-    rows = echo_rows(n)
+    rows = echo_rows(n, share)
     started = time.monotonic()
     for i in range(0, n, 100):
         with db.connection() as conn:
@@ -309,6 +318,21 @@ def main() -> None:
     parser.add_argument(
         "--poll", type=float, help="the deliverer's TASKEXEC_WEBHOOK_POLL (default: its default)"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the worker and the deliverer (TASKEXEC_* from the shell are not"
+        " passed: the run uses the defaults unless told here); repeatable",
+    )
+    parser.add_argument(
+        "--exact-rate",
+        action="store_true",
+        help="make the deliveries/s asked for, not more: only a share of the tasks (a workflow"
+        " the subscriptions filter on) sends events, when every task's completion would"
+        " overshoot it",
+    )
     args = parser.parse_args()
     # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through the
     # `finally` below, which stops every process it started and drops its database.
@@ -322,6 +346,7 @@ def main() -> None:
         "REDIS_URL": REDIS_URL,
         "TASKEXEC_WEBHOOK_ALLOW_PRIVATE": "true",
         **({"TASKEXEC_WEBHOOK_POLL": str(args.poll)} if args.poll is not None else {}),
+        **dict(pair.split("=", 1) for pair in args.env),
         "TASKEXEC_DEFINITION_MODULES": DIAGNOSTICS,
         "PYTHONPATH": str(ROOT),
     }
@@ -372,6 +397,7 @@ def main() -> None:
         unsubscribe_all(url)
         subscriptions = args.subscriptions
         wanted = ["task.started", "task.completed"]
+        share = 0.0  # of the tasks in WORKFLOW, the subscriptions' filter (0: no filter)
         if not subscriptions:
             base = 1000 / run_tasks(url, settings, 1000)
             subscriptions = max(1, math.ceil(args.deliveries_per_second / (2 * base)))
@@ -380,11 +406,17 @@ def main() -> None:
                 # event per task (its completion) comes closer.
                 wanted = ["task.completed"]
                 subscriptions = max(1, round(args.deliveries_per_second / base))
+            if args.exact_rate and len(wanted) == 1 and base > args.deliveries_per_second:
+                # One subscription, filtered to a share of the tasks: the rate asked for at
+                # the baseline's pace (the tasks of both variants carry the same workflow).
+                share = args.deliveries_per_second / base
             print(
                 f"probe: {base:.0f} tasks/s without webhooks -> {subscriptions}"
                 f" subscription(s) to {' and '.join(wanted)}"
+                + (f", {share:.0%} of the tasks (a workflow filter)" if share else "")
             )
         per_task = len(wanted) * subscriptions  # deliveries (and queued events) per task
+        sending = int(args.tasks * share) if share else args.tasks  # tasks with events
         variants = ["baseline", "webhooks"] + (["trigger"] if args.trigger_turns else [])
         totals = dict.fromkeys(variants, 0.0)
         cpu: dict[str, dict[str, float]] = {v: {} for v in variants}
@@ -404,24 +436,25 @@ def main() -> None:
                             url,
                             f"http://127.0.0.1:{receiver.port}/s{s}",
                             wanted,
+                            WORKFLOW if share else None,
                         )
                 load = os.getloadavg()[0]
                 if variant == "trigger":
                     os.kill(deliverer.pid, signal.SIGSTOP)  # events are queued, none sent
                 t0 = time.time()
                 before = meter.sample()
-                took = run_tasks(url, settings, args.tasks)
+                took = run_tasks(url, settings, args.tasks, share=share)
                 line = f"round {turn + 1} {variant}: {args.tasks / took:.0f} tasks/s"
                 if variant == "trigger":
                     used = meter.used(before, meter.sample())
                     os.kill(deliverer.pid, signal.SIGCONT)
-                    expected = args.tasks * per_task
+                    expected = sending * per_task
                     deadline = time.monotonic() + 300
                     while receiver.count() < expected and time.monotonic() < deadline:
                         time.sleep(0.1)
                     line += f" ({receiver.count()}/{expected} delivered afterwards)"
                 if variant == "webhooks":
-                    expected = args.tasks * per_task
+                    expected = sending * per_task
                     during = receiver.count()
                     deadline = time.monotonic() + 300
                     while receiver.count() < expected and time.monotonic() < deadline:
@@ -480,7 +513,7 @@ def main() -> None:
                 f" webhooks {cpu['webhooks']['worker'] / n * 1e3:.2f}"
             )
         if args.trigger_turns:
-            events = n * len(wanted)  # one queued event per status change subscribed to
+            events = sending * args.rounds * len(wanted)  # one event per change subscribed to
             trigger = n / totals["trigger"]
             more = {
                 k: (cpu["trigger"][k] - cpu["baseline"][k]) / events * 1e6
