@@ -53,9 +53,19 @@ _FAN_OUT = Prepared(
                     row_number() OVER (PARTITION BY w.id ORDER BY t.created_at, t.id)
                         <= coalesce(room.free, %(per)s) AS fits
                 FROM events t
-                JOIN webhooks w ON NOT w.disabled AND w.created_at <= t.created_at
+                -- The task owner's subscriptions and the admin ones, each by an index
+                -- (migrations 0017, 0018): `admin OR owner = ...` scanned every subscription.
+                JOIN LATERAL (
+                    SELECT o.id, o.created_at, o.events, o.task_definition_id,
+                        o.workflow_instance_id
+                    FROM webhooks o
+                    WHERE o.owner = t.task ->> 'owner' AND NOT o.admin AND NOT o.disabled
+                    UNION ALL
+                    SELECT a.id, a.created_at, a.events, a.task_definition_id,
+                        a.workflow_instance_id
+                    FROM webhooks a WHERE a.admin AND NOT a.disabled
+                ) w ON w.created_at <= t.created_at
                     AND t.type = ANY (w.events)
-                    AND (w.admin OR w.owner = t.task ->> 'owner')
                     AND (w.task_definition_id IS NULL
                          OR w.task_definition_id = t.task ->> 'task_definition_id')
                     AND (w.workflow_instance_id IS NULL
