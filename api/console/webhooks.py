@@ -61,18 +61,26 @@ def _load(conn: store.Conn, raw_id: str, lock: bool = False) -> store.Webhook:
 @bp.route("/webhooks/<webhook_id>")
 @requires("webhooks:read")
 def webhook(webhook_id: str) -> tuple[str, int]:
-    """One subscription and its delivery log, newest first, filtered by status."""
+    """One subscription and its delivery log, newest first, filtered by status.
+
+    Past TASKEXEC_LIST_EXACT_COUNT_MAX matching deliveries the total is an estimate, shown so.
+    """
     status = request.args.get("status") or None
     if status not in (None, *store.DELIVERY_STATUSES):
         status = None
     page = _page()
     with services().db.connection() as conn:
         row = _load(conn, webhook_id)
+        # One row more than the page says whether another follows: past the exact cap the
+        # total is an estimate, so it cannot say where the log ends (as the task list).
         rows = store.list_deliveries(
-            conn, row.id, status=status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+            conn, row.id, status=status, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE
         )
-        total = store.count_deliveries(conn, row.id, status=status)
-    pagination = page_doc(page, PAGE_SIZE, total)
+        total, exact = store.count_delivery_log(
+            conn, row.id, status=status, exact_max=services().settings.list_exact_count_max
+        )
+    more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
+    pagination = page_doc(page, PAGE_SIZE, total, exact)
     base: dict[str, Any] = {"status": status}
     return render(
         "webhook.html",
@@ -84,7 +92,7 @@ def webhook(webhook_id: str) -> tuple[str, int]:
         may_redeliver=current_principal().can("webhooks:write") and not row.disabled,
         notice="Queued for delivery again." if request.args.get("done") == "redeliver" else None,
         prev=query_string({**base, "page": page - 1}) if page > 1 else None,
-        next=query_string({**base, "page": page + 1}) if page < pagination["totalPages"] else None,
+        next=query_string({**base, "page": page + 1}) if more else None,
     )
 
 

@@ -256,6 +256,51 @@ def test_webhooks_and_their_delivery_log(app_with, auth):
     assert forged.status_code == 403
 
 
+def _log_page(client: Any, wid: str, query: str = "") -> tuple[str, list[str], str | None]:
+    """A webhook page's summary, delivery ids and Next link (its query), as a browser sees it."""
+    page = client.get(f"/console/webhooks/{wid}?{query}", headers=BROWSER)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    summary = re.search(r'<p class="summary">([^<]*)</p>', html)
+    assert summary, html[:2000]
+    following = re.search(r'<a href="\?([^"]*)">Next', html)
+    ids = re.findall(r"/deliveries/([0-9a-f-]{36})/redeliver", html)
+    return summary.group(1), ids, following.group(1).replace("&amp;", "&") if following else None
+
+
+def test_a_long_delivery_log_shows_an_estimate_and_still_pages(app_with, auth, monkeypatch):
+    # Two rows a page and an exact count only up to 2: five deliveries are past both.
+    monkeypatch.setattr("api.console.webhooks.PAGE_SIZE", 2)
+    client = app_with(list_exact_count_max=2).test_client()
+    admin = auth.key("*")
+    hooks = []
+    for name, events in (("busy", 5), ("quiet", 2)):
+        created = client.post(
+            "/api/v1/webhooks", json={"url": f"https://hooks.example.com/{name}"}, headers=admin
+        )
+        assert created.status_code == 201, created.get_json()
+        wid = created.get_json()["id"]
+        hooks.append(wid)
+        for _ in range(events):
+            assert client.post(f"/api/v1/webhooks/{wid}/test", headers=admin).status_code == 202
+    busy, quiet = hooks
+    sign_in(client, admin["X-API-Key"])
+    summary, seen, following = _log_page(client, busy)
+    estimate = re.fullmatch(r"(\d+) \(estimate\) deliveries", summary)
+    assert estimate and int(estimate.group(1)) >= 3, summary
+    # An estimate cannot say where the log ends: Next follows while a page has more after it.
+    pages = 1
+    while following is not None:
+        assert following == f"page={pages + 1}"
+        _, ids, following = _log_page(client, busy, following)
+        seen += ids
+        pages += 1
+    assert pages == 3 and len(set(seen)) == len(seen) == 5
+    # Under the cap the total is the exact count, and a full last page has no Next.
+    summary, ids, following = _log_page(client, quiet)
+    assert (summary, len(ids), following) == ("2 deliveries", 2, None)
+
+
 def sign_in_anywhere(client: Any, secret: str) -> str:
     """Sign in with a key that may not list tasks; return the CSRF token of the session."""
     form = client.get("/console/login", headers=BROWSER)
