@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.console import session
 from api.errors import handle_domain_error, status_for
+from api.pagination import MAX_PAGE
 from shared.credentials import Principal
 from shared.errors import AuthenticationError, TaskexecError
 from shared.status import Priority
@@ -158,6 +159,15 @@ def safe_next(target: str | None) -> str:
     if target and target.startswith(session.PATH + "/") and not target.startswith("//"):
         return target
     return url_for("console.tasks")
+
+
+def page_number() -> int:
+    """The `page` query parameter of a list: 1 when absent or not a number, at most MAX_PAGE
+    (as the API's lists; a larger one made an offset past Postgres' bigint: a 500)."""
+    try:
+        return min(max(1, int(request.args.get("page", "1"))), MAX_PAGE)
+    except ValueError:
+        return 1
 
 
 def query_string(params: dict[str, Any]) -> str:

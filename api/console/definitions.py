@@ -9,7 +9,7 @@ from flask import Response, redirect, request, url_for
 
 from api.auth import current_principal, requires
 from api.console import forms
-from api.console.blueprint import bp, query_string, render
+from api.console.blueprint import bp, page_number, query_string, render
 from api.errors import status_for
 from api.pagination import page_doc
 from api.responses.definitions import definition_json, definition_summary
@@ -29,10 +29,7 @@ def definitions() -> tuple[str, int]:
     type_ = request.args.get("type") or None
     if type_ not in (None, *(t.value for t in TaskType)):
         type_ = None
-    try:
-        page = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = page_number()
     with services().db.connection() as conn:
         rows, total = store.list_definitions(
             conn,

@@ -6,7 +6,7 @@ from flask import request
 
 from api import operations
 from api.auth import current_principal, requires
-from api.console.blueprint import bp, query_string, render
+from api.console.blueprint import bp, page_number, query_string, render
 from api.pagination import page_doc
 from api.responses.schedules import schedule_json
 from api.services import services
@@ -20,10 +20,7 @@ PAGE_SIZE = 50
 def schedules() -> tuple[str, int]:
     """Schedules newest first, with their next and last runs and a link to what they fired."""
     paused = {"true": True, "false": False}.get(request.args.get("paused", ""))
-    try:
-        page = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = page_number()
     flt = store.ScheduleFilter(owner=operations.owner_scope(current_principal()), paused=paused)
     with services().db.connection() as conn:
         rows, total = store.list_schedules(

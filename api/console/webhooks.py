@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response
 
 from api import operations
 from api.auth import current_principal, requires
-from api.console.blueprint import bp, query_string, render
+from api.console.blueprint import bp, page_number, query_string, render
 from api.pagination import page_doc
 from api.responses.webhooks import delivery_json, webhook_json
 from api.services import services
@@ -20,18 +20,11 @@ from shared.errors import Conflict, NotFound
 PAGE_SIZE = 50
 
 
-def _page() -> int:
-    try:
-        return max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        return 1
-
-
 @bp.route("/webhooks")
 @requires("webhooks:read")
 def webhooks() -> tuple[str, int]:
     """Subscriptions newest first (the caller's own; everyone's with tasks:admin)."""
-    page = _page()
+    page = page_number()
     flt = store.WebhookFilter(owner=operations.owner_scope(current_principal()))
     with services().db.connection() as conn:
         rows, total = store.list_webhooks(conn, flt, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
@@ -68,7 +61,7 @@ def webhook(webhook_id: str) -> tuple[str, int]:
     status = request.args.get("status") or None
     if status not in (None, *store.DELIVERY_STATUSES):
         status = None
-    page = _page()
+    page = page_number()
     with services().db.connection() as conn:
         row = _load(conn, webhook_id)
         # One row more than the page says whether another follows: past the exact cap the

@@ -196,6 +196,12 @@ def test_every_page_renders(client, admin_key):
     ):
         response = client.get(url, headers=BROWSER)
         assert response.status_code == 200, (url, response.get_data(as_text=True)[:3000])
+    # A page number past any offset Postgres takes (bigint) or no number at all: the first or
+    # the last page a list allows, never a 500.
+    for url in ("/console/definitions", "/console/schedules", "/console/webhooks"):
+        for page in ("100000000000000000000", "abc", "-3"):
+            response = client.get(f"{url}?page={page}", headers=BROWSER)
+            assert response.status_code == 200, (url, page, response.get_data(as_text=True)[:3000])
     bad = client.get("/console/tasks?createdAfter=yesterday", headers=BROWSER)
     assert bad.status_code == 400 and "createdAfter" in bad.get_data(as_text=True)
     assert client.get(f"/console/tasks/{uuid.uuid4()}", headers=BROWSER).status_code == 404
