@@ -60,6 +60,30 @@ def scalar(cur: Cursor, kind: type[V]) -> V:
     return value
 
 
+def capped_count(
+    cur: Cursor, table: str, clause: str, params: Sequence[Any], exact_max: int
+) -> tuple[int, bool]:
+    """Count the rows of `table` matching `clause`; return (count, exact).
+
+    With `exact_max` > 0 at most `exact_max + 1` rows are counted, and a larger result is the
+    planner's estimate (never below `exact_max + 1`): an exact count of a large match walks
+    every matching index entry. 0 always counts exactly. For the lists' paging totals.
+    """
+    if exact_max <= 0:
+        cur.execute(f"SELECT count(*) FROM {table} WHERE {clause}", params)
+        return scalar(cur, int), True
+    cur.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {clause} LIMIT %s) capped",
+        [*params, exact_max + 1],
+    )
+    counted = scalar(cur, int)
+    if counted <= exact_max:
+        return counted, True
+    cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {clause}", params)
+    estimate = int(scalar(cur, list)[0]["Plan"]["Plan Rows"])
+    return max(estimate, counted), False
+
+
 def _plan(cls: type, cur: Cursor) -> _Plan:
     """Which columns fill which fields of `cls`, computed once per class and column list.
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from shared.store._rows import Conn, all_, one, scalar
+from shared.store._rows import Conn, all_, capped_count, one, scalar
 
 #: The statuses of a delivery; PENDING ones are (or will be) tried, the others are final.
 DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
@@ -103,21 +103,7 @@ def count_delivery_log(
     """
     clause, params = _log_where(webhook_id, status, task_id)
     with conn.cursor() as cur:
-        if exact_max <= 0:
-            cur.execute(f"SELECT count(*) FROM webhook_deliveries WHERE {clause}", params)
-            return scalar(cur, int), True
-        cur.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries WHERE {clause} LIMIT %s) c",
-            [*params, exact_max + 1],
-        )
-        counted = scalar(cur, int)
-        if counted <= exact_max:
-            return counted, True
-        cur.execute(
-            f"EXPLAIN (FORMAT JSON) SELECT 1 FROM webhook_deliveries WHERE {clause}", params
-        )
-        estimate = int(scalar(cur, list)[0]["Plan"]["Plan Rows"])
-        return max(estimate, counted), False
+        return capped_count(cur, "webhook_deliveries", clause, params, exact_max)
 
 
 def get_delivery(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:

@@ -14,7 +14,7 @@ from psycopg2.extras import Json
 from shared.concurrency import is_limited
 from shared.pending import reason_clause
 from shared.status import ACTIVE, ALLOWED_FROM, HELD, Status, TaskType
-from shared.store._rows import Conn, all_, one, scalar, statuses
+from shared.store._rows import Conn, all_, capped_count, one, scalar, statuses
 
 _ACTIVE = statuses(ACTIVE)
 _CANCEL_FROM = statuses(ALLOWED_FROM[Status.CANCELLED])
@@ -490,20 +490,7 @@ def count_tasks(conn: Conn, flt: TaskFilter, exact_max: int = 0) -> tuple[int, b
     """
     clause, params = _task_where(flt)
     with conn.cursor() as cur:
-        if exact_max <= 0:
-            cur.execute(f"SELECT count(*) FROM tasks WHERE {clause}", params)
-            return scalar(cur, int), True
-        cur.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {clause} LIMIT %s) capped",
-            [*params, exact_max + 1],
-        )
-        counted = scalar(cur, int)
-        if counted <= exact_max:
-            return counted, True
-        cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks WHERE {clause}", params)
-        plan = scalar(cur, list)
-        estimate = int(plan[0]["Plan"]["Plan Rows"])
-        return max(estimate, counted), False
+        return capped_count(cur, "tasks", clause, params, exact_max)
 
 
 @dataclass(frozen=True)
