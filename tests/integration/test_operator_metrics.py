@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -26,8 +28,10 @@ def test_a_worker_observes_queue_wait_and_is_seen_up_by_the_api(
     monkeypatch.setattr(gauges, "CACHE_SECONDS", 0.0)
     monkeypatch.setattr(metrics, "LEDGER_CACHE_SECONDS", 0.0)
     headers = auth.key("*")
-    # Submitted before any worker runs: it waits in the queue until one starts.
+    # Submitted before any worker runs: it waits in the queue until one starts, at least the
+    # second slept here (a worker may boot in under 0.5 s on a fast machine).
     first = _submit(client, headers, "echo", {"n": 1})
+    time.sleep(1.0)
     port = _free_port()
     processes.worker(concurrency=1, extra_env={"TASKEXEC_METRICS_PORT": str(port)})
     wait_for_status(client, headers, first, {"COMPLETED"}, 60)
@@ -47,7 +51,7 @@ def test_a_worker_observes_queue_wait_and_is_seen_up_by_the_api(
     )
     waited = _sample(text, f"{name}_sum", definition="echo")
     assert waited is not None and waited > 0
-    # The first waited for the worker to boot (seconds), the second hardly at all.
+    # The first waited for the sleep and the worker's boot (seconds), the second hardly at all.
     assert _sample(text, f"{name}_bucket", definition="echo", le="0.5") == 1
 
     processes.stop_all()  # a warm shutdown takes the worker out at once
