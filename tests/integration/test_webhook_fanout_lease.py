@@ -211,6 +211,15 @@ def test_the_render_look_ups_find_each_tasks_attempts_and_replays_in_one_stateme
         assert store.attempts_and_retries_of_tasks(conn, []) == ({}, {})
 
 
+def _explain(cur: Any, statement: Any, params: dict[str, Any], options: str = "") -> list[Any]:
+    """EXPLAIN a prepared store statement as it runs (its prefix, its EXECUTE); the plan's rows."""
+    cur.execute(statement.prepare)
+    head, _, tail = statement.execute.rpartition("EXECUTE ")
+    explain = f"EXPLAIN {options} EXECUTE " if options else "EXPLAIN EXECUTE "
+    cur.execute(head + explain + tail, [params[p] for p in statement.params])
+    return cur.fetchall()
+
+
 def test_the_lease_statements_look_up_the_owners_api_keys_by_index(backends, receiver):
     """Each leased delivery checks its owner's API keys (CLAIMED_SUBSCRIPTION): by an index.
 
@@ -237,12 +246,7 @@ def test_the_lease_statements_look_up_the_owners_api_keys_by_index(backends, rec
             conn.autocommit = True  # the prefix's SET LOCALs hold for the one statement
             with conn.cursor() as cur:
                 for statement, params in statements:
-                    cur.execute(statement.prepare)
-                    head, _, tail = statement.execute.rpartition("EXECUTE ")
-                    cur.execute(
-                        head + "EXPLAIN EXECUTE " + tail, [params[p] for p in statement.params]
-                    )
-                    plan = "\n".join(row[0] for row in cur.fetchall())
+                    plan = "\n".join(row[0] for row in _explain(cur, statement, params))
                     assert "api_keys_owner" in plan, plan
                     assert "Seq Scan on api_keys" not in plan, plan
     finally:
@@ -318,10 +322,7 @@ def test_the_fan_out_matches_owners_and_admins_by_index(backends, receiver):
     with closing(db.connect(backends.database_url)) as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(statement.prepare)
-            head, _, tail = statement.execute.rpartition("EXECUTE ")
-            cur.execute(head + "EXPLAIN EXECUTE " + tail, [params[p] for p in statement.params])
-            plan = "\n".join(row[0] for row in cur.fetchall())
+            plan = "\n".join(row[0] for row in _explain(cur, statement, params))
             cur.execute(f"DEALLOCATE {statement.name}")
         assert "Seq Scan on webhooks" not in plan, plan
         assert "webhooks_owner_created" in plan and "webhooks_admin_enabled" in plan, plan
@@ -374,13 +375,7 @@ def test_a_claim_reads_none_of_the_backlog_of_a_subscription_at_its_cap(backends
     }
     with closing(db.connect(backends.database_url)) as conn:
         with conn.cursor() as cur:  # in a transaction, rolled back: EXPLAIN ANALYZE runs it
-            cur.execute(statement.prepare)
-            head, _, tail = statement.execute.rpartition("EXECUTE ")
-            cur.execute(
-                head + "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE " + tail,
-                [params[p] for p in statement.params],
-            )
-            plan = cur.fetchone()[0]
+            plan = _explain(cur, statement, params, "(ANALYZE, FORMAT JSON)")[0][0]
         conn.rollback()
         assert _removed_by_filters(plan) < 100, plan
         conn.autocommit = True
