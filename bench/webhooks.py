@@ -275,6 +275,56 @@ def drain(url: str, receiver: Receiver, meter: Meter, deliveries: int, subscript
     )
 
 
+def steady(url: str, receiver: Receiver, meter: Meter, rate: int, seconds: float) -> str:
+    """Status changes by SQL at `rate` a second for `seconds` (one subscription, no worker
+    running): the deliverer's CPU per delivery at a live pace, its batches as small as the
+    poll makes them, without the task workers' noise. An A/B instrument for the deliverer."""
+    unsubscribe_all(url)
+    vacuum(url)
+    subscribe(url, f"http://127.0.0.1:{receiver.port}/steady", ["task.completed"])
+    rows = echo_rows(int(rate * seconds))
+    with ledger(url) as conn:
+        store.insert_tasks(conn, rows)
+    receiver.reset()
+    with ledger(url) as conn, conn.cursor() as cur:
+        # Each change commits alone, as a worker's does; no wait for the WAL flush, so one
+        # connection keeps the pace. Opened before the first sample: its backend is measured.
+        cur.execute("SET synchronous_commit = off")
+        conn.commit()
+        before = meter.sample()
+        own = time.process_time()
+        started = time.monotonic()
+        for i, row in enumerate(rows):
+            pause = started + i / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            cur.execute(
+                "UPDATE tasks SET status = 'COMPLETED', end_time = now() WHERE id = %s", (row.id,)
+            )
+            conn.commit()
+        paced = time.monotonic() - started
+        deadline = time.monotonic() + 60
+        while receiver.count() < len(rows) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        used = meter.used(before, meter.sample())
+        own = time.process_time() - own
+    seconds_late = sorted(
+        at - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        for at, stamp in receiver.arrivals()
+    )
+    n = len(rows)
+    return (
+        f"steady: {n} status changes at {n / paced:.0f}/s, {receiver.count()}/{n} delivered"
+        f" (p50 {percentile(seconds_late, 50) * 1000:.0f} ms, p99"
+        f" {percentile(seconds_late, 99) * 1000:.0f} ms); cpu per delivery (us):"
+        f" deliverer {used['deliverer'] / n * 1e6:.0f},"
+        f" its postgres backends {used['pg-deliverer'] / n * 1e6:.0f},"
+        f" receiver {used['receiver'] / n * 1e6:.0f},"
+        f" the changes' backend (trigger and update) {used['pg-bench'] / n * 1e6:.0f},"
+        f" machine less this bench {(used['machine'] - own) / n * 1e6:.0f}"
+    )
+
+
 def run_tasks(
     url: str, settings: Settings, n: int, timeout: float = 300, share: float = 0.0
 ) -> float:
@@ -310,6 +360,16 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=0, help="fixed count (0: probe)")
     parser.add_argument("--backlog", type=int, default=20000, help="deliveries drained (0: skip)")
     parser.add_argument("--only-backlog", action="store_true")
+    parser.add_argument(
+        "--steady",
+        type=int,
+        default=0,
+        metavar="RATE",
+        help="status changes a second made by SQL, no worker running, for --steady-seconds:"
+        " the deliverer's CPU per delivery at that pace (0: skip)",
+    )
+    parser.add_argument("--steady-seconds", type=float, default=20.0)
+    parser.add_argument("--only-steady", action="store_true", help="skip the other phases")
     parser.add_argument(
         "--trigger-turns",
         action="store_true",
@@ -379,6 +439,11 @@ def main() -> None:
         procs.append(deliverer)
         time.sleep(3)
         run_tasks(url, settings, 100)  # warm-up: the worker's children are up
+        meter = Meter(url, {"worker": worker.pid, "deliverer": deliverer.pid}, receiver)
+        if args.steady:
+            print(steady(url, receiver, meter, args.steady, args.steady_seconds), flush=True)
+        if args.only_steady:
+            return
 
         seconds = sorted(latency(url, receiver))
         print(
@@ -387,7 +452,6 @@ def main() -> None:
             f" p99 {percentile(seconds, 99) * 1000:.0f} ms, max {seconds[-1] * 1000:.0f} ms"
         )
 
-        meter = Meter(url, {"worker": worker.pid, "deliverer": deliverer.pid}, receiver)
         if args.backlog:
             print(drain(url, receiver, meter, args.backlog, 5), flush=True)
         if args.only_backlog:
