@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -45,6 +46,23 @@ FANOUT_BATCH = 500
 STARVED_POLL_SECONDS = 0.1
 #: After a round that took every due row, the next look (unless a NOTIFY comes first).
 RECHECK_SECONDS = 0.2
+#: A subscription's sends run in lanes: a lane sends one delivery after another (the next
+#: from the hold when one ends), and a subscription gets more lanes, up to its cap, only when
+#: one would not keep up. A send per thread instead (each delivery handed to an idle thread,
+#: up to the cap at once) woke a thread per delivery and set the threads fighting for the
+#: GIL: measured against a local receiver at 500 deliveries/s, 328 us of CPU per request and
+#: 16 context switches, against 104 us and 1 for the same requests sent one after another.
+#: A burst should be sent within about this long: a subscription gets as many lanes as its
+#: deliveries in flight and held, times its recent attempt time, over this (at least one).
+LANE_BUDGET_SECONDS = 0.05
+#: Held deliveries that waited this long while their subscription's lanes finished nothing:
+#: one more lane (within the cap). A receiver that slows down is sent to in parallel again
+#: before its attempt times show it (they are known only when its attempts end).
+LANE_WAIT_SECONDS = 0.05
+#: The weight of the newest attempt in a subscription's running mean of attempt time.
+ATTEMPT_TIME_WEIGHT = 0.2
+#: Subscriptions whose attempt time is remembered, at most (then forgotten and learned anew).
+ATTEMPT_TIMES_KEPT = 10_000
 #: Retention: events one statement deletes at most, and the pause between rounds.
 PURGE_BATCH = 500
 PURGE_INTERVAL_SECONDS = 60.0
@@ -115,8 +133,12 @@ class Deliverer:
         self.lease_seconds = settings.webhook_timeout * 3 + 30
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="deliver")
         self._lock = threading.Lock()
-        self._inflight: Counter[uuid.UUID] = Counter()
+        self._inflight: Counter[uuid.UUID] = Counter()  # lanes (sends in flight) per subscription
         self._total = 0
+        # Each subscription's running mean of attempt time (seconds), which says how many lanes
+        # it needs, and when its last attempt ended (monotonic). One not here (not sent to yet
+        # by this process) gets its cap at once.
+        self._attempt_seconds: dict[uuid.UUID, tuple[float, float]] = {}
         # Leased deliveries waiting for their subscription's room (see HOLD_FACTOR), with
         # their bodies; started by the send that frees the room, in the order leased.
         # Changed under `_lock`, with the sends in flight it depends on.
@@ -127,6 +149,7 @@ class Deliverer:
         self.sent = 0  # attempts made (for logs and the bench)
         self.fanned_out = 0  # events taken off the queue (for logs and tests)
         self.leased_at_fan_out = 0  # deliveries the fan-out leased and sent unclaimed (tests)
+        self.lanes_opened = 0  # lanes started, each sending one or more deliveries (tests)
         # Seconds between looks at the event queue (TASKEXEC_WEBHOOK_POLL): new events wait
         # this long at most before their deliveries are made and claimed.
         self.poll_seconds = settings.webhook_poll
@@ -209,21 +232,82 @@ class Deliverer:
         return len(claimed)
 
     def _start(self, claimed: list[store.Claimed]) -> None:
-        """Send leased deliveries on the pool, within the caps; hold the rest (HOLD_FACTOR)."""
+        """Hold leased deliveries behind their subscriptions' others; open the lanes wanted."""
         bodies = self.render(claimed)
-        now: list[store.Claimed] = []
+        starts: list[tuple[store.Claimed, bytes]] = []
+        stale: list[store.Claimed] = []
         with self._lock:
             for item in claimed:
-                w = item.webhook_id
-                # Held only behind a send of its subscription in flight: that one starts it.
-                if w not in self.held and self._inflight[w] < self.per_subscription:
-                    self._inflight[w] += 1
-                    self._total += 1
-                    now.append(item)
-                else:
-                    self.held.add(item, bodies[item.event_id])
-        for item in now:
-            self.pool.submit(self._send, item, bodies[item.event_id])
+                self.held.add(item, bodies[item.event_id])
+            for w in dict.fromkeys(item.webhook_id for item in claimed):
+                self._open_lanes(w, self._lanes_wanted(w), starts, stale)
+        self._launch(starts, stale)
+
+    def widen(self) -> int:
+        """Open the lanes each subscription with held deliveries wants now; return how many.
+
+        Run by the loop every round. Lanes follow the attempt times as they are learned; and
+        a subscription whose lanes finished nothing for LANE_WAIT_SECONDS while deliveries
+        waited as long (a receiver slower than its attempt times say, or hanging) gets one
+        more lane a round, up to its cap.
+        """
+        starts: list[tuple[store.Claimed, bytes]] = []
+        stale: list[store.Claimed] = []
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping:
+                return 0
+            for w in list(self.held.subscriptions()):
+                wanted = self._lanes_wanted(w)
+                _, done_at = self._attempt_seconds.get(w, (0.0, 0.0))
+                if now - done_at > LANE_WAIT_SECONDS and self.held.waited(w, LANE_WAIT_SECONDS):
+                    wanted = max(wanted, self._inflight[w] + 1)
+                self._open_lanes(w, wanted, starts, stale)
+        self._launch(starts, stale)
+        return len(starts)
+
+    def _lanes_wanted(self, w: uuid.UUID) -> int:
+        """Lanes for subscription w: enough to send what it has within LANE_BUDGET_SECONDS."""
+        known = self._attempt_seconds.get(w)
+        if known is None:
+            return self.per_subscription
+        took = known[0]
+        pending = self._inflight[w] + self.held.count(w)
+        return max(1, min(self.per_subscription, math.ceil(pending * took / LANE_BUDGET_SECONDS)))
+
+    def _open_lanes(
+        self,
+        w: uuid.UUID,
+        wanted: int,
+        starts: list[tuple[store.Claimed, bytes]],
+        stale: list[store.Claimed],
+    ) -> None:
+        """Start held deliveries of w until it has `wanted` lanes (never past its cap)."""
+        while self._inflight[w] < min(wanted, self.per_subscription):
+            following = self.held.next(w, stale)
+            if following is None:
+                return
+            self._inflight[w] += 1
+            self._total += 1
+            self.lanes_opened += 1
+            starts.append(following)
+
+    def _launch(
+        self, starts: list[tuple[store.Claimed, bytes]], stale: list[store.Claimed]
+    ) -> None:
+        self.held.give_back(stale)
+        for item, body in starts:
+            self.pool.submit(self._send, item, body)
+
+    def _note_attempt(self, w: uuid.UUID, seconds: float) -> None:
+        """Fold an attempt's time into its subscription's running mean (no lock: a lost
+        update only delays the mean by one attempt)."""
+        known = self._attempt_seconds
+        last = known.get(w)
+        if last is None and len(known) >= ATTEMPT_TIMES_KEPT:
+            known.clear()
+        took = seconds if last is None else last[0] + ATTEMPT_TIME_WEIGHT * (seconds - last[0])
+        known[w] = (took, time.monotonic())
 
     def release_held(self) -> int:
         """Give every held delivery back, due now (a stopping deliverer); return how many held."""
@@ -326,6 +410,7 @@ class Deliverer:
             elapsed = int((time.monotonic() - started) * 1000)
             outcome = store.Outcome(False, None, elapsed, str(exc))
         seconds = time.monotonic() - started
+        self._note_attempt(item.webhook_id, seconds)
         if not outcome.delivered:
             log.info("delivery %s (webhook %s) failed: %s", item.id, item.webhook_id, outcome.error)
         self.sent += 1
@@ -433,6 +518,7 @@ class Deliverer:
                     if self._claim_now or time.monotonic() >= next_claim:
                         self._claim_now = False
                         next_claim = time.monotonic() + self.claim_and_plan()
+                    self.widen()
                     # The queue is looked at every poll, the deliveries when due (or woken).
                     wait = 0.0 if more else min(self.poll_seconds, next_claim - time.monotonic())
                 except TaskexecError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import KeysView
@@ -39,7 +40,8 @@ class HeldDeliveries:
         self.db = database
         # The lease a held delivery must still have to be started: the attempt's longest.
         self.min_lease_seconds = attempt_seconds + HOLD_MARGIN_SECONDS
-        self._queues: dict[uuid.UUID, deque[tuple[store.Claimed, bytes]]] = {}
+        # Per subscription, in order: (delivery, body, monotonic time it was held).
+        self._queues: dict[uuid.UUID, deque[tuple[store.Claimed, bytes, float]]] = {}
         self.total = 0
 
     def __contains__(self, webhook_id: object) -> bool:
@@ -55,8 +57,18 @@ class HeldDeliveries:
 
     def add(self, item: store.Claimed, body: bytes) -> None:
         """Hold a leased delivery behind its subscription's others."""
-        self._queues.setdefault(item.webhook_id, deque()).append((item, body))
+        self._queues.setdefault(item.webhook_id, deque()).append((item, body, time.monotonic()))
         self.total += 1
+
+    def waited(self, webhook_id: uuid.UUID, seconds: float) -> int:
+        """How many of a subscription's held deliveries have waited `seconds` or longer."""
+        since = time.monotonic() - seconds
+        found = 0
+        for _, _, held_at in self._queues.get(webhook_id, ()):
+            if held_at > since:
+                break  # held in order: the rest are younger
+            found += 1
+        return found
 
     def next(
         self, webhook_id: uuid.UUID, stale: list[store.Claimed]
@@ -68,7 +80,7 @@ class HeldDeliveries:
         held = self._queues.get(webhook_id)
         found = None
         while held:
-            item, body = held.popleft()
+            item, body, _ = held.popleft()
             self.total -= 1
             left = (item.locked_until - datetime.now(UTC)).total_seconds()
             if left > self.min_lease_seconds:
@@ -81,7 +93,7 @@ class HeldDeliveries:
 
     def take_all(self) -> list[store.Claimed]:
         """Empty the hold; return what it held (to be given back)."""
-        items = [item for held in self._queues.values() for item, _ in held]
+        items = [item for held in self._queues.values() for item, _, _ in held]
         self._queues.clear()
         self.total = 0
         return items
