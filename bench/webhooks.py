@@ -390,7 +390,7 @@ def main() -> None:
         "--exact-rate",
         action="store_true",
         help="make the deliveries/s asked for, not more: only a share of the tasks (a workflow"
-        " the subscriptions filter on) sends events, when every task's completion would"
+        " the subscriptions filter on) sends events, when every task's events would"
         " overshoot it; the share is aimed again after each webhook turn, at the rate it saw",
     )
     args = parser.parse_args()
@@ -470,10 +470,11 @@ def main() -> None:
                 # event per task (its completion) comes closer.
                 wanted = ["task.completed"]
                 subscriptions = max(1, round(args.deliveries_per_second / base))
-            if args.exact_rate and len(wanted) == 1 and base > args.deliveries_per_second:
+            made = len(wanted) * subscriptions * base  # deliveries/s at the baseline's pace
+            if args.exact_rate and subscriptions == 1 and made > args.deliveries_per_second:
                 # One subscription, filtered to a share of the tasks: the rate asked for at
                 # the baseline's pace (the tasks of both variants carry the same workflow).
-                share = args.deliveries_per_second / base
+                share = args.deliveries_per_second / made
             print(
                 f"probe: {base:.0f} tasks/s without webhooks -> {subscriptions}"
                 f" subscription(s) to {' and '.join(wanted)}"
