@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from shared.store._prepared import Prepared
-from shared.store._rows import Conn
+from shared.store._rows import Conn, _builder
 from shared.store.delivery_leases import CLAIMED_SUBSCRIPTION, Claimed
 
 
@@ -157,10 +157,11 @@ def fan_out_and_lease(
             },
         )
         rows = cur.fetchall()
-        names = [d.name for d in cur.description or ()]
+        # The row class's builder, made once per column list (the counts are not its fields).
+        build = _builder(Claimed, cur)
     assert rows, "the fan-out returns its counts"
     done = FanOut(int(rows[0][0]), int(rows[0][1]))
-    leased = [Claimed(**dict(zip(names[2:], row[2:], strict=True))) for row in rows if row[2]]
+    leased = [build(row) for row in rows if row[2]]
     return done, leased
 
 
