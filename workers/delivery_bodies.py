@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+import orjson
+
 from shared import store
 from shared.db import Database
 from shared.retention import Retention
@@ -15,6 +17,29 @@ from shared.webhook_signing import event_body
 
 #: Definitions' retention overrides are read again after this many seconds (expiresAt).
 DEFINITIONS_TTL_SECONDS = 10.0
+
+#: Every digit as "0" (bytes.translate), to find a run of digits in one C call.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else b for b in range(256))
+#: A number this long may not fit 64 bits (orjson then makes it a float; json keeps it).
+_LONG_NUMBER = b"0" * 19
+
+
+def decode_snapshot(text: str) -> Any:
+    """A snapshot's JSON text as json.loads reads it, by orjson when that reads it the same.
+
+    orjson takes a third of the time, but reads an integer beyond 64 bits as a float, where
+    json.loads keeps it exact (a task's input or output may hold one: Postgres's jsonb keeps
+    any number as written). So text with a run of 19 digits or more anywhere (in a string
+    too: a false yes costs only the slower reader) goes to json.loads. What else orjson
+    refuses (NaN, a lone surrogate) jsonb cannot hold; it would go to json.loads too.
+    """
+    raw = text.encode()
+    if raw.translate(_DIGITS_AS_ZERO).find(_LONG_NUMBER) < 0:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 class EventBodies:
@@ -43,7 +68,7 @@ class EventBodies:
             if item.task is None:
                 data: Any = item.data or {}
             else:
-                task = task_from_snapshot(json.loads(item.task))
+                task = task_from_snapshot(decode_snapshot(item.task))
                 # The attempts the task had made at the change (a later retry's are not).
                 made = [a for a in attempts.get(task.id, []) if a.attempt <= task.attempts]
                 if task.task_definition_id in overrides:
