@@ -8,6 +8,11 @@ CPU is read from /proc for each part: the worker tree, the deliverer, the receiv
 Postgres backends of the bench's database split by whose they are (application_name
 taskexec-<pid>: the deliverer's, the worker's, autovacuum, the rest).
 
+0. Steady (`--steady RATE`, `--only-steady` for nothing else): one subscription; status changes
+   by SQL at RATE a second for `--steady-seconds` (20), each in its own transaction, no worker
+   running: the deliverer's CPU per delivery (and its backends', the receiver's) at a live
+   pace, its batches as small as the poll makes them. Runs 4 % apart where the task turns
+   differ by 15 %: the instrument for A/B of the deliverer.
 1. Latency (idle): one subscription; 300 status changes, one every 20 ms, made by SQL; per
    event, receive time minus the event's `timestamp` (its status change's transaction):
    p50 / p99 / max.
