@@ -1,4 +1,4 @@
-"""The fan-out leases the deliveries it makes within the deliverer's room; the rest wait."""
+"""The fan-out leases deliveries within the deliverer's room, sent in lanes; the rest wait."""
 
 from __future__ import annotations
 
@@ -400,6 +400,40 @@ def test_held_deliveries_start_as_their_subscriptions_sends_finish_within_the_ca
     arrivals = sorted(r["at"] for r in receiver.at("/slow"))
     assert all(b - a > 0.3 for a, b in zip(arrivals, arrivals[2:], strict=False))
     wait_for(lambda: {r[:2] for r in rows(backends.database_url).values()} == {("DELIVERED", 1)})
+
+
+def test_a_fast_receivers_burst_is_sent_on_one_lane_not_a_thread_each(
+    backends, receiver, deliverer
+):
+    subscribe(backends.database_url, receiver.url("/fast"))
+    runner = deliverer(webhook_subscription_concurrency=8)
+    finish_tasks(backends.database_url, 1)  # the first send teaches its attempt time
+    wait_for(lambda: len(receiver.at("/fast")) == 1, 10)
+    opened = runner.lanes_opened
+    finish_tasks(backends.database_url, 10)  # one fan-out batch
+    wait_for(lambda: len(receiver.at("/fast")) == 11, 10)
+    # A send per thread opened one per delivery up to the cap (8); a lane sends them in
+    # turn. (A few lanes only if this machine answered in more than ~15 ms a request.)
+    assert runner.lanes_opened - opened <= 3
+
+
+def test_a_receiver_that_slows_down_gets_its_parallel_sends_back(backends, receiver, deliverer):
+    receiver.plan["/slowing"] = [200, 0]  # the first answers at once, the rest after 0.5 s
+    receiver.hang_seconds = 0.5
+    subscribe(backends.database_url, receiver.url("/slowing"))
+    runner = deliverer(webhook_subscription_concurrency=4)
+    finish_tasks(backends.database_url, 1)
+    wait_for(lambda: len(receiver.at("/slowing")) == 1, 10)
+    finish_tasks(backends.database_url, 8)
+    wait_for(lambda: len(receiver.at("/slowing")) == 9, 10)
+    arrivals = sorted(r["at"] for r in receiver.at("/slowing"))[1:]
+    # Learned fast, the burst starts on one lane; while that lane finishes nothing, each
+    # round (every poll) opens one more, up to the cap: the 8 arrive within about two
+    # answers' time, not eight (4 s on one lane).
+    assert arrivals[-1] - arrivals[0] < 2.0
+    # Never more than the cap (4) at once: any five requests span a whole answer's wait.
+    assert all(b - a > 0.4 for a, b in zip(arrivals, arrivals[4:], strict=False))
+    assert runner.lanes_opened >= 4
 
 
 def test_a_held_delivery_whose_lease_runs_short_is_given_back(backends, receiver, webhook_settings):
