@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
@@ -24,6 +23,7 @@ from shared.webhook_targets import Sender, SendFailed, TargetRefused
 from workers import deliverer_metrics as metrics
 from workers.delivery_bodies import EventBodies
 from workers.delivery_hold import HOLD_FACTOR, HeldDeliveries
+from workers.delivery_lanes import LANE_WAIT_SECONDS, AttemptTimes
 from workers.delivery_outcomes import OutcomeRecorder, Result, outcome_of, result_label
 from workers.release_wait import ReleaseWait
 
@@ -46,23 +46,6 @@ FANOUT_BATCH = 500
 STARVED_POLL_SECONDS = 0.1
 #: After a round that took every due row, the next look (unless a NOTIFY comes first).
 RECHECK_SECONDS = 0.2
-#: A subscription's sends run in lanes: a lane sends one delivery after another (the next
-#: from the hold when one ends), and a subscription gets more lanes, up to its cap, only when
-#: one would not keep up. A send per thread instead (each delivery handed to an idle thread,
-#: up to the cap at once) woke a thread per delivery and set the threads fighting for the
-#: GIL: measured against a local receiver at 500 deliveries/s, 328 us of CPU per request and
-#: 16 context switches, against 104 us and 1 for the same requests sent one after another.
-#: A burst should be sent within about this long: a subscription gets as many lanes as its
-#: deliveries in flight and held, times its recent attempt time, over this (at least one).
-LANE_BUDGET_SECONDS = 0.05
-#: Held deliveries that waited this long while their subscription's lanes finished nothing:
-#: one more lane (within the cap). A receiver that slows down is sent to in parallel again
-#: before its attempt times show it (they are known only when its attempts end).
-LANE_WAIT_SECONDS = 0.05
-#: The weight of the newest attempt in a subscription's running mean of attempt time.
-ATTEMPT_TIME_WEIGHT = 0.2
-#: Subscriptions whose attempt time is remembered, at most (then forgotten and learned anew).
-ATTEMPT_TIMES_KEPT = 10_000
 #: Retention: events one statement deletes at most, and the pause between rounds.
 PURGE_BATCH = 500
 PURGE_INTERVAL_SECONDS = 60.0
@@ -135,10 +118,8 @@ class Deliverer:
         self._lock = threading.Lock()
         self._inflight: Counter[uuid.UUID] = Counter()  # lanes (sends in flight) per subscription
         self._total = 0
-        # Each subscription's running mean of attempt time (seconds), which says how many lanes
-        # it needs, and when its last attempt ended (monotonic). One not here (not sent to yet
-        # by this process) gets its cap at once.
-        self._attempt_seconds: dict[uuid.UUID, tuple[float, float]] = {}
+        # How many lanes each subscription wants (workers/delivery_lanes.py).
+        self.attempt_times = AttemptTimes(self.per_subscription)
         # Leased deliveries waiting for their subscription's room (see HOLD_FACTOR), with
         # their bodies; started by the send that frees the room, in the order leased.
         # Changed under `_lock`, with the sends in flight it depends on.
@@ -259,21 +240,15 @@ class Deliverer:
                 return 0
             for w in list(self.held.subscriptions()):
                 wanted = self._lanes_wanted(w)
-                _, done_at = self._attempt_seconds.get(w, (0.0, 0.0))
-                if now - done_at > LANE_WAIT_SECONDS and self.held.waited(w, LANE_WAIT_SECONDS):
+                if self.attempt_times.idle(w, now) and self.held.waited(w, LANE_WAIT_SECONDS):
                     wanted = max(wanted, self._inflight[w] + 1)
                 self._open_lanes(w, wanted, starts, stale)
         self._launch(starts, stale)
         return len(starts)
 
     def _lanes_wanted(self, w: uuid.UUID) -> int:
-        """Lanes for subscription w: enough to send what it has within LANE_BUDGET_SECONDS."""
-        known = self._attempt_seconds.get(w)
-        if known is None:
-            return self.per_subscription
-        took = known[0]
-        pending = self._inflight[w] + self.held.count(w)
-        return max(1, min(self.per_subscription, math.ceil(pending * took / LANE_BUDGET_SECONDS)))
+        """Lanes for subscription w, for what it has in flight and held (under `_lock`)."""
+        return self.attempt_times.lanes(w, self._inflight[w] + self.held.count(w))
 
     def _open_lanes(
         self,
@@ -298,16 +273,6 @@ class Deliverer:
         self.held.give_back(stale)
         for item, body in starts:
             self.pool.submit(self._send, item, body)
-
-    def _note_attempt(self, w: uuid.UUID, seconds: float) -> None:
-        """Fold an attempt's time into its subscription's running mean (no lock: a lost
-        update only delays the mean by one attempt)."""
-        known = self._attempt_seconds
-        last = known.get(w)
-        if last is None and len(known) >= ATTEMPT_TIMES_KEPT:
-            known.clear()
-        took = seconds if last is None else last[0] + ATTEMPT_TIME_WEIGHT * (seconds - last[0])
-        known[w] = (took, time.monotonic())
 
     def release_held(self) -> int:
         """Give every held delivery back, due now (a stopping deliverer); return how many held."""
@@ -410,7 +375,7 @@ class Deliverer:
             elapsed = int((time.monotonic() - started) * 1000)
             outcome = store.Outcome(False, None, elapsed, str(exc))
         seconds = time.monotonic() - started
-        self._note_attempt(item.webhook_id, seconds)
+        self.attempt_times.note(item.webhook_id, seconds)
         if not outcome.delivered:
             log.info("delivery %s (webhook %s) failed: %s", item.id, item.webhook_id, outcome.error)
         self.sent += 1
