@@ -356,6 +356,15 @@ def run_tasks(
     return took
 
 
+def renice(pid: int, value: int) -> None:
+    """Set every thread of a process to a nice value (Linux: nice is per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), value)
+        except ProcessLookupError:
+            pass  # a thread that ended
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
@@ -392,11 +401,21 @@ def main() -> None:
         " passed: the run uses the defaults unless told here); repeatable",
     )
     parser.add_argument(
+        "--niced-turns",
+        type=int,
+        default=0,
+        metavar="NICE",
+        help='a third variant, "niced": as the webhook turns, with every thread of the'
+        " deliverer at this nice value (the worker's and Postgres's unchanged)",
+    )
+    parser.add_argument(
         "--exact-rate",
         action="store_true",
         help="make the deliveries/s asked for, not more: only a share of the tasks (a workflow"
         " the subscriptions filter on) sends events, when every task's events would"
-        " overshoot it; the share is aimed again after each webhook turn, at the rate it saw",
+        " overshoot it; the share is aimed again after each webhook turn, at the rate it saw."
+        " One subscription takes both events then, so the share can make up to twice the"
+        " tasks' pace",
     )
     args = parser.parse_args()
     # SIGTERM (and SIGINT, which a shell's background job ignores) end the run through the
@@ -470,9 +489,11 @@ def main() -> None:
         if not subscriptions:
             base = 1000 / run_tasks(url, settings, 1000)
             subscriptions = max(1, math.ceil(args.deliveries_per_second / (2 * base)))
-            if 2 * base > 1.5 * args.deliveries_per_second:
+            if 2 * base > 1.5 * args.deliveries_per_second and not args.exact_rate:
                 # One subscription to both events would overshoot the rate asked for: one
-                # event per task (its completion) comes closer.
+                # event per task (its completion) comes closer. (An exact rate keeps both,
+                # for a share of the tasks: re-aimed, that share may grow to twice the
+                # tasks' pace, where one event per task could not reach a rate above it.)
                 wanted = ["task.completed"]
                 subscriptions = max(1, round(args.deliveries_per_second / base))
             made = len(wanted) * subscriptions * base  # deliveries/s at the baseline's pace
@@ -488,6 +509,8 @@ def main() -> None:
         per_task = len(wanted) * subscriptions  # deliveries (and queued events) per task
         trigger_events = 0  # events the trigger turns queued
         variants = ["baseline", "webhooks"] + (["trigger"] if args.trigger_turns else [])
+        if args.niced_turns:
+            variants.append("niced")
         totals = dict.fromkeys(variants, 0.0)
         cpu: dict[str, dict[str, float]] = {v: {} for v in variants}
         rates: list[float] = []
@@ -501,7 +524,7 @@ def main() -> None:
                 unsubscribe_all(url)
                 vacuum(url)
                 receiver.reset()
-                if variant in ("webhooks", "trigger"):
+                if variant in ("webhooks", "trigger", "niced"):
                     for s in range(subscriptions):
                         subscribe(
                             url,
@@ -512,6 +535,8 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 if variant == "trigger":
                     os.kill(deliverer.pid, signal.SIGSTOP)  # events are queued, none sent
+                if variant == "niced":
+                    renice(deliverer.pid, args.niced_turns)
                 t0 = time.time()
                 before = meter.sample()
                 took = run_tasks(url, settings, args.tasks, share=share)
@@ -525,6 +550,13 @@ def main() -> None:
                         time.sleep(0.1)
                     line += f" ({receiver.count()}/{expected} delivered afterwards)"
                     trigger_events += sending * len(wanted)
+                if variant == "niced":
+                    expected = sending * per_task
+                    deadline = time.monotonic() + 300
+                    while receiver.count() < expected and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    renice(deliverer.pid, 0)
+                    line += f", {receiver.count() / took:.0f} deliveries/s"
                 if variant == "webhooks":
                     expected = sending * per_task
                     during = receiver.count()
@@ -601,6 +633,12 @@ def main() -> None:
                 f" backends {more['pg-worker']:.0f} us more"
                 f" ({more['pg-worker'] / subscriptions:.0f} per delivery), autovacuum"
                 f" {more['pg-autovacuum']:.0f} us, whole machine {more['machine']:.0f} us"
+            )
+        if args.niced_turns:
+            niced = n / totals["niced"]
+            print(
+                f"the deliverer at nice {args.niced_turns}: {niced:.0f} tasks/s"
+                f" (ratio {niced / baseline:.3f})"
             )
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
