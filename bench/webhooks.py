@@ -356,13 +356,16 @@ def run_tasks(
     return took
 
 
-def renice(pid: int, value: int) -> None:
-    """Set every thread of a process to a nice value (Linux: nice is per thread)."""
+def renice(pid: int, value: int | None) -> int:
+    """Set every thread of a process to a nice value (Linux: nice is per thread); None: to
+    the main thread's. Returns the main thread's value before."""
+    before = os.getpriority(os.PRIO_PROCESS, pid)
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            os.setpriority(os.PRIO_PROCESS, int(tid), value)
+            os.setpriority(os.PRIO_PROCESS, int(tid), before if value is None else value)
         except ProcessLookupError:
             pass  # a thread that ended
+    return before
 
 
 def main() -> None:
@@ -406,7 +409,8 @@ def main() -> None:
         default=0,
         metavar="NICE",
         help='a third variant, "niced": as the webhook turns, with every thread of the'
-        " deliverer at this nice value (the worker's and Postgres's unchanged)",
+        " deliverer at this nice value (the worker's and Postgres's unchanged), then back at"
+        " its own (TASKEXEC_WEBHOOK_NICE, default 10; 0 for the comparison)",
     )
     parser.add_argument(
         "--exact-rate",
@@ -536,7 +540,9 @@ def main() -> None:
                 if variant == "trigger":
                     os.kill(deliverer.pid, signal.SIGSTOP)  # events are queued, none sent
                 if variant == "niced":
-                    renice(deliverer.pid, args.niced_turns)
+                    # The deliverer nices itself (TASKEXEC_WEBHOOK_NICE, 10 by default): the
+                    # main thread keeps that value through the turn, to go back to after.
+                    own_nice = renice(deliverer.pid, args.niced_turns)
                 t0 = time.time()
                 before = meter.sample()
                 took = run_tasks(url, settings, args.tasks, share=share)
@@ -555,7 +561,8 @@ def main() -> None:
                     deadline = time.monotonic() + 300
                     while receiver.count() < expected and time.monotonic() < deadline:
                         time.sleep(0.1)
-                    renice(deliverer.pid, 0)
+                    os.setpriority(os.PRIO_PROCESS, deliverer.pid, own_nice)
+                    renice(deliverer.pid, None)
                     line += f", {receiver.count() / took:.0f} deliveries/s"
                 if variant == "webhooks":
                     expected = sending * per_task
