@@ -48,8 +48,14 @@ def _log_where(
         clause += " AND status = %s"
         params.append(status)
     if task_id is not None:
-        clause += " AND task_id = %s"
-        params.append(task_id)
+        # The task's few events (webhook_events_task), then their deliveries by event
+        # (webhook_deliveries_event): not a walk of the whole log for rows of that task
+        # (migration 0021). A delivery's task_id is its event's, checked again.
+        clause += (
+            " AND task_id = %s AND event_id IN"
+            " (SELECT e.id FROM webhook_events e WHERE e.task_id = %s)"
+        )
+        params += [task_id, task_id]
     return clause, params
 
 
@@ -72,18 +78,30 @@ def list_deliveries(
     subscription is visible to its principal; this reads only `webhook_id`'s rows. Ask for
     `limit + 1` rows to learn whether another page follows.
     """
+    with conn.cursor() as cur:
+        cur.execute(*_log_page(webhook_id, status, task_id, limit, offset, after))
+        return all_(cur, Delivery)
+
+
+def _log_page(
+    webhook_id: uuid.UUID,
+    status: str | None,
+    task_id: uuid.UUID | None,
+    limit: int,
+    offset: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> tuple[str, list[Any]]:
+    """The statement of one page of the log, and its parameters (tests read its plan)."""
     clause, params = _log_where(webhook_id, status, task_id)
     if after is not None:
         clause += " AND (created_at, id) < (%s, %s)"
         params += [after[0], after[1]]
         offset = 0
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT * FROM webhook_deliveries WHERE {clause}"
-            " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
-            [*params, limit, offset],
-        )
-        return all_(cur, Delivery)
+    return (
+        f"SELECT * FROM webhook_deliveries WHERE {clause}"
+        " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+        [*params, limit, offset],
+    )
 
 
 def count_delivery_log(
