@@ -413,6 +413,11 @@ def main() -> None:
         " its own (TASKEXEC_WEBHOOK_NICE, default 10; 0 for the comparison)",
     )
     parser.add_argument(
+        "--nice-all",
+        action="store_true",
+        help="the niced turns renice the deliverer's Postgres backends and the receiver too",
+    )
+    parser.add_argument(
         "--exact-rate",
         action="store_true",
         help="make the deliveries/s asked for, not more: only a share of the tasks (a workflow"
@@ -543,6 +548,15 @@ def main() -> None:
                     # The deliverer nices itself (TASKEXEC_WEBHOOK_NICE, 10 by default): the
                     # main thread keeps that value through the turn, to go back to after.
                     own_nice = renice(deliverer.pid, args.niced_turns)
+                    others = []  # the deliverer's Postgres backends and the receiver
+                    if args.nice_all:
+                        others = [receiver.proc.pid] + [
+                            pid
+                            for pid, (who, _) in backends_cpu(url, NAME).items()
+                            if who == f"taskexec-{deliverer.pid}"
+                        ]
+                    for pid in others:
+                        renice(pid, args.niced_turns)
                 t0 = time.time()
                 before = meter.sample()
                 took = run_tasks(url, settings, args.tasks, share=share)
@@ -563,6 +577,8 @@ def main() -> None:
                         time.sleep(0.1)
                     os.setpriority(os.PRIO_PROCESS, deliverer.pid, own_nice)
                     renice(deliverer.pid, None)
+                    for pid in others:
+                        renice(pid, 0)
                     line += f", {receiver.count() / took:.0f} deliveries/s"
                 if variant == "webhooks":
                     expected = sending * per_task
