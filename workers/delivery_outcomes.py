@@ -74,12 +74,15 @@ class OutcomeRecorder:
         """Write outcomes in batches until `stop` and every outcome is written."""
         while True:
             self._ready.wait()
-            if not self._recording:
-                self.flush()  # the pool has finished: these are the last
-                return
-            # Let the batch fill: at most one write per RECORD_LINGER_SECONDS.
-            time.sleep(RECORD_LINGER_SECONDS)
+            if self._recording:
+                # Let the batch fill: at most one write per RECORD_LINGER_SECONDS.
+                time.sleep(RECORD_LINGER_SECONDS)
             self.flush()
+            # Asked after the flush, which clears `_ready`: a stop that came while the batch
+            # filled set it, and waiting again would wait for a wake-up already spent (every
+            # stop within 20 ms of an outcome then took stop's whole timeout, 30 s).
+            if not self._recording:
+                return  # the pool has finished: those were the last
 
     def record(self, batch: list[Result]) -> None:
         """Write a batch of outcomes in one transaction (no wait for the WAL flush).
