@@ -60,6 +60,11 @@ def scalar(cur: Cursor, kind: type[V]) -> V:
     return value
 
 
+def capped_statement(table: str, clause: str) -> str:
+    """The count of at most a number of rows (its last parameter) matching `clause`."""
+    return f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {clause} LIMIT %s) capped"
+
+
 def capped_count(
     cur: Cursor, table: str, clause: str, params: Sequence[Any], exact_max: int
 ) -> tuple[int, bool]:
@@ -72,10 +77,7 @@ def capped_count(
     if exact_max <= 0:
         cur.execute(f"SELECT count(*) FROM {table} WHERE {clause}", params)
         return scalar(cur, int), True
-    cur.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {clause} LIMIT %s) capped",
-        [*params, exact_max + 1],
-    )
+    cur.execute(capped_statement(table, clause), [*params, exact_max + 1])
     counted = scalar(cur, int)
     if counted <= exact_max:
         return counted, True
