@@ -311,9 +311,12 @@ def record_failed_attempt(
             """
             UPDATE webhooks SET failing_since = coalesce(failing_since, now())
             WHERE id = %s AND NOT disabled
-            RETURNING failing_since, failing_since < now() - make_interval(secs => %s)
+            RETURNING failing_since,
+                -- Seconds compared, not times: now() minus a long period (a large setting)
+                -- is out of the timestamp range. None (`off`) compares as NULL: never.
+                extract(epoch FROM now() - failing_since) > %s::float8
             """,
-            (claimed.webhook_id, disable_after if disable_after is not None else 1e12),
+            (claimed.webhook_id, disable_after),
         )
         row = cur.fetchone()
         if row is not None and row[1] and disable_after is not None:

@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -658,6 +658,39 @@ def test_a_test_event_and_a_redelivery(backends, receiver, deliverer):
         )
     )
     assert final.id == row.id
+
+
+def test_a_failed_attempt_is_recorded_whatever_the_disable_period(backends, receiver):
+    """`off` (never disable) and a period too long to subtract from now still record.
+
+    Before, `off` compared failing_since with now() - 10^12 s: out of the timestamp range, so
+    no failed attempt of any subscription was recorded (each was sent again at its lease's
+    end, with no backoff and no end).
+    """
+    outcome = store.Outcome(False, 503, 12, "HTTP 503")
+    for disable_after, disabled in ((None, False), (1e12, False), (60.0, True)):
+        # Failing for an hour already: past 60 s, far from 10^12 s.
+        webhook_id, _ = subscribe(
+            backends.database_url,
+            receiver.url("/x"),
+            failing_since=datetime.now(UTC) - timedelta(hours=1),
+        )
+        finish_tasks(backends.database_url, 1, fan_out=True)
+        with ledger(backends.database_url) as conn:
+            conn.autocommit = True
+            (claimed,) = _claim(conn)
+        with ledger(backends.database_url) as conn:
+            assert store.record_failed_attempt(conn, claimed, outcome, 60.0, disable_after)
+        (row,) = deliveries(backends.database_url, webhook_id)
+        assert (row.status, row.error, row.locked_until) == ("PENDING", "HTTP 503", None)
+        reason = disabled_reason(backends.database_url, webhook_id)
+        if disabled:
+            assert reason is not None and "failing since" in reason, disable_after
+        else:
+            assert reason is None, disable_after
+        with ledger(backends.database_url) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM webhooks WHERE id = %s", (webhook_id,))
+            cur.execute("DELETE FROM webhook_deliveries")
 
 
 def test_the_delivery_log_pages_newest_first_with_filters(backends, receiver):
