@@ -65,8 +65,11 @@ def position(query: dict[str, Any]) -> tuple[int | None, tuple[datetime, uuid.UU
     return query.get("page", 1), None
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Read a `cursor` parameter back into a position; 400 naming `cursor` if it is not one."""
+def decode_cursor(cursor: str, location: str = "query") -> tuple[datetime, uuid.UUID]:
+    """Read a `cursor` parameter back into a position; 400 naming `cursor` if it is not one.
+
+    `location`: where the request carried it (the list's query, or a body).
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, tid = raw.partition("|")
@@ -77,11 +80,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         # tampered cursor would otherwise reach the query and fail there (500).
         return position[0].astimezone(UTC), position[1]
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
-        raise _bad_cursor() from exc
+        raise _bad_cursor(location) from exc
 
 
-def _bad_cursor() -> ValidationError:
+def _bad_cursor(location: str = "query") -> ValidationError:
     return ValidationError(
         "invalid cursor",
-        {"field": "cursor", "issue": "not a nextCursor from this API", "location": "query"},
+        {"field": "cursor", "issue": "not a nextCursor from this API", "location": location},
     )

@@ -9,12 +9,15 @@ from marshmallow import RAISE, Schema, fields, validate
 from marshmallow import ValidationError as FieldError
 
 from api.pagination import MAX_PAGE
+from api.schemas import UtcDateTime
 from shared.store.webhooks import DEFAULT_EVENTS, TASK_EVENTS
 from shared.webhook_targets import MAX_URL_LENGTH, validate_url
 
 _ID = validate.Length(min=1, max=200)
 MAX_DESCRIPTION = 1000
 DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
+#: Deliveries one redelivery by filter takes at most (the rest: call again with its cursor).
+MAX_REDELIVER_BATCH = 10_000
 
 
 def check_url(value: str) -> None:
@@ -124,3 +127,40 @@ class ListDeliveriesQuery(_Page):
 
     status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
     taskId = fields.UUID(metadata={"description": "The deliveries of one task's events"})
+
+
+class RedeliverFilterSchema(Schema):
+    """Which of a subscription's deliveries a redelivery by filter sends again."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = fields.String(
+        validate=validate.OneOf(DELIVERY_STATUSES),
+        metadata={"description": "FAILED (the default), DELIVERED, or PENDING (due now)"},
+    )
+    taskId = fields.UUID(metadata={"description": "The deliveries of one task's events"})
+    createdAfter = UtcDateTime(
+        format="iso", metadata={"description": "RFC 3339: events at or after it"}
+    )
+    createdBefore = UtcDateTime(
+        format="iso", metadata={"description": "RFC 3339: events before it"}
+    )
+
+
+class RedeliverManySchema(Schema):
+    """The body of `POST /api/v1/webhooks/{id}/deliveries/redeliver` (every field optional)."""
+
+    class Meta:
+        unknown = RAISE
+
+    filter = fields.Nested(RedeliverFilterSchema, load_default=dict)
+    limit = fields.Integer(
+        load_default=1000,
+        validate=validate.Range(min=1, max=MAX_REDELIVER_BATCH),
+        metadata={"description": "At most this many, oldest first (default 1000)"},
+    )
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "The `nextCursor` of the previous call: go on after it"},
+    )

@@ -11,11 +11,12 @@ from marshmallow import RAISE
 from api import openapi, operations
 from api.auth import current_principal, requires
 from api.errors import located
-from api.pagination import encode_cursor, page_doc, position
+from api.pagination import decode_cursor, encode_cursor, page_doc, position
 from api.parsing import Blueprint
 from api.responses.webhooks import (
     DeliveryListSchema,
     DeliverySchema,
+    RedeliveredSchema,
     WebhookListSchema,
     WebhookSchema,
     WebhookWithSecretSchema,
@@ -29,6 +30,7 @@ from api.webhook_schemas import (
     ListDeliveriesQuery,
     ListWebhooksQuery,
     PatchWebhookSchema,
+    RedeliverManySchema,
 )
 from shared import store
 from shared.errors import Conflict, NotFound, ValidationError
@@ -341,3 +343,47 @@ def redeliver(webhook_id: str, delivery_id: str) -> tuple[Response, int]:
         if delivery is None:
             raise NotFound(f"delivery {delivery_id} not found", {"deliveryId": delivery_id})
     return jsonify(delivery_json(delivery)), 202
+
+
+@blp.route("/<webhook_id>/deliveries/redeliver", methods=["POST"])
+@requires("webhooks:write")
+@blp.arguments(RedeliverManySchema())
+@blp.doc(
+    operationId="redeliverWebhookDeliveries",
+    responses=openapi.responses(
+        {202: openapi.ok(RedeliveredSchema, "How many were redelivered, and where to go on")},
+        404,
+        409,
+    ),
+)
+def redeliver_many(body: dict[str, Any], webhook_id: str) -> tuple[Response, int]:
+    """Send again every delivery a filter matches: after an outage, or for a receiver's replay.
+
+    Request (every field optional): {"filter": {"status": "FAILED", "taskId": "…",
+    "createdAfter": "…", "createdBefore": "…"}, "limit": 1000, "cursor": "…"}. `status` is
+    FAILED by default (DELIVERED replays what was received; PENDING brings retries waiting
+    for their backoff forward); `createdAfter`/`createdBefore` bound the events' time. Oldest
+    first, at most `limit` (at most 10,000) per call; each as the single redelivery does it
+    (same `webhook-id`, a fresh retry period, `attempts` counting on).
+    Response 202: {"redelivered": 1000, "nextCursor": "…"}: pass `nextCursor` as `cursor`
+    with the same filter for the next ones, until it is null.
+    Errors: 400 naming the field, 404 unknown subscription, 409 the subscription is disabled.
+    """
+    wanted = body["filter"]
+    after = decode_cursor(body["cursor"], location="body") if "cursor" in body else None
+    limit = body["limit"]
+    with services().db.connection() as conn:
+        row = _load(conn, webhook_id, lock=True)
+        _enabled(row, "redeliver")
+        count, last = store.redeliver_matching(
+            conn,
+            row.id,
+            status=wanted.get("status", "FAILED"),
+            task_id=wanted.get("taskId"),
+            created_after=wanted.get("createdAfter"),
+            created_before=wanted.get("createdBefore"),
+            after=after,
+            limit=limit,
+        )
+    cursor = encode_cursor(*last) if last is not None and count == limit else None
+    return jsonify({"redelivered": count, "nextCursor": cursor}), 202

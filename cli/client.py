@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +18,17 @@ from cli.polling import print_logs, watch
 from cli.session import EXIT_CODES, EXIT_UNSUCCESSFUL, Client
 
 PRIORITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+_AGE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def since_time(raw: str, now: datetime | None = None) -> str:
+    """`--since`, `--until`: an age (90s, 30m, 12h, 7d: that long ago) or an RFC 3339 time."""
+    match = _AGE.match(raw.strip())
+    if not match:
+        return raw
+    delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    return ((now or datetime.now(UTC)) - delta).isoformat().replace("+00:00", "Z")
 
 
 def http_command(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import click
 
-from cli.client import PRIORITIES, _read_input, http_command
+from cli.client import PRIORITIES, _read_input, http_command, since_time
 from cli.output import Printer
 from cli.session import EXIT_CODES, Client
 
 RETRYABLE = ("FAILED", "TIMED_OUT", "CANCELLED")
-_AGE = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def since_time(raw: str, now: datetime | None = None) -> str:
-    """`--since`: an age such as 90s, 30m, 12h or 7d, or an RFC 3339 time (passed as given)."""
-    match = _AGE.match(raw.strip())
-    if not match:
-        return raw
-    delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    return ((now or datetime.now(UTC)) - delta).isoformat().replace("+00:00", "Z")
 
 
 @click.command(epilog=EXIT_CODES + " A retry by filter exits 1 if any task was refused.")

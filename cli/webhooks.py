@@ -9,7 +9,7 @@ from urllib.parse import quote
 import click
 import requests
 
-from cli.client import http_command
+from cli.client import http_command, since_time
 from cli.output import Printer, fields, table
 from cli.session import EXIT_CODES, ApiFailure, Client, ConnectionFailure
 
@@ -312,8 +312,56 @@ def deliveries(
 @webhooks.command(epilog=EXIT_CODES)
 @http_command
 @click.argument("webhook_id")
-@click.argument("delivery_id")
-def redeliver(client: Client, printer: Printer, webhook_id: str, delivery_id: str) -> None:
-    """Send a delivery again (same webhook-id), whatever its status."""
-    path = f"{_path(webhook_id)}/deliveries/{quote(delivery_id, safe='')}/redeliver"
-    _show_delivery(printer, client.call("POST", path))
+@click.argument("delivery_id", required=False)
+@click.option(
+    "--status",
+    type=click.Choice(DELIVERY_STATUSES, case_sensitive=False),
+    default=None,
+    help="Without DELIVERY_ID: which to send again (default FAILED).",
+)
+@click.option("--since", default=None, help="Events since: an age (30m, 12h, 7d) or RFC 3339.")
+@click.option("--until", default=None, help="Events before: an age or RFC 3339.")
+@click.option("--task", "task_id", default=None, help="The deliveries of one task's events.")
+@click.option(
+    "--batch", type=click.IntRange(1, 10_000), default=1000, show_default=True, help="Per request."
+)
+def redeliver(
+    client: Client,
+    printer: Printer,
+    webhook_id: str,
+    delivery_id: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+    task_id: str | None,
+    batch: int,
+) -> None:
+    """Send a delivery again (same webhook-id), whatever its status; or every one a filter
+    matches, oldest first (`redeliver ID --since 2d`: the FAILED ones of the last two days).
+    """
+    filtering = status is not None or since or until or task_id
+    if delivery_id is not None:
+        if filtering:
+            raise click.UsageError("give DELIVERY_ID or filter options, not both")
+        path = f"{_path(webhook_id)}/deliveries/{quote(delivery_id, safe='')}/redeliver"
+        _show_delivery(printer, client.call("POST", path))
+        return
+    flt: dict[str, Any] = {"status": (status or "FAILED").upper()}
+    if since:
+        flt["createdAfter"] = since_time(since)
+    if until:
+        flt["createdBefore"] = since_time(until)
+    if task_id:
+        flt["taskId"] = task_id
+    body: dict[str, Any] = {"filter": flt, "limit": batch}
+    total = 0
+    while True:  # one request per batch, each going on after the last one's cursor
+        doc = client.call("POST", f"{_path(webhook_id)}/deliveries/redeliver", json=body)
+        total += doc["redelivered"]
+        if not doc["nextCursor"]:
+            break
+        body["cursor"] = doc["nextCursor"]
+    if printer.json:
+        click.echo(json.dumps({"redelivered": total}, indent=2))
+    else:
+        click.echo(f"redelivered {total} {flt['status']} delivery(ies) of webhook {webhook_id}")

@@ -136,6 +136,19 @@ class DeliveryListSchema(Schema):
     nextCursor = fields.String(metadata={"description": "Pass as `cursor` for the next page"})
 
 
+class RedeliveredSchema(Schema):
+    redelivered = fields.Integer(
+        required=True, metadata={"description": "Deliveries made PENDING and due now"}
+    )
+    nextCursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Pass as `cursor` with the same filter for the next ones; null: done"
+        },
+    )
+
+
 def delivery_json(row: Delivery) -> dict[str, Any]:
     """One delivery of the log; `nextAttemptAt` only while one is due."""
     return {

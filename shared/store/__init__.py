@@ -42,6 +42,7 @@ from shared.store.deliveries import (
     listen_for_deliveries,
     purge_old_events,
     redeliver,
+    redeliver_matching,
 )
 from shared.store.delivery_leases import (
     Claimed,
@@ -176,6 +177,7 @@ __all__ = [
     "refuse_delivery",
     "record_failed_attempt",
     "redeliver",
+    "redeliver_matching",
     "release_deliveries",
     "ActiveGroup",
     "ApiKey",

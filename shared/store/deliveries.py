@@ -134,6 +134,15 @@ def get_delivery(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> D
         return one(cur, Delivery)
 
 
+#: What a redelivery sets: PENDING and due now (one in flight keeps its lease: no two
+#: deliverers send it at once), a fresh retry horizon, the last error kept only while pending.
+_REDELIVERED = """
+    status = 'PENDING',
+    next_attempt_at = greatest(now(), coalesce(locked_until, now())),
+    retry_from = now(), error = CASE WHEN status = 'PENDING' THEN error END
+"""
+
+
 def redeliver(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:
     """Make a delivery PENDING and due now; return it, or None when `webhook_id` has no such one.
 
@@ -147,20 +156,85 @@ def redeliver(conn: Conn, webhook_id: uuid.UUID, delivery_id: uuid.UUID) -> Deli
     """
     with conn.cursor() as cur:
         cur.execute(
-            """
-            UPDATE webhook_deliveries
-            SET status = 'PENDING',
-                next_attempt_at = greatest(now(), coalesce(locked_until, now())),
-                retry_from = now(), error = CASE WHEN status = 'PENDING' THEN error END
-            WHERE id = %s AND webhook_id = %s
-            RETURNING *
-            """,
+            f"UPDATE webhook_deliveries SET {_REDELIVERED} WHERE id = %s AND webhook_id = %s"
+            " RETURNING *",
             (delivery_id, webhook_id),
         )
         delivery = one(cur, Delivery)
         if delivery is not None:
             cur.execute("SELECT pg_notify('taskexec_webhooks', '')")
         return delivery
+
+
+def _redeliver_statement(
+    webhook_id: uuid.UUID,
+    status: str,
+    task_id: uuid.UUID | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The statement of `redeliver_matching`, and its parameters (tests read its plan)."""
+    clause, params = _log_where(webhook_id, status, task_id)
+    for condition, value in (
+        (" AND created_at >= %s", created_after),
+        (" AND created_at < %s", created_before),
+    ):
+        if value is not None:
+            clause += condition
+            params.append(value)
+    if after is not None:
+        clause += " AND (created_at, id) > (%s, %s)"
+        params += [after[0], after[1]]
+    return (
+        f"""
+        WITH picked AS (
+            SELECT id FROM webhook_deliveries WHERE {clause}
+            ORDER BY created_at, id LIMIT %s FOR UPDATE
+        )
+        UPDATE webhook_deliveries SET {_REDELIVERED}
+        FROM picked WHERE webhook_deliveries.id = picked.id
+        RETURNING webhook_deliveries.created_at, webhook_deliveries.id
+        """,
+        [*params, limit],
+    )
+
+
+def redeliver_matching(
+    conn: Conn,
+    webhook_id: uuid.UUID,
+    *,
+    status: str,
+    task_id: uuid.UUID | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
+) -> tuple[int, tuple[datetime, uuid.UUID] | None]:
+    """Redeliver up to `limit` of a subscription's deliveries the filters match, oldest first.
+
+    Each as `redeliver` does it. The filters are the log's (`status` one of DELIVERY_STATUSES,
+    `task_id`) and the deliveries' creation (their events' time: `created_after` inclusive,
+    `created_before` exclusive); `after` is the (created_at, id) position of the last one a
+    previous call redelivered, to go on from there. Returns how many were redelivered and the
+    position of the last (None when none). Read by the log's indexes (FAILED ones by their
+    own): a subscription's failed deliveries are found without walking its log. Deliveries a
+    purge or another redelivery holds are waited for, not skipped: a position passed over
+    would leave them behind for good.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            *_redeliver_statement(
+                webhook_id, status, task_id, created_after, created_before, after, limit
+            )
+        )
+        done = cur.fetchall()
+        if not done:
+            return 0, None
+        cur.execute("SELECT pg_notify('taskexec_webhooks', '')")
+    last = max((row[0], row[1]) for row in done)
+    return len(done), last
 
 
 def enqueue_test_event(conn: Conn, webhook_id: uuid.UUID, data: dict[str, Any]) -> Delivery:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli.base import ledger
-from cli.replay import since_time
+from cli.client import since_time
 from tests.integration.live_api import gunicorn
 from tests.integration.test_cli_client import Service
 

@@ -79,6 +79,17 @@ def test_webhook_commands(live):
     again = live.cli("webhooks", "redeliver", wid, delivery["id"])
     assert again.returncode == 0, again.stderr
     assert "PENDING" in again.stdout and delivery["eventId"] in again.stdout
+    # By filter: two pending test events, one per request, brought forward.
+    assert live.cli("webhooks", "test", wid).returncode == 0
+    both = live.cli(
+        "webhooks", "redeliver", wid, "--status", "pending", "--batch", "1", "-o", "json"
+    )
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout) == {"redelivered": 2}
+    none = live.cli("webhooks", "redeliver", wid, "--since", "1h", "--until", "1s")
+    assert none.returncode == 0 and "redelivered 0 FAILED" in none.stdout, none.stderr
+    mixed = live.cli("webhooks", "redeliver", wid, delivery["id"], "--status", "FAILED")
+    assert mixed.returncode == 2 and "not both" in mixed.stderr
 
     assert live.cli("webhooks", "delete", wid).returncode == 0
     gone = live.cli("webhooks", "get", wid)

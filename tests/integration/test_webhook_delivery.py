@@ -660,6 +660,48 @@ def test_a_test_event_and_a_redelivery(backends, receiver, deliverer):
     assert final.id == row.id
 
 
+def _all_in(database_url: str, webhook_id: uuid.UUID, status: str, count: int) -> Any:
+    """The subscription's deliveries once there are `count`, every one in `status`; else None."""
+    rows = deliveries(database_url, webhook_id)
+    return rows if len(rows) == count and all(d.status == status for d in rows) else None
+
+
+def test_deliveries_failed_in_an_outage_arrive_when_redelivered_by_filter(
+    backends, receiver, deliverer
+):
+    receiver.plan["/out"] = [503]
+    webhook_id, secret = subscribe(backends.database_url, receiver.url("/out"))
+    other, _ = subscribe(backends.database_url, receiver.url("/fine"))
+    # The outage outlasts the retry horizon: every delivery to /out ends FAILED.
+    deliverer(webhook_retry_horizon="1s", webhook_disable_after="off")
+    finish_tasks(backends.database_url, 5)
+    failed = wait_for(lambda: _all_in(backends.database_url, webhook_id, "FAILED", 5), 20)
+    tried = len(receiver.at("/out"))
+    assert tried >= 5 and {d.error for d in failed} == {"HTTP 503: ok"}
+    # The receiver is back; the failed deliveries go again, two per batch, oldest first.
+    receiver.plan["/out"] = [200]
+    with ledger(backends.database_url) as conn:
+        first, after = store.redeliver_matching(conn, webhook_id, status="FAILED", limit=2)
+        second, after = store.redeliver_matching(
+            conn, webhook_id, status="FAILED", after=after, limit=2
+        )
+        third, _ = store.redeliver_matching(conn, webhook_id, status="FAILED", after=after, limit=2)
+    assert (first, second, third) == (2, 2, 1)
+    done = wait_for(lambda: _all_in(backends.database_url, webhook_id, "DELIVERED", 5), 20)
+    assert {d.id for d in done} == {d.id for d in failed}
+    assert all(d.attempts > 1 and d.error is None for d in done)
+    # Each arrived once more, signed, with its event's id as before: a receiver that
+    # deduplicates by webhook-id knows them.
+    arrived = receiver.at("/out")[tried:]
+    assert sorted(r["headers"]["webhook-id"] for r in arrived) == sorted(
+        str(d.event_id) for d in failed
+    )
+    assert all(verify(secret, r)["type"] == "task.completed" for r in arrived)
+    # Another subscription's deliveries never failed, and were not sent again.
+    assert len(receiver.at("/fine")) == 5
+    assert _all_in(backends.database_url, other, "DELIVERED", 5)
+
+
 def test_a_failed_attempt_is_recorded_whatever_the_disable_period(backends, receiver):
     """`off` (never disable) and a period too long to subtract from now still record.
 
