@@ -14,6 +14,7 @@ from api.console.blueprint import bp, page_number, query_string, render
 from api.pagination import page_doc
 from api.responses.webhooks import delivery_json, webhook_json
 from api.services import services
+from api.webhook_schemas import MAX_REDELIVER_BATCH
 from shared import store
 from shared.errors import Conflict, NotFound
 
@@ -69,8 +70,14 @@ def webhook(webhook_id: str) -> tuple[str, int]:
         rows = store.list_deliveries(
             conn, row.id, status=status, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE
         )
-        total, exact = store.count_delivery_log(
-            conn, row.id, status=status, exact_max=services().settings.list_exact_count_max
+        exact_max = services().settings.list_exact_count_max
+        total, exact = store.count_delivery_log(conn, row.id, status=status, exact_max=exact_max)
+        may_redeliver = current_principal().can("webhooks:write") and not row.disabled
+        # The failed ones, for the button that sends them all again (by their own index).
+        failed = (
+            store.count_delivery_log(conn, row.id, status="FAILED", exact_max=exact_max)
+            if may_redeliver
+            else (0, True)
         )
     more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
     pagination = page_doc(page, PAGE_SIZE, total, exact)
@@ -82,11 +89,52 @@ def webhook(webhook_id: str) -> tuple[str, int]:
         pagination=pagination,
         status=status or "",
         statuses=store.DELIVERY_STATUSES,
-        may_redeliver=current_principal().can("webhooks:write") and not row.disabled,
-        notice="Queued for delivery again." if request.args.get("done") == "redeliver" else None,
+        may_redeliver=may_redeliver,
+        failed=failed,
+        notice=_notice(request.args),
         prev=query_string({**base, "page": page - 1}) if page > 1 else None,
         next=query_string({**base, "page": page + 1}) if more else None,
     )
+
+
+def _notice(args: Any) -> str | None:
+    """What the redirect after a redelivery says it did."""
+    done = args.get("done")
+    if done == "redeliver":
+        return "Queued for delivery again."
+    if done == "failed":
+        count = args.get("n", "")
+        if not count.isdigit():
+            return None
+        plural = "delivery" if count == "1" else "deliveries"
+        rest = " More remain: redeliver again." if args.get("more") == "1" else ""
+        return f"{count} failed {plural} queued for delivery again.{rest}"
+    return None
+
+
+def _writable(conn: store.Conn, webhook_id: str) -> store.Webhook:
+    """The subscription, locked as the API locks it; 409 while it is disabled."""
+    row = _load(conn, webhook_id, lock=True)  # as the API: no disable slips in between
+    if row.disabled:
+        raise Conflict(
+            f"webhook {row.id} is disabled; re-enable it to redeliver",
+            {"webhookId": str(row.id), "disabledReason": row.disabled_reason},
+        )
+    return row
+
+
+@bp.route("/webhooks/<webhook_id>/redeliver-failed", methods=["POST"])
+@requires("webhooks:write")
+def redeliver_failed(webhook_id: str) -> Response:
+    """Send every failed delivery again, oldest first, up to a batch (the API's by filter)."""
+    with services().db.connection() as conn:
+        row = _writable(conn, webhook_id)
+        count, _ = store.redeliver_matching(
+            conn, row.id, status="FAILED", limit=MAX_REDELIVER_BATCH
+        )
+    more = "1" if count == MAX_REDELIVER_BATCH else "0"
+    target = url_for("console.webhook", webhook_id=webhook_id, done="failed", n=count, more=more)
+    return redirect(target, code=303)
 
 
 @bp.route("/webhooks/<webhook_id>/deliveries/<delivery_id>/redeliver", methods=["POST"])
@@ -94,12 +142,7 @@ def webhook(webhook_id: str) -> tuple[str, int]:
 def redeliver(webhook_id: str, delivery_id: str) -> Response:
     """Send a delivery again (the API's redeliver): 409 while the subscription is disabled."""
     with services().db.connection() as conn:
-        row = _load(conn, webhook_id, lock=True)  # as the API: no disable slips in between
-        if row.disabled:
-            raise Conflict(
-                f"webhook {row.id} is disabled; re-enable it to redeliver",
-                {"webhookId": str(row.id), "disabledReason": row.disabled_reason},
-            )
+        row = _writable(conn, webhook_id)
         try:
             wanted: uuid.UUID | None = uuid.UUID(delivery_id)
         except ValueError:

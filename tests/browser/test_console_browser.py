@@ -16,6 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+from cli.base import ledger
 from tests.browser.conftest import DESKTOP, PHONE, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
@@ -253,7 +254,7 @@ def test_schedules_are_listed(stack, browser, screenshots):
     shot(browser, screenshots, "schedules")
 
 
-def test_webhooks_show_their_delivery_log(stack, browser, screenshots):
+def test_webhooks_show_their_delivery_log(stack, browser, screenshots, backends):
     desktop(browser)
     created = stack.api(
         "POST",
@@ -262,13 +263,31 @@ def test_webhooks_show_their_delivery_log(stack, browser, screenshots):
     )
     assert created.status_code == 201, created.text
     wid = created.json()["id"]
-    assert stack.api("POST", f"/api/v1/webhooks/{wid}/test").status_code == 202
+    for _ in range(3):
+        assert stack.api("POST", f"/api/v1/webhooks/{wid}/test").status_code == 202
+    # Two of them failed for good (as after an outage past the retry period).
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhook_deliveries SET status = 'FAILED', attempts = 31,"
+            " error = 'connection refused', last_attempt_at = now()"
+            " WHERE id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = %s LIMIT 2)",
+            (wid,),
+        )
     sign_in(browser, stack, stack.admin)
     browser.get(stack.url + "/console/webhooks")
     browser.find_element(By.PARTIAL_LINK_TEXT, "127.0.0.1:9/hooks/taskexec").click()
     log = wait(browser).until(ec.presence_of_element_located((By.ID, "deliveries")))
-    assert "webhook.test" in log.text
+    assert "webhook.test" in log.text and log.text.count("FAILED") == 2
     shot(browser, screenshots, "webhooks")
+    # The failed ones, sent again in one click: the notice says how many, the log shows them due.
+    button = browser.find_element(By.CSS_SELECTOR, "#redeliver-failed button")
+    assert button.text == "Redeliver 2 failed"
+    button.click()
+    notice = wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".notice")))
+    assert notice.text == "2 failed deliveries queued for delivery again."
+    log = browser.find_element(By.ID, "deliveries")
+    assert "FAILED" not in log.text and log.text.count("PENDING") == 3
+    assert not browser.find_elements(By.ID, "redeliver-failed")
 
 
 def test_pages_are_readable_at_phone_width(stack, browser, screenshots):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from api.console import api_docs, session
+from cli.base import ledger
 from tests.helpers import submit
 
 XSS = "<script>alert(1)</script>"
@@ -251,6 +252,9 @@ def test_webhooks_and_their_delivery_log(app_with, auth):
         headers=BROWSER,
     )
     assert again.status_code == 303
+    # No failed delivery: no button to send the failed ones again.
+    html = client.get(again.headers["Location"], headers=BROWSER).get_data(as_text=True)
+    assert "Queued for delivery again." in html and 'id="redeliver-failed"' not in html
     # A reader sees the log but no redeliver button, and a forged redeliver is refused.
     reader = auth.key(["webhooks:read"])["X-API-Key"]
     reader_csrf = sign_in_anywhere(client, reader)
@@ -260,6 +264,59 @@ def test_webhooks_and_their_delivery_log(app_with, auth):
         f"/console/webhooks/{wid}/deliveries/{delivery.group(1)}/redeliver",
         data={"csrf": reader_csrf},
         headers=BROWSER,
+    )
+    assert forged.status_code == 403
+
+
+def test_the_failed_deliveries_are_sent_again_from_the_console(app_with, auth, backends):
+    client = app_with(webhook_allow_private=True).test_client()
+    admin = auth.key("*")
+    created = client.post(
+        "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}, headers=admin
+    ).get_json()
+    wid = created["id"]
+    for _ in range(3):
+        assert client.post(f"/api/v1/webhooks/{wid}/test", headers=admin).status_code == 202
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE webhook_deliveries SET status = 'FAILED', error = 'HTTP 503'"
+            " WHERE id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = %s LIMIT 2)",
+            (wid,),
+        )
+    csrf = sign_in(client, admin["X-API-Key"])
+    html = client.get(f"/console/webhooks/{wid}", headers=BROWSER).get_data(as_text=True)
+    assert re.search(r'id="redeliver-failed"[^>]*/redeliver-failed"', html)
+    assert "Redeliver 2 failed" in html
+    sent = client.post(
+        f"/console/webhooks/{wid}/redeliver-failed", data={"csrf": csrf}, headers=BROWSER
+    )
+    assert sent.status_code == 303
+    html = client.get(sent.headers["Location"], headers=BROWSER).get_data(as_text=True)
+    assert "2 failed deliveries queued for delivery again." in html
+    assert 'id="redeliver-failed"' not in html  # none failed now
+    with ledger(backends.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT status, count(*) FROM webhook_deliveries WHERE webhook_id = %s GROUP BY 1",
+            (wid,),
+        )
+        assert dict(cur.fetchall()) == {"PENDING": 3}
+    # Without a CSRF token, or disabled: refused, nothing sent.
+    assert (
+        client.post(f"/console/webhooks/{wid}/redeliver-failed", headers=BROWSER).status_code == 403
+    )
+    client.patch(f"/api/v1/webhooks/{wid}", json={"disabled": True}, headers=admin)
+    refused = client.post(
+        f"/console/webhooks/{wid}/redeliver-failed", data={"csrf": csrf}, headers=BROWSER
+    )
+    assert refused.status_code == 409
+    # A reader gets no button and may not post.
+    reader = auth.key(["webhooks:read"])["X-API-Key"]
+    reader_csrf = sign_in_anywhere(client, reader)
+    client.patch(f"/api/v1/webhooks/{wid}", json={"disabled": False}, headers=admin)
+    html = client.get(f"/console/webhooks/{wid}", headers=BROWSER).get_data(as_text=True)
+    assert "redeliver-failed" not in html
+    forged = client.post(
+        f"/console/webhooks/{wid}/redeliver-failed", data={"csrf": reader_csrf}, headers=BROWSER
     )
     assert forged.status_code == 403
 
