@@ -11,6 +11,7 @@ from marshmallow import RAISE
 from api import openapi, operations
 from api.auth import current_principal, requires
 from api.errors import located
+from api.limits import bulk_limit
 from api.pagination import decode_cursor, encode_cursor, page_doc, position
 from api.parsing import Blueprint
 from api.responses.webhooks import (
@@ -346,6 +347,7 @@ def redeliver(webhook_id: str, delivery_id: str) -> tuple[Response, int]:
 
 
 @blp.route("/<webhook_id>/deliveries/redeliver", methods=["POST"])
+@bulk_limit
 @requires("webhooks:write")
 @blp.arguments(RedeliverManySchema())
 @blp.doc(
@@ -367,6 +369,7 @@ def redeliver_many(body: dict[str, Any], webhook_id: str) -> tuple[Response, int
     (same `webhook-id`, a fresh retry period, `attempts` counting on).
     Response 202: {"redelivered": 1000, "nextCursor": "…"}: pass `nextCursor` as `cursor`
     with the same filter for the next ones, until it is null.
+    Rate-limited by TASKEXEC_RATELIMIT_BULK.
     Errors: 400 naming the field, 404 unknown subscription, 409 the subscription is disabled.
     """
     wanted = body["filter"]

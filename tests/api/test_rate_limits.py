@@ -141,6 +141,23 @@ def test_bulk_endpoints_share_the_bulk_bucket_and_not_the_default_one(client, au
     assert remaining(listed) == 4
 
 
+def test_a_redelivery_by_filter_counts_against_the_bulk_bucket(client, auth):
+    headers = auth.key(["webhooks:write", "tasks:definitions:list"])
+    created = client.post(
+        "/api/v1/webhooks", json={"url": "https://hooks.example.com/x"}, headers=headers
+    )
+    assert created.status_code == 201, created.get_json()
+    path = f"/api/v1/webhooks/{created.get_json()['id']}/deliveries/redeliver"
+    first = client.post(path, json={}, headers=headers)
+    assert first.status_code == 202, first.get_json()
+    assert first.headers["X-RateLimit-Limit"] == "2" and remaining(first) == 1
+    assert client.post(path, json={}, headers=headers).status_code == 202
+    assert_refused(client.post(path, json={}, headers=headers))
+    # The default bucket counted the subscription's creation, and this, nothing else.
+    listed = client.get(DEFINITIONS, headers=headers)
+    assert listed.headers["X-RateLimit-Limit"] == "5" and remaining(listed) == 3
+
+
 def test_a_key_with_its_own_rate_limit_gets_it(client, auth):
     headers = auth.key("tasks:definitions:list", rate_limit="7/minute")
     statuses = [client.get(DEFINITIONS, headers=headers) for _ in range(7)]
