@@ -352,6 +352,15 @@ def _rows_read(plan: Any) -> int:
     return own + sum(_rows_read(v) for k, v in plan.items() if k in ("Plan", "Plans"))
 
 
+def insert_subscription(cur: Any, hook: uuid.UUID) -> None:
+    """A subscription to task.completed, written directly (for logs seeded by SQL)."""
+    cur.execute(
+        "INSERT INTO webhooks (id, owner, url, secret, events)"
+        " VALUES (%s, 'log-owner', %s, 'whsec_x', ARRAY['task.completed'])",
+        (hook, RECEIVER),
+    )
+
+
 def test_the_log_filters_read_only_their_rows_of_a_long_log(backends):
     """`status=FAILED` and `taskId` do not walk a busy subscription's whole log (0021).
 
@@ -364,11 +373,7 @@ def test_the_log_filters_read_only_their_rows_of_a_long_log(backends):
     url = backends.database_url
     hook, task = uuid.uuid4(), uuid.uuid4()
     with ledger(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO webhooks (id, owner, url, secret, events)"
-            " VALUES (%s, 'log-owner', %s, 'whsec_x', ARRAY['task.completed'])",
-            (hook, RECEIVER),
-        )
+        insert_subscription(cur, hook)
         # 20,000 delivered rows of other tasks; the task's two events and a failed delivery
         # among the oldest, so a walk from the newest would read nearly all of them.
         cur.execute(

@@ -11,7 +11,7 @@ import pytest
 from cli.base import ledger
 from shared import store
 from tests.api.test_openapi import Conformance
-from tests.api.test_webhooks_log import RECEIVER, URL, _rows_read, log, subscribe
+from tests.api.test_webhooks_log import URL, _rows_read, insert_subscription, log, subscribe
 
 PATH = f"{URL}/{{webhook_id}}/deliveries/redeliver"
 #: The seeded log's first delivery's time; the others follow a minute apart.
@@ -192,11 +192,7 @@ def test_failed_deliveries_are_found_without_walking_the_log(backends):
     url = backends.database_url
     hook = uuid.uuid4()
     with ledger(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO webhooks (id, owner, url, secret, events)"
-            " VALUES (%s, 'log-owner', %s, 'whsec_x', ARRAY['task.completed'])",
-            (hook, RECEIVER),
-        )
+        insert_subscription(cur, hook)
         # 20,000 delivered rows, then 5 failed ones among the newest (a walk from the oldest
         # reads every delivered row first).
         cur.execute(
