@@ -26,10 +26,12 @@ taskexec-<pid>: the deliverer's, the worker's, autovacuum, the rest).
    probed baseline rate, and only `task.completed` when one subscription to both would make
    more than 1.5x that rate) ("webhooks"). The variants take turns for --rounds rounds, the order
    flipped each round, VACUUM between turns, so drifting machine load hits both alike.
-   Reported: tasks/s of each, the throughput ratio (webhooks / baseline), the deliveries/s
-   the receiver saw while the tasks ran, how long after the last task the last delivery
-   arrived (0: the deliverer kept up), and the CPU per delivery (webhook turns minus baseline
-   turns, over the deliveries made): the load-independent figure. With --trigger-turns, a
+   Reported: tasks/s of each, the throughput ratio (webhooks / baseline; and each round's
+   own, with their mean and its standard error: how far one sitting's figure may be off),
+   the deliveries/s the receiver saw while the tasks ran, how long after the last task the
+   last delivery arrived (0: the deliverer kept up), and the CPU per delivery (webhook turns
+   minus baseline turns, over the deliveries made): the load-independent figure. With
+   --trigger-turns, a
    third variant "trigger": the subscriptions with the deliverer stopped (SIGSTOP), so the
    status changes only queue their events (the trigger's cost alone); fanned out and sent
    after the turn.
@@ -43,6 +45,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -525,7 +528,9 @@ def main() -> None:
         rates: list[float] = []
         lags: list[float] = []
         delivered = 0
+        took_by_round: list[dict[str, float]] = []  # each round's seconds per variant
         for turn in range(args.rounds):
+            took_by_round.append({})
             # Interleaved, and the order turns each round: drifting load hits all alike.
             shift = turn % len(variants)
             for variant in variants[shift:] + variants[:shift]:
@@ -604,6 +609,7 @@ def main() -> None:
                 if variant != "trigger":
                     used = meter.used(before, meter.sample())
                 totals[variant] += took
+                took_by_round[-1][variant] = took
                 for key, value in used.items():
                     cpu[variant][key] = cpu[variant].get(key, 0.0) + value
                 line += f"; load {load:.1f}; cpu s " + ", ".join(
@@ -616,6 +622,15 @@ def main() -> None:
             f"throughput: baseline {baseline:.0f} tasks/s, with webhooks {webhooks:.0f} tasks/s"
             f" (ratio {webhooks / baseline:.3f}); deliveries/s {sum(rates) / len(rates):.0f};"
             f" worst backlog {max(lags):.2f} s"
+        )
+        # Each round's own ratio (its two turns, next to each other in time), and how far
+        # their mean may be from the truth: a sitting's rounds spread widely on this host.
+        ratios = [r["baseline"] / r["webhooks"] for r in took_by_round]
+        spread = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+        print(
+            "rounds: "
+            + " ".join(f"{r:.2f}" for r in ratios)
+            + f"; mean {statistics.mean(ratios):.3f} +- {spread:.3f} (standard error)"
         )
         if delivered:
             # Per delivery: what the webhook turns used beyond the baseline turns.
