@@ -143,8 +143,8 @@ class Deliverer:
         # The same, kept until the next claim (a wake clears `_starved`): the fan-out then
         # leases nothing, so new deliveries do not overtake the due ones left behind.
         self._behind = False
-        self.recorder = OutcomeRecorder(self.db, self.disable_after)
         self.metrics = metrics.DelivererMetrics.get()
+        self.recorder = OutcomeRecorder(self.db, self.disable_after, self.metrics)
 
     # ------------------------------------------------------------ fanning out
 
@@ -310,8 +310,10 @@ class Deliverer:
         except TaskexecError as exc:
             # The outcome could not be recorded: the lease lapses and the row is tried again.
             log.warning("delivery %s: outcome not recorded: %s", item.id, exc.message)
+            self.metrics.unrecorded(1)
         except Exception:
             log.exception("delivery %s failed unexpectedly", item.id)
+            self.metrics.unrecorded(1)
 
     def _finished(self, item: store.Claimed) -> None:
         """A send slot is free: count it, and wake the loop when due rows wait for room."""

@@ -55,6 +55,12 @@ class DelivererMetrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self.unrecorded_outcomes = Counter(
+            "taskexec_webhook_outcomes_unrecorded_total",
+            "Attempts whose outcome could not be written (Postgres away, or a statement that"
+            " fails): each is sent again when its lease lapses, without backoff",
+            registry=registry,
+        )
         for result in RESULTS:
             self.attempts.labels(result)  # every series exists from the start (rate() works)
 
@@ -72,6 +78,11 @@ class DelivererMetrics:
             self.seconds.observe(seconds)
         if lag is not None:
             self.lag.observe(max(lag, 0.0))
+
+    def unrecorded(self, count: int) -> None:
+        """Count outcomes that could not be written."""
+        if self.enabled:
+            self.unrecorded_outcomes.inc(count)
 
 
 def install(settings: Settings) -> str:

@@ -14,6 +14,7 @@ from shared import store
 from shared.db import Database
 from shared.errors import TaskexecError
 from shared.webhook_targets import Reply
+from workers.deliverer_metrics import DelivererMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,15 @@ class Result(NamedTuple):
 class OutcomeRecorder:
     """Writes the outcomes the sends queue, in batches, on a thread of its own."""
 
-    def __init__(self, database: Database, disable_after: float | None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        disable_after: float | None,
+        metrics: DelivererMetrics | None = None,
+    ) -> None:
         self.db = database
         self.disable_after = disable_after
+        self.metrics = metrics or DelivererMetrics.get()
         self._lock = threading.Lock()
         # Outcomes waiting for the recorder thread: a list swapped whole per batch. The
         # first outcome of a batch sets the event (one wake-up per batch, not per outcome).
@@ -105,8 +112,10 @@ class OutcomeRecorder:
             log.warning(
                 "%d delivery outcome(s) not recorded (sent again later): %s", len(batch), message
             )
+            self.metrics.unrecorded(len(batch))
         except Exception:
             log.exception("%d delivery outcome(s) not recorded", len(batch))
+            self.metrics.unrecorded(len(batch))
 
     def flush(self) -> int:
         """Write the outcomes queued so far; return how many."""

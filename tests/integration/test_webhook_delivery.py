@@ -588,6 +588,7 @@ def test_the_deliverer_serves_its_metrics(backends, receiver, processes, webhook
     assert series["taskexec_webhook_attempt_seconds_count"] == 7
     assert series["taskexec_webhook_delivery_lag_seconds_count"] == 6
     assert series['taskexec_webhook_delivery_lag_seconds_bucket{le="86400.0"}'] == 6
+    assert series["taskexec_webhook_outcomes_unrecorded_total"] == 0
 
 
 # ---------------------------------------------------------------- rotation, tests, redelivery

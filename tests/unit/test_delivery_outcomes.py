@@ -74,3 +74,19 @@ def test_outcomes_queued_before_a_stop_are_all_written():
     recorder.stop(timeout=5)
     assert len(recorder.written) == 4
     assert recorder._thread is not None and not recorder._thread.is_alive()
+
+
+def test_outcomes_that_cannot_be_written_are_counted():
+    """A batch whose write fails (Postgres away) is counted, for the unrecorded-outcomes alert:
+    its deliveries are sent again at their leases' end, and only the log said so before."""
+    from prometheus_client import CollectorRegistry
+
+    from workers.deliverer_metrics import DelivererMetrics
+
+    registry = CollectorRegistry()
+    metrics = DelivererMetrics(registry)
+    database = Database("postgresql://postgres@127.0.0.1:1/none", connect_timeout=1)
+    recorder = OutcomeRecorder(database, None, metrics)
+    recorder.record([_result(), _result()])
+    recorder.record([_result()])
+    assert registry.get_sample_value("taskexec_webhook_outcomes_unrecorded_total") == 3
