@@ -73,12 +73,14 @@ def webhook(webhook_id: str) -> tuple[str, int]:
         exact_max = services().settings.list_exact_count_max
         total, exact = store.count_delivery_log(conn, row.id, status=status, exact_max=exact_max)
         may_redeliver = current_principal().can("webhooks:write") and not row.disabled
-        # The failed ones, for the button that sends them all again (by their own index).
-        failed = (
-            store.count_delivery_log(conn, row.id, status="FAILED", exact_max=exact_max)
-            if may_redeliver
-            else (0, True)
-        )
+        # The failed ones, for the button that sends them all again (by their own index;
+        # already counted when the log is filtered on them).
+        if not may_redeliver:
+            failed = (0, True)
+        elif status == "FAILED":
+            failed = (total, exact)
+        else:
+            failed = store.count_delivery_log(conn, row.id, status="FAILED", exact_max=exact_max)
     more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
     pagination = page_doc(page, PAGE_SIZE, total, exact)
     base: dict[str, Any] = {"status": status}

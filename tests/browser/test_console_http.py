@@ -287,6 +287,8 @@ def test_the_failed_deliveries_are_sent_again_from_the_console(app_with, auth, b
     html = client.get(f"/console/webhooks/{wid}", headers=BROWSER).get_data(as_text=True)
     assert re.search(r'id="redeliver-failed"[^>]*/redeliver-failed"', html)
     assert "Redeliver 2 failed" in html
+    only_failed = client.get(f"/console/webhooks/{wid}?status=FAILED", headers=BROWSER)
+    assert "Redeliver 2 failed" in only_failed.get_data(as_text=True)
     sent = client.post(
         f"/console/webhooks/{wid}/redeliver-failed", data={"csrf": csrf}, headers=BROWSER
     )
