@@ -42,6 +42,16 @@ def cpu_seconds(pid: int) -> float:
     return _cpu(pid, reaped=True) + sum(_cpu(child, reaped=True) for child in children(pid))
 
 
+def run_delay_seconds(pid: int) -> float:
+    """Time the threads of a process have waited on a run queue for a core (schedstat)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 class Memory:
     """RSS samples taken while processes are still alive, reported together at the end."""
 

@@ -35,6 +35,13 @@ taskexec-<pid>: the deliverer's, the worker's, autovacuum, the rest).
    third variant "trigger": the subscriptions with the deliverer stopped (SIGSTOP), so the
    status changes only queue their events (the trigger's cost alone); fanned out and sent
    after the turn.
+   Also printed: per task, the CPU and the run-queue wait (/proc/<tid>/schedstat: runnable,
+   waiting for a core) of the worker's processes and of its Postgres backends, per variant.
+   Two more variants, experiments on where the loss comes from: --idle-turns, the deliverer
+   under SCHED_IDLE (with --idle-receiver and --idle-backends, the receiver and the
+   deliverer's Postgres backends too); --burner-turns CORES, no subscription but
+   bench/cpu_burner.py beside the tasks using CORES of CPU under SCHED_IDLE (work that never
+   holds a core the tasks want: what any work of that size costs them on this host).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ import redis  # noqa: E402
 from bench.list_tasks import DEFAULT_SERVER, create_database, drop_database  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.stack import children  # noqa: E402
-from bench.usage import cpu_seconds  # noqa: E402
+from bench.usage import cpu_seconds, run_delay_seconds  # noqa: E402
 from cli.base import ledger  # noqa: E402
 from cli.processes import worker_command  # noqa: E402
 from config.settings import Settings  # noqa: E402
@@ -135,10 +142,14 @@ class Meter:
         self.url, self.parts, self.receiver = url, parts, receiver
 
     def sample(self) -> dict[str, Any]:
+        worker = self.parts["worker"]
         return {
             **{name: cpu_seconds(pid) for name, pid in self.parts.items()},
+            # Time the worker's processes waited for a core (not CPU: a delay on its path).
+            "worker-waited": sum(run_delay_seconds(pid) for pid in [worker, *children(worker)]),
             "receiver": self.receiver.cpu(),
             "postgres": backends_cpu(self.url, NAME),
+            "pg-delays": {pid: run_delay_seconds(pid) for pid in backends_cpu(self.url, NAME)},
             "machine": machine_cpu(),
         }
 
@@ -146,7 +157,7 @@ class Meter:
         """The CPU each part used; Postgres split by whose backend it is."""
         out: dict[str, float] = {}
         for key, value in after.items():
-            if key != "postgres":
+            if key not in ("postgres", "pg-delays"):
                 out[key] = value - before[key]
         # A backend that left between the samples is lost (the worker's and the deliverer's
         # are long-lived); a new one counts from zero. Backends are named taskexec-<pid>.
@@ -157,9 +168,14 @@ class Meter:
         whose["autovacuum"] = "pg-autovacuum"
         for key in ("pg-deliverer", "pg-worker", "pg-autovacuum", "pg-bench"):
             out[key] = 0.0
+        out["pg-worker-waited"] = 0.0
         for pid, (app, cpu) in after["postgres"].items():
             used = cpu - before["postgres"].get(pid, (app, 0.0))[1]
             out[whose.get(app, "pg-bench")] += used
+            if whose.get(app) == "pg-worker" and pid in after["pg-delays"]:
+                out["pg-worker-waited"] += after["pg-delays"][pid] - before["pg-delays"].get(
+                    pid, 0.0
+                )
         return out
 
 
@@ -193,11 +209,20 @@ def subscribe(url: str, target: str, events: list[str], workflow: str | None = N
 
 
 def unsubscribe_all(url: str) -> None:
-    with ledger(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "TRUNCATE webhooks, webhook_event_queue, webhook_events, webhook_deliveries, tasks"
-            " CASCADE"
-        )
+    # The TRUNCATE's locks, taken table by table, may meet a deliverer's statement taking
+    # them in another order: Postgres then cancels one of the two (a deadlock). Ours again.
+    for tries_left in range(4, -1, -1):
+        try:
+            with ledger(url) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "TRUNCATE webhooks, webhook_event_queue, webhook_events, webhook_deliveries,"
+                    " tasks CASCADE"
+                )
+            return
+        except psycopg2.errors.DeadlockDetected:
+            if not tries_left:
+                raise
+            time.sleep(0.1)
 
 
 #: The workflow instance a share of the throughput turns' tasks belong to, and the one the
@@ -371,6 +396,17 @@ def renice(pid: int, value: int | None) -> int:
     return before
 
 
+def set_idle(pid: int, idle: bool) -> None:
+    """Every thread of a process to SCHED_IDLE (any other runnable thread preempts it at once,
+    where a nice value only shares the CPU by weight), or back to SCHED_OTHER (its nice kept)."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+        except ProcessLookupError:
+            pass  # a thread that ended
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
@@ -414,6 +450,33 @@ def main() -> None:
         help='a third variant, "niced": as the webhook turns, with every thread of the'
         " deliverer at this nice value (the worker's and Postgres's unchanged), then back at"
         " its own (TASKEXEC_WEBHOOK_NICE, default 10; 0 for the comparison)",
+    )
+    parser.add_argument(
+        "--idle-turns",
+        action="store_true",
+        help='a variant "idle": as the webhook turns, with every thread of the deliverer under'
+        " SCHED_IDLE (TASKEXEC_WEBHOOK_NICE=idle), then back",
+    )
+    parser.add_argument(
+        "--burner-turns",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help='a variant "burner": as the baseline (no subscription), beside bench/cpu_burner.py'
+        " using CORES of CPU under SCHED_IDLE: does any work beside the tasks slow them, even"
+        " when it never holds a core they want?",
+    )
+    parser.add_argument(
+        "--idle-receiver",
+        action="store_true",
+        help="the idle turns put the receiver under SCHED_IDLE too (an experiment: how much of"
+        " the tasks' loss is the local receiver's)",
+    )
+    parser.add_argument(
+        "--idle-backends",
+        action="store_true",
+        help="the idle turns put the deliverer's Postgres backends under SCHED_IDLE too (an"
+        " experiment only: a deliverer cannot do that to its backends)",
     )
     parser.add_argument(
         "--nice-all",
@@ -523,6 +586,10 @@ def main() -> None:
         variants = ["baseline", "webhooks"] + (["trigger"] if args.trigger_turns else [])
         if args.niced_turns:
             variants.append("niced")
+        if args.idle_turns:
+            variants.append("idle")
+        if args.burner_turns:
+            variants.append("burner")
         totals = dict.fromkeys(variants, 0.0)
         cpu: dict[str, dict[str, float]] = {v: {} for v in variants}
         rates: list[float] = []
@@ -538,7 +605,7 @@ def main() -> None:
                 unsubscribe_all(url)
                 vacuum(url)
                 receiver.reset()
-                if variant in ("webhooks", "trigger", "niced"):
+                if variant in ("webhooks", "trigger", "niced", "idle"):
                     for s in range(subscriptions):
                         subscribe(
                             url,
@@ -562,10 +629,35 @@ def main() -> None:
                         ]
                     for pid in others:
                         renice(pid, args.niced_turns)
+                if variant == "burner":
+                    burner = subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(ROOT / "bench" / "cpu_burner.py"),
+                            str(args.burner_turns),
+                        ]
+                    )
+                    set_idle(burner.pid, True)
+                if variant == "idle":
+                    idled = [deliverer.pid]
+                    if args.idle_receiver:
+                        idled.append(receiver.proc.pid)
+                    if args.idle_backends:
+                        idled += [
+                            pid
+                            for pid, (who, _) in backends_cpu(url, NAME).items()
+                            if who == f"taskexec-{deliverer.pid}"
+                        ]
+                    for pid in idled:
+                        set_idle(pid, True)
                 t0 = time.time()
                 before = meter.sample()
                 took = run_tasks(url, settings, args.tasks, share=share)
                 line = f"round {turn + 1} {variant}: {args.tasks / took:.0f} tasks/s"
+                if variant == "burner":
+                    line += f", burner {cpu_seconds(burner.pid) / took:.2f} cores"
+                    burner.kill()
+                    burner.wait()
                 if variant == "trigger":
                     used = meter.used(before, meter.sample())
                     os.kill(deliverer.pid, signal.SIGCONT)
@@ -575,6 +667,21 @@ def main() -> None:
                         time.sleep(0.1)
                     line += f" ({receiver.count()}/{expected} delivered afterwards)"
                     trigger_events += sending * len(wanted)
+                if variant == "idle":
+                    # As a webhook turn's line: is it keeping up while yielding all the more?
+                    expected = sending * per_task
+                    during = receiver.count()
+                    deadline = time.monotonic() + 300
+                    while receiver.count() < expected and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    for pid in idled:
+                        set_idle(pid, False)
+                    last = max((a for a, _ in receiver.arrivals()), default=t0)
+                    line += (
+                        f", {during / took:.0f} deliveries/s while they ran,"
+                        f" {receiver.count()}/{expected} delivered,"
+                        f" last {max(0.0, last - (t0 + took)):.2f} s after the last task"
+                    )
                 if variant == "niced":
                     expected = sending * per_task
                     deadline = time.monotonic() + 300
@@ -658,6 +765,19 @@ def main() -> None:
                 f" worker cpu per task (ms): baseline {cpu['baseline']['worker'] / n * 1e3:.2f},"
                 f" webhooks {cpu['webhooks']['worker'] / n * 1e3:.2f}"
             )
+        # Where a slower turn's time went: CPU is not all of it. The task path (the worker's
+        # processes and its Postgres backends) also waits on run queues for a core.
+        print(
+            "per task (ms), cpu / run-queue wait: "
+            + "; ".join(
+                f"{v}: worker {cpu[v]['worker'] / n * 1e3:.2f}"
+                f" / {cpu[v]['worker-waited'] / n * 1e3:.2f},"
+                f" its postgres {cpu[v]['pg-worker'] / n * 1e3:.2f}"
+                f" / {cpu[v]['pg-worker-waited'] / n * 1e3:.2f},"
+                f" elapsed {totals[v] / n * 1e3:.2f}"
+                for v in variants
+            )
+        )
         if args.trigger_turns:
             events = trigger_events
             trigger = n / totals["trigger"]
@@ -677,6 +797,21 @@ def main() -> None:
             print(
                 f"the deliverer at nice {args.niced_turns}: {niced:.0f} tasks/s"
                 f" (ratio {niced / baseline:.3f})"
+            )
+        if args.burner_turns:
+            burned = n / totals["burner"]
+            ratios = [r["baseline"] / r["burner"] for r in took_by_round]
+            print(
+                f"beside a burner of {args.burner_turns} cores under SCHED_IDLE: {burned:.0f}"
+                f" tasks/s (ratio {burned / baseline:.3f}); rounds "
+                + " ".join(f"{r:.2f}" for r in ratios)
+            )
+        if args.idle_turns:
+            idle = n / totals["idle"]
+            ratios = [r["baseline"] / r["idle"] for r in took_by_round]
+            print(
+                f"the deliverer under SCHED_IDLE: {idle:.0f} tasks/s (ratio {idle / baseline:.3f});"
+                " rounds " + " ".join(f"{r:.2f}" for r in ratios)
             )
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
