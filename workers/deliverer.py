@@ -18,8 +18,9 @@ from shared import db, store
 from shared.db import Database
 from shared.errors import ServiceUnavailable, TaskexecError
 from shared.retention import Retention
+from shared.webhook_sender import Sender
 from shared.webhook_signing import headers, signing_secrets
-from shared.webhook_targets import Sender, SendFailed, TargetRefused
+from shared.webhook_targets import SendFailed, TargetRefused
 from workers import deliverer_metrics as metrics
 from workers.delivery_bodies import EventBodies
 from workers.delivery_hold import HOLD_FACTOR, HeldDeliveries

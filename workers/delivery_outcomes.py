@@ -13,7 +13,7 @@ import psycopg2
 from shared import store
 from shared.db import Database
 from shared.errors import TaskexecError
-from shared.webhook_targets import Reply
+from shared.webhook_sender import Reply
 from workers.deliverer_metrics import DelivererMetrics
 
 log = logging.getLogger(__name__)

@@ -11,16 +11,9 @@ from typing import Any
 
 import pytest
 
+from shared.webhook_sender import MAX_RESPONSE_BYTES, Sender
 from shared.webhook_signing import event_body, headers, new_secret, signing_secrets
-from shared.webhook_targets import (
-    MAX_RESPONSE_BYTES,
-    Sender,
-    SendFailed,
-    TargetRefused,
-    refusal,
-    resolve,
-    validate_url,
-)
+from shared.webhook_targets import SendFailed, TargetRefused, refusal, resolve, validate_url
 from workers.deliverer import backoff
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from shared.webhook_targets import MAX_RESPONSE_BYTES, Sender, SendFailed, TargetRefused
+from shared.webhook_sender import MAX_RESPONSE_BYTES, Sender
+from shared.webhook_targets import SendFailed, TargetRefused
 
 Answer = Callable[[bytes], bytes]
 
