@@ -73,7 +73,14 @@ from shared.store.keys import (
     touch_api_key,
 )
 from shared.store.logs import LogLine, append_log, task_logs
-from shared.store.queues import ExecutorCounts, QueuedByOwner, executor_counts, top_queued_owners
+from shared.store.queues import (
+    ExecutorCounts,
+    QueuedByOwner,
+    count_queued,
+    executor_counts,
+    queue_position,
+    top_queued_owners,
+)
 from shared.store.replay import lock_retries_by_filter
 from shared.store.retention import (
     definition_retentions,
@@ -123,20 +130,16 @@ from shared.store.sweeps import (
     take_ready,
     unpublish,
 )
+from shared.store.task_listing import TaskFilter, count_tasks, list_tasks
 from shared.store.tasks import (
     CancelOutcome,
     NewTask,
     Task,
-    TaskFilter,
     anchor_deadline,
     cancel_task,
     complete_manual_task,
-    count_queued,
-    count_tasks,
     get_task,
     insert_tasks,
-    list_tasks,
-    queue_position,
     retries_of,
     task_ids_of_workflow,
 )

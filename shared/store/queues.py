@@ -1,10 +1,11 @@
-"""The queues' read model from the ledger: tasks waiting, dispatched and running per executor."""
+"""The queues' read model from the ledger: per executor, per owner, and a task's place."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.store._rows import Conn, all_
+from shared.store._rows import Conn, all_, scalar
+from shared.store.tasks import READY, Task
 
 # Both statements read only the partial index tasks_queues (migrations 0010, 0015): the
 # active, non-manual rows, never the finished millions. Its predicate is repeated literally so
@@ -72,3 +73,68 @@ def top_queued_owners(conn: Conn, limit: int, timeout_ms: int = 2000) -> list[Qu
         cur.execute("SET LOCAL statement_timeout = %s", (timeout_ms,))
         cur.execute(_OWNERS, (limit,))
         return all_(cur, QueuedByOwner)
+
+
+def count_queued(conn: Conn, owner: str, most: int) -> int:
+    """How many of `owner`'s tasks are not yet running (PENDING or RETRYING), at most `most`.
+
+    Stops at `most`: an index range of the (owner, status, …) listing index, so the cost
+    is bounded by the cap, and the caller does this now and then, not per submission.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE owner = %s"
+            " AND status IN ('PENDING', 'RETRYING') LIMIT %s) queued",
+            (owner, most),
+        )
+        return scalar(cur, int)
+
+
+def queue_position(conn: Conn, task: Task, most: int = 100_000) -> int:
+    """Roughly how many ready tasks of its executor the releaser sends before this one.
+
+    The releaser serves owners in turn, each by priority then submission, so ahead of the
+    task are its owner's `k` ready tasks before it, plus up to `k + 1` of every other owner
+    with ready work there. Counted over tasks_ready, each owner's count stopped at `k + 1`
+    (and `k` at `most`), so the cost follows the answer, not the backlog. Tasks already
+    sent to Redis are not counted here (the caller adds the queue's depth).
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT count(*) FROM (
+                SELECT 1 FROM tasks t WHERE t.executor = %(e)s AND t.owner = %(o)s
+                  AND {READY.format(t="t")}
+                  AND (t.priority > %(p)s OR (t.priority = %(p)s AND t.created_at < %(c)s))
+                LIMIT %(most)s) ahead
+            """,
+            {
+                "e": task.executor,
+                "o": task.owner,
+                "p": task.priority,
+                "c": task.created_at,
+                "most": most,
+            },
+        )
+        mine = scalar(cur, int)
+        cur.execute(
+            f"""
+            WITH RECURSIVE o AS (
+                (SELECT owner FROM tasks t WHERE t.executor = %(e)s AND {READY.format(t="t")}
+                 ORDER BY owner LIMIT 1)
+                UNION ALL
+                SELECT (SELECT t.owner FROM tasks t WHERE t.executor = %(e)s
+                          AND t.owner > o.owner AND {READY.format(t="t")}
+                        ORDER BY t.owner LIMIT 1)
+                FROM o WHERE o.owner IS NOT NULL
+            )
+            SELECT COALESCE(sum(n), 0)::bigint FROM (SELECT owner FROM o WHERE owner IS NOT NULL
+                                             AND owner <> %(o)s LIMIT 1000) others,
+            LATERAL (SELECT count(*) AS n FROM (
+                SELECT 1 FROM tasks t WHERE t.executor = %(e)s AND t.owner = others.owner
+                  AND {READY.format(t="t")} LIMIT %(turns)s) x) c
+            """,
+            {"e": task.executor, "o": task.owner, "turns": mine + 1},
+        )
+        others = scalar(cur, int)
+    return mine + others + 1

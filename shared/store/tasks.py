@@ -1,4 +1,4 @@
-"""The task ledger: submissions, reads, listings, and the API's writes (cancel, complete)."""
+"""The task ledger: submissions, reads, and the API's writes (cancel, complete)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import psycopg2.extras
 from psycopg2.extras import Json
 
 from shared.concurrency import is_limited
-from shared.pending import reason_clause
 from shared.status import ACTIVE, ALLOWED_FROM, HELD, Status, TaskType
-from shared.store._rows import Conn, all_, capped_count, one, scalar, statuses
+from shared.store._rows import Conn, one, statuses
 
 _ACTIVE = statuses(ACTIVE)
 _CANCEL_FROM = statuses(ALLOWED_FROM[Status.CANCELLED])
@@ -312,71 +311,6 @@ def get_task(conn: Conn, task_id: uuid.UUID, owner: str | None = None) -> Task |
         return one(cur, Task)
 
 
-def count_queued(conn: Conn, owner: str, most: int) -> int:
-    """How many of `owner`'s tasks are not yet running (PENDING or RETRYING), at most `most`.
-
-    Stops at `most`: an index range of the (owner, status, …) listing index, so the cost
-    is bounded by the cap, and the caller does this now and then, not per submission.
-    """
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE owner = %s"
-            " AND status IN ('PENDING', 'RETRYING') LIMIT %s) queued",
-            (owner, most),
-        )
-        return scalar(cur, int)
-
-
-def queue_position(conn: Conn, task: Task, most: int = 100_000) -> int:
-    """Roughly how many ready tasks of its executor the releaser sends before this one.
-
-    The releaser serves owners in turn, each by priority then submission, so ahead of the
-    task are its owner's `k` ready tasks before it, plus up to `k + 1` of every other owner
-    with ready work there. Counted over tasks_ready, each owner's count stopped at `k + 1`
-    (and `k` at `most`), so the cost follows the answer, not the backlog. Tasks already
-    sent to Redis are not counted here (the caller adds the queue's depth).
-    """
-    with conn.cursor() as cur:
-        cur.execute(
-            f"""
-            SELECT count(*) FROM (
-                SELECT 1 FROM tasks t WHERE t.executor = %(e)s AND t.owner = %(o)s
-                  AND {READY.format(t="t")}
-                  AND (t.priority > %(p)s OR (t.priority = %(p)s AND t.created_at < %(c)s))
-                LIMIT %(most)s) ahead
-            """,
-            {
-                "e": task.executor,
-                "o": task.owner,
-                "p": task.priority,
-                "c": task.created_at,
-                "most": most,
-            },
-        )
-        mine = scalar(cur, int)
-        cur.execute(
-            f"""
-            WITH RECURSIVE o AS (
-                (SELECT owner FROM tasks t WHERE t.executor = %(e)s AND {READY.format(t="t")}
-                 ORDER BY owner LIMIT 1)
-                UNION ALL
-                SELECT (SELECT t.owner FROM tasks t WHERE t.executor = %(e)s
-                          AND t.owner > o.owner AND {READY.format(t="t")}
-                        ORDER BY t.owner LIMIT 1)
-                FROM o WHERE o.owner IS NOT NULL
-            )
-            SELECT COALESCE(sum(n), 0)::bigint FROM (SELECT owner FROM o WHERE owner IS NOT NULL
-                                             AND owner <> %(o)s LIMIT 1000) others,
-            LATERAL (SELECT count(*) AS n FROM (
-                SELECT 1 FROM tasks t WHERE t.executor = %(e)s AND t.owner = others.owner
-                  AND {READY.format(t="t")} LIMIT %(turns)s) x) c
-            """,
-            {"e": task.executor, "o": task.owner, "turns": mine + 1},
-        )
-        others = scalar(cur, int)
-    return mine + others + 1
-
-
 def anchor_deadline(conn: Conn, task_id: uuid.UUID, seconds: int) -> datetime | None:
     """Set an active task's deadline to `seconds` after its stored creation time (DB clock).
 
@@ -394,103 +328,6 @@ def anchor_deadline(conn: Conn, task_id: uuid.UUID, seconds: int) -> datetime | 
         )
         row = cur.fetchone()
         return row[0] if row else None
-
-
-@dataclass(frozen=True)
-class TaskFilter:
-    """The listing filters; None means no filter."""
-
-    owner: str | None = None
-    statuses: tuple[str, ...] = ()
-    type: str | None = None
-    workflow_instance_id: str | None = None
-    task_definition_id: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    schedule_id: uuid.UUID | None = None
-    unretried: bool = False  # only tasks no retry names yet (a retry by filter)
-    pending_reasons: tuple[str, ...] = ()  # waiting for any of these (shared/pending.py)
-    live_executors: tuple[str, ...] | None = None  # for QUEUED/NO_WORKER; None: unknown
-
-
-def _task_where(flt: TaskFilter) -> tuple[str, list[Any]]:
-    where: list[str] = ["TRUE"]
-    params: list[Any] = []
-    if flt.owner is not None:
-        where.append("owner = %s")
-        params.append(flt.owner)
-    if len(flt.statuses) == 1:
-        # Plain equality lets the planner read (…, status, created_at) indexes in order.
-        where.append("status = %s")
-        params.append(flt.statuses[0])
-    elif flt.statuses:
-        where.append("status = ANY(%s)")
-        params.append(list(flt.statuses))
-    for column, value in (
-        ("type", flt.type),
-        ("workflow_instance_id", flt.workflow_instance_id),
-        ("task_definition_id", flt.task_definition_id),
-        ("schedule_id", flt.schedule_id),
-    ):
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    if flt.created_after is not None:
-        where.append("created_at >= %s")
-        params.append(flt.created_after)
-    if flt.created_before is not None:
-        where.append("created_at < %s")
-        params.append(flt.created_before)
-    if flt.unretried:
-        where.append("NOT EXISTS (SELECT 1 FROM tasks r WHERE r.retry_of = tasks.id)")
-    if flt.pending_reasons:
-        clause, values = reason_clause(flt.pending_reasons, flt.live_executors)
-        where.append(clause)
-        params += values
-    return " AND ".join(where), params
-
-
-def list_tasks(
-    conn: Conn,
-    flt: TaskFilter,
-    *,
-    limit: int,
-    offset: int = 0,
-    after: tuple[datetime, uuid.UUID] | None = None,
-) -> list[Task]:
-    """Page through tasks newest first, by offset or after a (created_at, id) cursor.
-
-    The page's ids are found first in the listing indexes alone (index-only scans), and
-    only those rows are read in full, so a deep offset skips index entries, not table rows.
-    """
-    clause, params = _task_where(flt)
-    if after is not None:
-        clause += " AND (created_at, id) < (%s, %s)"
-        params += [after[0], after[1]]
-        offset = 0
-    with conn.cursor() as cur:
-        cur.execute(
-            f"""
-            SELECT t.* FROM tasks t
-            JOIN (SELECT id, created_at FROM tasks WHERE {clause}
-                  ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s) page USING (id)
-            ORDER BY page.created_at DESC, page.id DESC
-            """,
-            [*params, limit, offset],
-        )
-        return all_(cur, Task)
-
-
-def count_tasks(conn: Conn, flt: TaskFilter, exact_max: int = 0) -> tuple[int, bool]:
-    """Count the tasks a filter matches; return (count, exact).
-
-    With `exact_max` > 0 at most `exact_max + 1` rows are counted; a larger result is the
-    planner's estimate (never below `exact_max + 1`), because an exact count of a large
-    match walks every matching index entry. 0 always counts exactly.
-    """
-    clause, params = _task_where(flt)
-    with conn.cursor() as cur:
-        return capped_count(cur, "tasks", clause, params, exact_max)
 
 
 @dataclass(frozen=True)
