@@ -8,10 +8,8 @@ keys, idempotency), and `_rows` holds the one typed row mapper they all return t
 from shared.store._rows import Conn, Cursor, all_, dict_cursor, one, scalar
 from shared.store.attempts import (
     Attempt,
-    ClaimedTask,
     Heartbeat,
     cancel_state,
-    claim_task,
     close_attempt,
     end_abandoned_attempt,
     finish_attempt,
@@ -130,6 +128,7 @@ from shared.store.sweeps import (
     take_ready,
     unpublish,
 )
+from shared.store.task_claims import ClaimedTask, claim_task
 from shared.store.task_listing import TaskFilter, count_tasks, list_tasks
 from shared.store.tasks import (
     CancelOutcome,

@@ -10,14 +10,14 @@ from typing import Any
 
 from shared import store
 from shared.status import Status
-from shared.store import attempts
+from shared.store import task_claims
 
 
 def test_every_claimed_column_is_a_task_column_of_the_same_type() -> None:
     task = typing.get_type_hints(store.Task)
     claimed = typing.get_type_hints(store.ClaimedTask)
     assert {name: task[name] for name in claimed} == claimed
-    assert attempts._CLAIMED.split(", ") == [f.name for f in fields(store.ClaimedTask)]
+    assert task_claims._CLAIMED.split(", ") == [f.name for f in fields(store.ClaimedTask)]
 
 
 def test_limited_says_what_the_task_says() -> None:
