@@ -111,6 +111,12 @@ class Receiver:
     def count(self) -> int:
         return int(self._ask("GET", "/stats")["count"])
 
+    def wait_for(self, expected: int, seconds: float = 300) -> None:
+        """Wait until `expected` deliveries have arrived (at most `seconds`)."""
+        deadline = time.monotonic() + seconds
+        while self.count() < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def arrivals(self) -> list[tuple[float, str]]:
         return [(float(a), str(s)) for a, s in self._ask("GET", "/arrivals")]
 
@@ -662,18 +668,14 @@ def main() -> None:
                     used = meter.used(before, meter.sample())
                     os.kill(deliverer.pid, signal.SIGCONT)
                     expected = sending * per_task
-                    deadline = time.monotonic() + 300
-                    while receiver.count() < expected and time.monotonic() < deadline:
-                        time.sleep(0.1)
+                    receiver.wait_for(expected)
                     line += f" ({receiver.count()}/{expected} delivered afterwards)"
                     trigger_events += sending * len(wanted)
                 if variant == "idle":
                     # As a webhook turn's line: is it keeping up while yielding all the more?
                     expected = sending * per_task
                     during = receiver.count()
-                    deadline = time.monotonic() + 300
-                    while receiver.count() < expected and time.monotonic() < deadline:
-                        time.sleep(0.1)
+                    receiver.wait_for(expected)
                     for pid in idled:
                         set_idle(pid, False)
                     last = max((a for a, _ in receiver.arrivals()), default=t0)
@@ -684,9 +686,7 @@ def main() -> None:
                     )
                 if variant == "niced":
                     expected = sending * per_task
-                    deadline = time.monotonic() + 300
-                    while receiver.count() < expected and time.monotonic() < deadline:
-                        time.sleep(0.1)
+                    receiver.wait_for(expected)
                     os.setpriority(os.PRIO_PROCESS, deliverer.pid, own_nice)
                     renice(deliverer.pid, None)
                     for pid in others:
@@ -695,9 +695,7 @@ def main() -> None:
                 if variant == "webhooks":
                     expected = sending * per_task
                     during = receiver.count()
-                    deadline = time.monotonic() + 300
-                    while receiver.count() < expected and time.monotonic() < deadline:
-                        time.sleep(0.1)
+                    receiver.wait_for(expected)
                     got = receiver.arrivals()
                     last = max((a for a, _ in got), default=t0)
                     rate = during / took
@@ -792,27 +790,19 @@ def main() -> None:
                 f" ({more['pg-worker'] / subscriptions:.0f} per delivery), autovacuum"
                 f" {more['pg-autovacuum']:.0f} us, whole machine {more['machine']:.0f} us"
             )
-        if args.niced_turns:
-            niced = n / totals["niced"]
-            print(
-                f"the deliverer at nice {args.niced_turns}: {niced:.0f} tasks/s"
-                f" (ratio {niced / baseline:.3f})"
-            )
-        if args.burner_turns:
-            burned = n / totals["burner"]
-            ratios = [r["baseline"] / r["burner"] for r in took_by_round]
-            print(
-                f"beside a burner of {args.burner_turns} cores under SCHED_IDLE: {burned:.0f}"
-                f" tasks/s (ratio {burned / baseline:.3f}); rounds "
-                + " ".join(f"{r:.2f}" for r in ratios)
-            )
-        if args.idle_turns:
-            idle = n / totals["idle"]
-            ratios = [r["baseline"] / r["idle"] for r in took_by_round]
-            print(
-                f"the deliverer under SCHED_IDLE: {idle:.0f} tasks/s (ratio {idle / baseline:.3f});"
-                " rounds " + " ".join(f"{r:.2f}" for r in ratios)
-            )
+        labels = {
+            "niced": f"the deliverer at nice {args.niced_turns}",
+            "burner": f"beside a burner of {args.burner_turns} cores under SCHED_IDLE",
+            "idle": "the deliverer under SCHED_IDLE",
+        }
+        for variant, label in labels.items():
+            if variant in variants:
+                rate = n / totals[variant]
+                ratios = [r["baseline"] / r[variant] for r in took_by_round]
+                print(
+                    f"{label}: {rate:.0f} tasks/s (ratio {rate / baseline:.3f}); rounds "
+                    + " ".join(f"{r:.2f}" for r in ratios)
+                )
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
         for proc in procs:
