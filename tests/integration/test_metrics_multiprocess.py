@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SUBMISSIONS = 20
 SCRAPES = 24
+MAX_ROUNDS = 20
 
 
 def _total(text: str, name: str) -> float:
@@ -71,18 +72,23 @@ def test_every_scrape_of_several_gunicorn_workers_reads_the_same_totals(server, 
         assert response.status_code == 200
         return _total(response.text, "taskexec_tasks_submitted_total")
 
+    def scraped_by() -> Counter[str]:
+        lines = access_log.read_text().splitlines()
+        return Counter(line.split()[0] for line in lines if "/metrics" in line)
+
     # Concurrent, so that requests are spread over the workers (one at a time, the first
-    # worker to wake takes them all).
+    # worker to wake takes them all). Even so the kernel may hand one round to one worker
+    # (CI saw 24 of 24), so rounds go on until a second worker has answered.
     with ThreadPoolExecutor(max_workers=6) as pool:
         assert list(pool.map(submit, range(SUBMISSIONS))) == [201] * SUBMISSIONS
-        totals = list(pool.map(scrape, range(SCRAPES)))
-    assert totals == [SUBMISSIONS] * SCRAPES
+        for _ in range(MAX_ROUNDS):
+            totals = list(pool.map(scrape, range(SCRAPES)))
+            assert totals == [SUBMISSIONS] * SCRAPES
+            if len(scraped_by()) >= 2:
+                break
 
     # Several workers answered: with one, a per-process count would have read right too.
-    scraped_by = Counter(
-        line.split()[0] for line in access_log.read_text().splitlines() if "/metrics" in line
-    )
-    assert len(scraped_by) >= 2, f"every scrape went to one worker: {scraped_by}"
+    assert len(scraped_by()) >= 2, f"every scrape went to one worker: {scraped_by()}"
 
 
 def test_dev_serves_the_workers_series_on_the_api_metrics(
