@@ -20,6 +20,7 @@ import time
 
 STAMP = b'"timestamp":"'
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+READ_SIZE = 64 * 1024
 
 
 class Record:
@@ -29,36 +30,55 @@ class Record:
         self.arrivals: list[tuple[float, str]] = []
 
 
-class Receiver(asyncio.Protocol):
-    """One connection: parse requests as they come, answer each at once."""
+class Receiver(asyncio.BufferedProtocol):
+    """One connection: parse requests as they come, answer each at once.
+
+    A buffered protocol: the event loop reads into this connection's own buffer
+    (`recv_into`). A plain Protocol gets a new bytes object per read, which asyncio
+    allocates at its 256 KiB read size: a mmap, a mremap and a munmap per request, about
+    a third of this receiver's CPU (strace counted three such calls per delivery).
+    """
 
     def __init__(self, record: Record) -> None:
         self.record = record
-        self.buffer = b""
+        self.buffer = bytearray(READ_SIZE)
+        self.filled = 0  # bytes of `buffer` read and not yet parsed
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.buffer) - self.filled < READ_SIZE // 2:
+            self.buffer.extend(bytes(READ_SIZE))  # a request larger than the buffer
+        return memoryview(self.buffer)[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        data = self.buffer
+        start = 0
         while True:
-            end = self.buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n", start, self.filled)
             if end < 0:
-                return
-            head = self.buffer[:end]
+                break
+            head = bytes(data[start:end])
             length = 0
             lower = head.lower()
             at = lower.find(b"\r\ncontent-length:")
             if at >= 0:
                 stop = lower.find(b"\r\n", at + 2)
                 length = int(lower[at + 17 : stop if stop >= 0 else len(lower)])
-            if len(self.buffer) < end + 4 + length:
-                return
-            body = self.buffer[end + 4 : end + 4 + length]
-            self.buffer = self.buffer[end + 4 + length :]
+            if self.filled < end + 4 + length:
+                break
+            body = bytes(data[end + 4 : end + 4 + length])
+            start = end + 4 + length
             self.answer(head, body)
+        if start:
+            # Keep only what is not parsed yet, at the buffer's start.
+            rest = self.filled - start
+            data[:rest] = data[start : self.filled]
+            self.filled = rest
 
     def answer(self, head: bytes, body: bytes) -> None:
         assert self.transport is not None
