@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -26,7 +30,14 @@ MAX_SHOT_HEIGHT = 1800  # the API docs page is far longer: its top half shows en
 
 
 def wait(driver: Any, timeout: float = 15) -> WebDriverWait:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1)
+    # Pages that refresh themselves replace their elements: one found a moment ago may be
+    # gone when read (stale), which is a reason to look again, not a failure.
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.1,
+        ignored_exceptions=[NoSuchElementException, StaleElementReferenceException],
+    )
 
 
 def sign_in(driver: Any, stack: Stack, key: str) -> None:
@@ -97,18 +108,15 @@ def test_watch_a_running_sleep_and_cancel_it(stack, browser, screenshots):
     sign_in(browser, stack, stack.admin)
     tid = stack.submit("sleep", {"seconds": 60})
     browser.get(f"{stack.url}/console/tasks/{tid}")
+
+    def shown(d: Any) -> float:
+        """The progress bar's value (0 while there is none)."""
+        bars = d.find_elements(By.ID, "task-progress")
+        return float(bars[0].get_attribute("value")) if bars else 0.0
+
     # The page refreshes itself: the progress bar appears once the worker starts, then grows.
-    progress = wait(browser, 30).until(
-        lambda d: (
-            d.find_elements(By.ID, "task-progress")
-            and float(d.find_element(By.ID, "task-progress").get_attribute("value")) > 0
-            and d.find_element(By.ID, "task-progress")
-        )
-    )
-    first = float(progress.get_attribute("value"))
-    wait(browser, 20).until(
-        lambda d: float(d.find_element(By.ID, "task-progress").get_attribute("value")) > first
-    )
+    first = wait(browser, 30).until(shown)
+    wait(browser, 20).until(lambda d: shown(d) > first)
     assert "RUNNING" in browser.find_element(By.ID, "task-status").text
     assert "of 60s" in browser.find_element(By.ID, "progress-text").text
     shot(browser, screenshots, "task-running")
