@@ -9,6 +9,7 @@ from shared.store._rows import Conn, Cursor, all_, dict_cursor, one, scalar
 from shared.store.attempts import (
     Attempt,
     Heartbeat,
+    attempts_and_retries_of_tasks,
     cancel_state,
     close_attempt,
     end_abandoned_attempt,
@@ -45,7 +46,6 @@ from shared.store.deliveries import (
 from shared.store.delivery_leases import (
     Claimed,
     Outcome,
-    attempts_and_retries_of_tasks,
     claim_deliveries,
     fail_undeliverable,
     next_delivery_in,

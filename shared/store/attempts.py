@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -288,3 +289,48 @@ def set_progress(conn: Conn, task_id: uuid.UUID, attempt: int, progress: dict[st
             "UPDATE tasks SET progress = %s WHERE id = %s AND attempts = %s AND status = 'RUNNING'",
             (Json(progress), task_id, attempt),
         )
+
+
+#: What rendering a batch of events reads besides their snapshots, in one round trip: the
+#: tasks' attempts and the tasks that replay them (a UNION ALL: the retries' rows carry no
+#: attempt). Prepared; by the keys' indexes (a plan made on tables that looked empty is
+#: made again after slow runs: _prepared.SLOW_RUN_SECONDS).
+_RENDER_LOOKUPS = _Prepared(
+    "taskexec_render_lookups",
+    """
+    SELECT a.task_id, a.attempt, a.status, a.started_at, a.ended_at, a.worker_host,
+        a.worker_pid, a.error, NULL::uuid AS retry_id, NULL::timestamptz AS retry_created_at
+    FROM task_attempts a WHERE a.task_id = ANY (%(ids)s::uuid[])
+    UNION ALL
+    SELECT r.retry_of, NULL, NULL, NULL, NULL, NULL, NULL, NULL, r.id, r.created_at
+    FROM tasks r WHERE r.retry_of = ANY (%(ids)s::uuid[])
+    """,
+    {"ids": "uuid[]"},
+)
+
+
+def attempts_and_retries_of_tasks(
+    conn: Conn, task_ids: Iterable[uuid.UUID]
+) -> tuple[dict[uuid.UUID, list[Any]], dict[uuid.UUID, list[uuid.UUID]]]:
+    """Map each task to its attempts, first to last, and to the tasks that replay it, oldest first.
+
+    One statement for a batch of deliveries (the deliverer's render).
+    """
+    ids = sorted({str(t) for t in task_ids})
+    attempts: dict[uuid.UUID, list[Any]] = {}
+    retries: dict[uuid.UUID, list[uuid.UUID]] = {}
+    if not ids:
+        return attempts, retries
+    replays: list[tuple[datetime, uuid.UUID, uuid.UUID]] = []
+    with conn.cursor() as cur:
+        _RENDER_LOOKUPS.run(cur, {"ids": ids})
+        for row in cur.fetchall():
+            if row[8] is None:
+                attempts.setdefault(row[0], []).append(Attempt(*row[:8]))
+            else:
+                replays.append((row[9], row[8], row[0]))
+    for found in attempts.values():
+        found.sort(key=lambda a: a.attempt)
+    for _, tid, retry_of in sorted(replays):
+        retries.setdefault(retry_of, []).append(tid)
+    return attempts, retries
